@@ -1,0 +1,7 @@
+//! portcullis: a per-pod sidecar proxy that gives services mutual TLS with
+//! SPIFFE identities. See ARCHITECTURE.md for how the modules fit together.
+#![forbid(unsafe_code)]
+
+pub mod identity;
+pub mod pki;
+pub mod tls;

@@ -1,0 +1,129 @@
+//! The rustls configurations the proxy serves from, built from the current
+//! identity and trust store and held behind `ArcSwap`s so that a reload can
+//! replace them while connections keep flowing.
+//!
+//! Both directions are TLS 1.3 only. A new `ServerConfig` (and so a new
+//! session cache) is built whenever trust changes, so a resumed session
+//! never outlives the trust it was made under.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+use rustls::{ClientConfig, ServerConfig};
+
+use super::material::{LoadedIdentity, TrustStore};
+use super::store::IdentityStore;
+use super::verifier::{InboundVerifier, OutboundVerifier};
+use crate::identity::SpiffeId;
+
+/// Everything TLS the listeners need, shared by all of them.
+pub struct TlsContext {
+    identity: Arc<IdentityStore>,
+    trust: ArcSwap<TrustStore>,
+    server: ArcSwap<ServerConfig>,
+    /// Outbound configs, one per expected upstream identity, rebuilt when
+    /// trust changes. Touched only at setup and reload, never per connection.
+    outbound: Mutex<Vec<Weak<OutboundTls>>>,
+}
+
+/// The client config for one outbound upstream.
+pub struct OutboundTls {
+    expected: SpiffeId,
+    config: ArcSwap<ClientConfig>,
+}
+
+impl OutboundTls {
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.config.load_full()
+    }
+
+    pub fn expected(&self) -> &SpiffeId {
+        &self.expected
+    }
+}
+
+impl TlsContext {
+    pub fn new(identity: LoadedIdentity, trust: TrustStore) -> Result<Self, rustls::Error> {
+        let identity = Arc::new(IdentityStore::new(identity));
+        let trust = Arc::new(trust);
+        let server = build_server(&identity, &trust)?;
+        Ok(TlsContext {
+            identity,
+            trust: ArcSwap::new(trust),
+            server: ArcSwap::from_pointee(server),
+            outbound: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn identity(&self) -> &Arc<IdentityStore> {
+        &self.identity
+    }
+
+    pub fn trust(&self) -> Arc<TrustStore> {
+        self.trust.load_full()
+    }
+
+    /// The config new inbound handshakes use.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.load_full()
+    }
+
+    /// Registers an upstream identity and returns its client config holder.
+    pub fn outbound(&self, expected: SpiffeId) -> Result<Arc<OutboundTls>, rustls::Error> {
+        let config = build_client(&self.identity, &self.trust.load_full(), &expected)?;
+        let out = Arc::new(OutboundTls {
+            expected,
+            config: ArcSwap::from_pointee(config),
+        });
+        let mut registry = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
+        registry.retain(|w| w.strong_count() > 0);
+        registry.push(Arc::downgrade(&out));
+        Ok(out)
+    }
+
+    /// Replaces the trust store and rebuilds every config from it. Open
+    /// connections are untouched; new handshakes use the new trust at once.
+    pub fn set_trust(&self, trust: TrustStore) -> Result<(), rustls::Error> {
+        let trust = Arc::new(trust);
+        let server = build_server(&self.identity, &trust)?;
+        let registry = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clients = Vec::with_capacity(registry.len());
+        for out in registry.iter().filter_map(Weak::upgrade) {
+            let config = build_client(&self.identity, &trust, &out.expected)?;
+            clients.push((out, config));
+        }
+        // Build everything first, then swap, so a failure changes nothing.
+        self.trust.store(trust);
+        self.server.store(Arc::new(server));
+        for (out, config) in clients {
+            out.config.store(Arc::new(config));
+        }
+        Ok(())
+    }
+}
+
+fn build_server(
+    identity: &Arc<IdentityStore>,
+    trust: &Arc<TrustStore>,
+) -> Result<ServerConfig, rustls::Error> {
+    let verifier = Arc::new(InboundVerifier::new(trust.clone()));
+    let config = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(identity.clone());
+    Ok(config)
+}
+
+fn build_client(
+    identity: &Arc<IdentityStore>,
+    trust: &Arc<TrustStore>,
+    expected: &SpiffeId,
+) -> Result<ClientConfig, rustls::Error> {
+    let verifier = Arc::new(OutboundVerifier::new(trust.clone(), expected.clone()));
+    let config = ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(identity.clone());
+    Ok(config)
+}

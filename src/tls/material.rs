@@ -1,0 +1,283 @@
+//! Loading identity material from files: our SVID chain and private key, and
+//! the trust bundle of CA certificates. Every error names the file and the
+//! reason, and nothing is returned until the whole set is valid.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::identity::{LeafInfo, SpiffeId, TrustDomain, check_parsed_leaf, serial_hex, spiffe_id_of};
+
+/// A file that could not be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl LoadError {
+    pub fn new(path: &Path, reason: impl Into<String>) -> Self {
+        LoadError {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where a certificate sits in a chain, for metrics and `/certs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertKind {
+    Leaf,
+    Intermediate,
+    Root,
+}
+
+impl CertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertKind::Leaf => "leaf",
+            CertKind::Intermediate => "intermediate",
+            CertKind::Root => "root",
+        }
+    }
+}
+
+/// What operators need to see of a loaded certificate (never its key).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertSummary {
+    pub kind: CertKind,
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    /// The SPIFFE ID of a leaf, or of the trust domain for CAs.
+    pub spiffe_id: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub sha256: String,
+}
+
+impl CertSummary {
+    fn of(der: &[u8], kind: CertKind, spiffe_id: String) -> Result<Self, String> {
+        let (_, c) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+        Ok(CertSummary {
+            kind,
+            subject: c.subject().to_string(),
+            issuer: c.issuer().to_string(),
+            serial: serial_hex(c.raw_serial()),
+            spiffe_id,
+            not_before: c.validity().not_before.timestamp(),
+            not_after: c.validity().not_after.timestamp(),
+            sha256: hex::encode(Sha256::digest(der)),
+        })
+    }
+}
+
+/// Our own SVID: the rustls signing material plus what we read from it.
+#[derive(Debug)]
+pub struct LoadedIdentity {
+    pub certified: Arc<CertifiedKey>,
+    pub leaf: LeafInfo,
+    /// Leaf first, then intermediates, as in the file.
+    pub chain: Vec<CertSummary>,
+}
+
+/// The CA certificates trusted for one trust domain.
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    pub trust_domain: TrustDomain,
+    pub anchors: Vec<TrustAnchor<'static>>,
+    pub roots: Vec<CertSummary>,
+}
+
+/// Trust bundles by trust domain: a peer is only ever verified against the
+/// roots of the trust domain in its own SPIFFE ID.
+#[derive(Debug, Clone, Default)]
+pub struct TrustStore {
+    bundles: HashMap<TrustDomain, Arc<TrustBundle>>,
+}
+
+impl TrustStore {
+    pub fn new(bundles: impl IntoIterator<Item = TrustBundle>) -> Self {
+        TrustStore {
+            bundles: bundles
+                .into_iter()
+                .map(|b| (b.trust_domain.clone(), Arc::new(b)))
+                .collect(),
+        }
+    }
+
+    /// The bundle for a trust domain name, if we trust it at all.
+    pub fn get(&self, trust_domain: &str) -> Option<&TrustBundle> {
+        // Borrowed lookup without building a TrustDomain: names are few and
+        // this runs once per handshake.
+        self.bundles
+            .iter()
+            .find(|(td, _)| td.as_str() == trust_domain)
+            .map(|(_, b)| b.as_ref())
+    }
+
+    pub fn bundles(&self) -> impl Iterator<Item = &TrustBundle> {
+        self.bundles.values().map(|b| b.as_ref())
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    let bytes = read(path)?;
+    let mut certs = Vec::new();
+    for item in CertificateDer::pem_slice_iter(&bytes) {
+        match item {
+            Ok(c) => certs.push(c),
+            Err(e) => return Err(LoadError::new(path, format!("invalid PEM: {e}"))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(LoadError::new(
+            path,
+            "no PEM certificate found (expected \"-----BEGIN CERTIFICATE-----\")",
+        ));
+    }
+    Ok(certs)
+}
+
+/// Loads our SVID chain and key, checks that they match, that the leaf is a
+/// valid X.509-SVID and that it is within its validity period.
+pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity, LoadError> {
+    let chain = read_certs(cert_path)?;
+    let key_bytes = read(key_path)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
+        let why = match e {
+            pem::Error::NoItemsFound => {
+                "no private key found (expected a PKCS#8, SEC1 or PKCS#1 PEM key)".to_string()
+            }
+            other => format!("invalid private key PEM: {other}"),
+        };
+        LoadError::new(key_path, why)
+    })?;
+
+    let (_, leaf_cert) = X509Certificate::from_der(&chain[0])
+        .map_err(|e| LoadError::new(cert_path, format!("leaf certificate cannot be parsed: {e}")))?;
+    let leaf = check_parsed_leaf(&leaf_cert, None)
+        .map_err(|e| LoadError::new(cert_path, format!("leaf is not a valid X.509-SVID: {e}")))?;
+    let now = unix_now();
+    if leaf.not_after < now {
+        return Err(LoadError::new(
+            cert_path,
+            format!("leaf certificate expired at {}", fmt_time(leaf.not_after)),
+        ));
+    }
+    if leaf.not_before > now {
+        return Err(LoadError::new(
+            cert_path,
+            format!("leaf certificate is not valid before {}", fmt_time(leaf.not_before)),
+        ));
+    }
+
+    let mut summaries = Vec::with_capacity(chain.len());
+    for (i, der) in chain.iter().enumerate() {
+        let (kind, id) = if i == 0 {
+            (CertKind::Leaf, leaf.id.to_string())
+        } else {
+            (CertKind::Intermediate, leaf.id.trust_domain().id().to_string())
+        };
+        summaries.push(CertSummary::of(der, kind, id).map_err(|e| {
+            LoadError::new(cert_path, format!("certificate {} cannot be parsed: {e}", i + 1))
+        })?);
+    }
+
+    let certified = CertifiedKey::from_der(chain, key, &super::provider()).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "private key does not match the certificate in {}",
+                cert_path.display()
+            ),
+            other => format!("unusable private key: {other}"),
+        };
+        LoadError::new(key_path, why)
+    })?;
+    Ok(LoadedIdentity {
+        certified: Arc::new(certified),
+        leaf,
+        chain: summaries,
+    })
+}
+
+/// Loads a trust bundle for `trust_domain`: every certificate must be a CA.
+pub fn load_bundle(path: &Path, trust_domain: &TrustDomain) -> Result<TrustBundle, LoadError> {
+    let certs = read_certs(path)?;
+    let mut anchors = Vec::with_capacity(certs.len());
+    let mut roots = Vec::with_capacity(certs.len());
+    for (i, der) in certs.iter().enumerate() {
+        let n = i + 1;
+        let (_, parsed) = X509Certificate::from_der(der)
+            .map_err(|e| LoadError::new(path, format!("certificate {n} cannot be parsed: {e}")))?;
+        if !parsed.is_ca() {
+            return Err(LoadError::new(
+                path,
+                format!(
+                    "certificate {n} ({}) is not a CA (basicConstraints CA=true is required in a trust bundle)",
+                    parsed.subject()
+                ),
+            ));
+        }
+        // A CA that names a trust domain must name this one; a CA without a
+        // SPIFFE ID is fine (the spec makes it optional).
+        if let Ok(id) = spiffe_id_of(&parsed)
+            && id.trust_domain_name() != trust_domain.as_str()
+        {
+            return Err(LoadError::new(
+                path,
+                format!(
+                    "certificate {n} belongs to trust domain {:?}, not {:?}",
+                    id.trust_domain_name(),
+                    trust_domain.as_str()
+                ),
+            ));
+        }
+        let anchor = webpki::anchor_from_trusted_cert(der)
+            .map_err(|e| LoadError::new(path, format!("certificate {n} is not a usable trust anchor: {e}")))?
+            .to_owned();
+        anchors.push(anchor);
+        roots.push(
+            CertSummary::of(der, CertKind::Root, trust_domain.id().to_string())
+                .map_err(|e| LoadError::new(path, format!("certificate {n}: {e}")))?,
+        );
+    }
+    Ok(TrustBundle {
+        trust_domain: trust_domain.clone(),
+        anchors,
+        roots,
+    })
+}
+
+/// The SPIFFE ID of our own leaf, for callers that only need that.
+impl LoadedIdentity {
+    pub fn id(&self) -> &SpiffeId {
+        &self.leaf.id
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn fmt_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
