@@ -2,6 +2,7 @@
 //! SPIFFE identities. See ARCHITECTURE.md for how the modules fit together.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod identity;
 pub mod pki;
 pub mod tls;

@@ -1,0 +1,243 @@
+//! The sidecar's configuration: the YAML model, loading, and validation.
+//!
+//! A file is read in two steps. `raw` holds serde types that mirror the YAML
+//! (unknown keys are errors, places are remembered); validation turns them
+//! into [`Config`], whose values the rest of the proxy can trust. Every
+//! error names the file, the line and column, and the reason.
+
+mod duration;
+mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::ConfigDuration;
+
+use crate::identity::{SpiffeId, TrustDomain};
+
+/// A validated sidecar configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    /// The file this was read from; relative paths in it are resolved
+    /// against its directory.
+    pub source: PathBuf,
+    pub identity: IdentityConfig,
+    pub inbound: Vec<InboundConfig>,
+    pub outbound: Vec<OutboundConfig>,
+    pub admin: AdminConfig,
+    pub timeouts: Timeouts,
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IdentityConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust_bundle: PathBuf,
+    /// The trust domain the bundle is for; defaults to our own SVID's.
+    pub trust_domain: Option<TrustDomain>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes, copied both ways.
+    Tcp,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InboundConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub forward: SocketAddr,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboundConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub endpoints: Vec<Endpoint>,
+    pub identity: SpiffeId,
+    pub protocol: Protocol,
+}
+
+/// An upstream endpoint: `ip:port`, or `host:port` resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "String")]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+    addr: Option<SocketAddr>,
+}
+
+impl Endpoint {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Endpoint {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                addr: Some(addr),
+            });
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("endpoint {s:?} must be host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("endpoint {s:?} has an invalid port"))?;
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid_host || port == 0 {
+            return Err(format!("endpoint {s:?} must be host:port or ip:port"));
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+            addr: None,
+        })
+    }
+
+    /// The address when the endpoint was written as an IP literal.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            Some(a) => write!(f, "{a}"),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(e: Endpoint) -> String {
+        e.to_string()
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Timeouts {
+    /// TCP connect to the local app or an upstream endpoint.
+    pub connect: ConfigDuration,
+    /// A TLS handshake, either direction.
+    pub handshake: ConfigDuration,
+    /// A connection with no bytes in either direction for this long is closed.
+    pub idle: ConfigDuration,
+    /// How long SIGTERM waits for open connections before exiting.
+    pub drain: ConfigDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: ConfigDuration(Duration::from_secs(5)),
+            handshake: ConfigDuration(Duration::from_secs(10)),
+            idle: ConfigDuration(Duration::from_secs(3600)),
+            drain: ConfigDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RuntimeConfig {
+    /// Worker threads; when unset, derived from the container's CPU quota.
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `portcullis=debug,warn`); `RUST_LOG` wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Why a config file was refused: the file, where in it, and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses and validates YAML text as if it were read from `path`.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        raw::parse(text, path)
+    }
+
+    /// Inbound listener and outbound listener names, for lookups.
+    pub fn listener_names(&self) -> impl Iterator<Item = &str> {
+        self.inbound
+            .iter()
+            .map(|l| l.name.as_str())
+            .chain(self.outbound.iter().map(|l| l.name.as_str()))
+    }
+}

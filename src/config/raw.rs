@@ -1,0 +1,438 @@
+//! The YAML as written, with places kept for validation errors, and its
+//! validation into [`Config`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use super::{
+    AdminConfig, Config, ConfigDuration, ConfigError, Endpoint, IdentityConfig, InboundConfig,
+    LogConfig, LogFormat, OutboundConfig, Protocol, RuntimeConfig, Timeouts,
+};
+use crate::identity::{SpiffeId, TrustDomain};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    identity: RawIdentity,
+    #[serde(default)]
+    inbound: Vec<RawInbound>,
+    #[serde(default)]
+    outbound: Vec<RawOutbound>,
+    admin: Option<RawAdmin>,
+    timeouts: Option<RawTimeouts>,
+    runtime: Option<RawRuntime>,
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    trust_bundle: Spanned<PathBuf>,
+    trust_domain: Option<TrustDomain>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    name: Spanned<String>,
+    listen: Spanned<SocketAddr>,
+    forward: SocketAddr,
+    #[serde(default = "tcp")]
+    protocol: Protocol,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    name: Spanned<String>,
+    listen: Spanned<SocketAddr>,
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    identity: SpiffeId,
+    #[serde(default = "tcp")]
+    protocol: Protocol,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<SocketAddr>,
+    /// Admin binds to loopback unless this is set: it exposes config and
+    /// reload, which must not be reachable from the network by accident.
+    #[serde(default)]
+    allow_non_loopback: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<Spanned<ConfigDuration>>,
+    handshake: Option<Spanned<ConfigDuration>>,
+    idle: Option<Spanned<ConfigDuration>>,
+    drain: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    worker_threads: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+/// Validation state: the file name and the first error found.
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn at(&self, loc: Location, reason: impl Into<String>) -> ConfigError {
+        let known = loc != Location::UNKNOWN;
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: known.then(|| loc.line()),
+            column: known.then(|| loc.column()),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| yaml_error(&e, file))?;
+    let v = Validator { file };
+    let base = file.parent().unwrap_or_else(|| Path::new("."));
+    let resolve = |p: &Spanned<PathBuf>| -> Result<PathBuf, ConfigError> {
+        if p.value.as_os_str().is_empty() {
+            return Err(v.at(p.referenced, "path must not be empty"));
+        }
+        Ok(if p.value.is_absolute() {
+            p.value.clone()
+        } else {
+            base.join(&p.value)
+        })
+    };
+    let identity = IdentityConfig {
+        cert: resolve(&raw.identity.cert)?,
+        key: resolve(&raw.identity.key)?,
+        trust_bundle: resolve(&raw.identity.trust_bundle)?,
+        trust_domain: raw.identity.trust_domain,
+    };
+
+    let mut names: HashMap<String, Location> = HashMap::new();
+    let mut listens: HashMap<SocketAddr, Location> = HashMap::new();
+    let mut check_listener = |name: &Spanned<String>,
+                              listen: &Spanned<SocketAddr>|
+     -> Result<(), ConfigError> {
+        check_name(&v, name)?;
+        if let Some(prev) = names.insert(name.value.clone(), name.referenced) {
+            return Err(v.at(
+                name.referenced,
+                format!(
+                    "listener name {:?} is already used at line {}",
+                    name.value,
+                    prev.line()
+                ),
+            ));
+        }
+        if listen.value.port() != 0
+            && let Some(prev) = listens.insert(listen.value, listen.referenced)
+        {
+            return Err(v.at(
+                listen.referenced,
+                format!(
+                    "listen address {} is already used at line {}",
+                    listen.value,
+                    prev.line()
+                ),
+            ));
+        }
+        Ok(())
+    };
+
+    let mut inbound = Vec::with_capacity(raw.inbound.len());
+    for l in raw.inbound {
+        check_listener(&l.name, &l.listen)?;
+        inbound.push(InboundConfig {
+            name: l.name.value,
+            listen: l.listen.value,
+            forward: l.forward,
+            protocol: l.protocol,
+        });
+    }
+
+    let mut outbound = Vec::with_capacity(raw.outbound.len());
+    for l in raw.outbound {
+        check_listener(&l.name, &l.listen)?;
+        if !l.listen.value.ip().is_loopback() {
+            return Err(v.at(
+                l.listen.referenced,
+                format!(
+                    "outbound listener {:?} must listen on loopback (it originates mTLS with this \
+                     pod's identity, so anyone who can reach it can act as this pod)",
+                    l.name.value
+                ),
+            ));
+        }
+        if l.endpoints.value.is_empty() {
+            return Err(v.at(
+                l.endpoints.referenced,
+                format!("outbound listener {:?} needs at least one endpoint", l.name.value),
+            ));
+        }
+        let mut endpoints = Vec::with_capacity(l.endpoints.value.len());
+        for e in &l.endpoints.value {
+            endpoints.push(Endpoint::parse(&e.value).map_err(|why| v.at(e.referenced, why))?);
+        }
+        outbound.push(OutboundConfig {
+            name: l.name.value,
+            listen: l.listen.value,
+            endpoints,
+            identity: l.identity,
+            protocol: l.protocol,
+        });
+    }
+
+    let admin = match raw.admin {
+        None => AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 15000)),
+        },
+        Some(a) => {
+            if !a.listen.value.ip().is_loopback() && !a.allow_non_loopback {
+                return Err(v.at(
+                    a.listen.referenced,
+                    format!(
+                        "admin.listen {} is not a loopback address; the admin server exposes \
+                         config and reload, so set admin.allow_non_loopback: true to mean it",
+                        a.listen.value
+                    ),
+                ));
+            }
+            AdminConfig {
+                listen: a.listen.value,
+            }
+        }
+    };
+
+    let mut timeouts = Timeouts::default();
+    if let Some(t) = raw.timeouts {
+        let positive = |d: Option<Spanned<ConfigDuration>>, name: &str, slot: &mut ConfigDuration| {
+            if let Some(d) = d {
+                if d.value.0.is_zero() {
+                    return Err(v.at(d.referenced, format!("timeouts.{name} must be more than 0")));
+                }
+                *slot = d.value;
+            }
+            Ok(())
+        };
+        positive(t.connect, "connect", &mut timeouts.connect)?;
+        positive(t.handshake, "handshake", &mut timeouts.handshake)?;
+        positive(t.idle, "idle", &mut timeouts.idle)?;
+        if let Some(d) = t.drain {
+            timeouts.drain = d;
+        }
+    }
+
+    let mut runtime = RuntimeConfig::default();
+    if let Some(r) = raw.runtime
+        && let Some(n) = r.worker_threads
+    {
+        if n.value == 0 || n.value > 1024 {
+            return Err(v.at(
+                n.referenced,
+                "runtime.worker_threads must be between 1 and 1024",
+            ));
+        }
+        runtime.worker_threads = Some(n.value);
+    }
+
+    let mut log = LogConfig::default();
+    if let Some(l) = raw.log {
+        if let Some(level) = l.level {
+            log.level = level;
+        }
+        if let Some(format) = l.format {
+            log.format = format;
+        }
+    }
+
+    Ok(Config {
+        source: file.to_path_buf(),
+        identity,
+        inbound,
+        outbound,
+        admin,
+        timeouts,
+        runtime,
+        log,
+    })
+}
+
+/// Listener names become metric labels and policy keys: keep them tame.
+fn check_name(v: &Validator<'_>, name: &Spanned<String>) -> Result<(), ConfigError> {
+    let n = &name.value;
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(v.at(
+            name.referenced,
+            format!(
+                "listener name {n:?} must be 1-63 characters of a-z, 0-9, '-' and '_', \
+                 starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn yaml_error(e: &serde_saphyr::Error, file: &Path) -> ConfigError {
+    let plain = e.without_snippet().to_string();
+    let (line, column) = match e.location() {
+        Some(loc) if loc != Location::UNKNOWN => (Some(loc.line()), Some(loc.column())),
+        _ => (None, None),
+    };
+    // The library appends the place to its message; we print it in front.
+    let reason = match plain.rfind(" at line ") {
+        Some(i) if line.is_some() => plain[..i].to_string(),
+        _ => plain,
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+identity:
+  cert: svid.pem
+  key: /abs/svid-key.pem
+  trust_bundle: bundle.pem
+inbound:
+  - name: orders
+    listen: 0.0.0.0:15006
+    forward: 127.0.0.1:8080
+    protocol: tcp
+outbound:
+  - name: payments
+    listen: 127.0.0.1:15001
+    endpoints: [127.0.0.1:16006, payments.svc:16006]
+    identity: spiffe://prod.example.org/ns/pay/sa/payments
+    protocol: tcp
+admin:
+  listen: 127.0.0.1:15000
+timeouts:
+  connect: 2s
+  idle: 10m
+runtime:
+  worker_threads: 2
+log:
+  level: debug
+  format: json
+";
+
+    fn parse_at(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("/etc/portcullis/portcullis.yaml"))
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse_at(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn full_config_parses_and_resolves_paths() {
+        let c = parse_at(GOOD).unwrap();
+        assert_eq!(c.identity.cert, Path::new("/etc/portcullis/svid.pem"));
+        assert_eq!(c.identity.key, Path::new("/abs/svid-key.pem"));
+        assert_eq!(c.inbound[0].name, "orders");
+        assert_eq!(c.outbound[0].endpoints.len(), 2);
+        assert_eq!(c.outbound[0].endpoints[1].host(), "payments.svc");
+        assert_eq!(c.timeouts.connect.0.as_secs(), 2);
+        assert_eq!(c.timeouts.handshake, Timeouts::default().handshake);
+        assert_eq!(c.runtime.worker_threads, Some(2));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_reason() {
+        let e = err(&GOOD.replace("    protocol: tcp\noutbound", "    protocl: tcp\noutbound"));
+        assert_eq!(e.line, Some(9), "{e}");
+        assert!(e.reason.contains("unknown field `protocl`"), "{e}");
+        assert!(e.to_string().starts_with("/etc/portcullis/portcullis.yaml:9:5: "), "{e}");
+
+        let e = err(&GOOD.replace("spiffe://prod.example.org/ns/pay/sa/payments", "spiffe://prod.example.org/ns//x"));
+        assert_eq!(e.line, Some(14), "{e}");
+        assert!(e.reason.contains("empty segment"), "{e}");
+
+        let e = err(&GOOD.replace("0.0.0.0:15006", "0.0.0.0:99999"));
+        assert_eq!(e.line, Some(7), "{e}");
+
+        let e = err(&GOOD.replace("connect: 2s", "connect: 2 parsecs"));
+        assert_eq!(e.line, Some(19), "{e}");
+        assert!(e.reason.contains("unit"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_have_places() {
+        let e = err(&GOOD.replace("name: payments", "name: orders"));
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(e.reason.contains("already used at line 6"), "{e}");
+
+        let e = err(&GOOD.replace("127.0.0.1:15001", "0.0.0.0:15006"));
+        assert_eq!(e.line, Some(12), "{e}");
+
+        let e = err(&GOOD.replace("127.0.0.1:15001", "0.0.0.0:15001"));
+        assert!(e.reason.contains("loopback"), "{e}");
+
+        let e = err(&GOOD.replace("listen: 127.0.0.1:15000", "listen: 0.0.0.0:15000"));
+        assert_eq!(e.line, Some(17), "{e}");
+        assert!(e.reason.contains("allow_non_loopback"), "{e}");
+
+        let e = err(&GOOD.replace("name: orders", "name: Orders!"));
+        assert_eq!(e.line, Some(6), "{e}");
+
+        let e = err(&GOOD.replace("[127.0.0.1:16006, payments.svc:16006]", "[]"));
+        assert!(e.reason.contains("at least one endpoint"), "{e}");
+
+        let e = err(&GOOD.replace("payments.svc:16006", "payments.svc"));
+        assert_eq!(e.line, Some(13), "{e}");
+
+        let e = err(&GOOD.replace("worker_threads: 2", "worker_threads: 0"));
+        assert_eq!(e.line, Some(22), "{e}");
+
+        let e = err(&GOOD.replace("idle: 10m", "idle: 0s"));
+        assert!(e.reason.contains("more than 0"), "{e}");
+    }
+
+    #[test]
+    fn missing_sections_and_bad_yaml_are_refused() {
+        let e = err("inbound: []\n");
+        assert!(e.reason.contains("identity"), "{e}");
+        let e = err("identity: [\n");
+        assert!(e.line.is_some(), "{e}");
+        let e = err(&GOOD.replace("protocol: tcp\noutbound", "protocol: sctp\noutbound"));
+        assert!(e.reason.contains("sctp"), "{e}");
+    }
+}
