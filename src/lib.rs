@@ -4,5 +4,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod pki;
+pub mod proxy;
 pub mod tls;

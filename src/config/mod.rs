@@ -15,6 +15,8 @@ use std::time::Duration;
 
 pub use duration::ConfigDuration;
 
+use rustls_pki_types::ServerName;
+
 use crate::identity::{SpiffeId, TrustDomain};
 
 /// A validated sidecar configuration.
@@ -72,6 +74,8 @@ pub struct Endpoint {
     host: String,
     port: u16,
     addr: Option<SocketAddr>,
+    /// The TLS server name, computed once: an IP literal sends no SNI.
+    server_name: ServerName<'static>,
 }
 
 impl Endpoint {
@@ -81,6 +85,7 @@ impl Endpoint {
                 host: addr.ip().to_string(),
                 port: addr.port(),
                 addr: Some(addr),
+                server_name: ServerName::IpAddress(addr.ip().into()),
             });
         }
         let (host, port) = s
@@ -89,18 +94,16 @@ impl Endpoint {
         let port: u16 = port
             .parse()
             .map_err(|_| format!("endpoint {s:?} has an invalid port"))?;
-        let valid_host = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        if !valid_host || port == 0 {
-            return Err(format!("endpoint {s:?} must be host:port or ip:port"));
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| format!("endpoint {s:?}: {host:?} is not a valid host name"))?;
+        if port == 0 {
+            return Err(format!("endpoint {s:?} must not use port 0"));
         }
         Ok(Endpoint {
             host: host.to_string(),
             port,
             addr: None,
+            server_name,
         })
     }
 
@@ -115,6 +118,10 @@ impl Endpoint {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
     }
 }
 

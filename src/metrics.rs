@@ -1,0 +1,253 @@
+//! Every Prometheus metric family the proxy exports, declared in one place.
+//!
+//! Each running sidecar owns a [`Metrics`] (and its registry), so several
+//! sidecars can live in one process, as they do in `portcullis demo` and the
+//! tests. Hot paths never look labels up: listeners resolve their label
+//! sets once, at start, into a [`ListenerMetrics`] of plain counters.
+
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::tls::{CertSummary, HandshakeFailure};
+
+/// Which way traffic flows through a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Peer sidecar → us (mTLS) → local app.
+    Inbound,
+    /// Local app → us → upstream sidecar (mTLS).
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Why a proxied connection ended; the `reason` label of
+/// `portcullis_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides finished normally.
+    Completed,
+    IdleTimeout,
+    /// The TLS handshake failed (the handshake counter says why).
+    HandshakeFailed,
+    /// Admission refused the peer after the handshake.
+    Denied,
+    /// The local app or upstream could not be reached.
+    ConnectFailed,
+    ConnectTimeout,
+    /// A read or write failed mid-stream (reset, broken pipe).
+    Error,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::Completed,
+        CloseReason::IdleTimeout,
+        CloseReason::HandshakeFailed,
+        CloseReason::Denied,
+        CloseReason::ConnectFailed,
+        CloseReason::ConnectTimeout,
+        CloseReason::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Completed => "completed",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HandshakeFailed => "handshake_failed",
+            CloseReason::Denied => "denied",
+            CloseReason::ConnectFailed => "connect_failed",
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections_opened: IntCounterVec,
+    connections_active: IntGaugeVec,
+    connections_closed: IntCounterVec,
+    handshakes: IntCounterVec,
+    bytes: IntCounterVec,
+    cert_expiration: GaugeVec,
+    ready: IntGauge,
+}
+
+/// The counters of one listener, with labels already applied.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub opened: IntCounter,
+    pub active: IntGauge,
+    /// Bytes from the listener's client towards the far side.
+    pub to_upstream: IntCounter,
+    /// Bytes from the far side back to the listener's client.
+    pub to_downstream: IntCounter,
+    handshake_ok: IntCounter,
+    handshake_failed: Vec<(HandshakeFailure, IntCounter)>,
+    closed: Vec<(CloseReason, IntCounter)>,
+}
+
+impl ListenerMetrics {
+    pub fn handshake_ok(&self) {
+        self.handshake_ok.inc();
+    }
+
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        if let Some((_, c)) = self.handshake_failed.iter().find(|(f, _)| *f == why) {
+            c.inc();
+        }
+    }
+
+    pub fn closed(&self, why: CloseReason) {
+        if let Some((_, c)) = self.closed.iter().find(|(r, _)| *r == why) {
+            c.inc();
+        }
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(v.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    v
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        // Panics here are programming errors in the static definitions
+        // below, caught by every test that builds a sidecar.
+        let registry = Registry::new();
+        let connections_opened = counter_vec(
+            &registry,
+            "portcullis_connections_opened_total",
+            "Connections accepted by a listener.",
+            &["direction", "listener"],
+        );
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_connections_active",
+                "Connections currently open on a listener.",
+            ),
+            &["direction", "listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(connections_active.clone()))
+            .expect("registered once");
+        let connections_closed = counter_vec(
+            &registry,
+            "portcullis_connections_closed_total",
+            "Connections closed, by the reason they ended.",
+            &["direction", "listener", "reason"],
+        );
+        let handshakes = counter_vec(
+            &registry,
+            "portcullis_tls_handshakes_total",
+            "TLS handshakes, by result: success or the failure reason.",
+            &["direction", "listener", "result"],
+        );
+        let bytes = counter_vec(
+            &registry,
+            "portcullis_bytes_total",
+            "Bytes proxied; flow=to_upstream is from the listener's client onwards, to_downstream is back to it.",
+            &["direction", "listener", "flow"],
+        );
+        let cert_expiration = GaugeVec::new(
+            Opts::new(
+                "portcullis_cert_expiration_timestamp_seconds",
+                "notAfter of each loaded certificate (our chain and every trust bundle root), as a Unix timestamp.",
+            ),
+            &["kind", "spiffe_id", "serial"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cert_expiration.clone()))
+            .expect("registered once");
+        let ready = IntGauge::new(
+            "portcullis_ready",
+            "1 when the sidecar is ready to serve (identity loaded, listeners bound, not draining).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(ready.clone())).expect("registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new("portcullis_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        Metrics {
+            registry,
+            connections_opened,
+            connections_active,
+            connections_closed,
+            handshakes,
+            bytes,
+            cert_expiration,
+            ready,
+        }
+    }
+
+    /// Resolves (and so exports, at zero) every series of one listener.
+    pub fn listener(&self, direction: Direction, name: &str) -> ListenerMetrics {
+        let d = direction.as_str();
+        ListenerMetrics {
+            opened: self.connections_opened.with_label_values(&[d, name]),
+            active: self.connections_active.with_label_values(&[d, name]),
+            to_upstream: self.bytes.with_label_values(&[d, name, "to_upstream"]),
+            to_downstream: self.bytes.with_label_values(&[d, name, "to_downstream"]),
+            handshake_ok: self.handshakes.with_label_values(&[d, name, "success"]),
+            handshake_failed: HandshakeFailure::ALL
+                .iter()
+                .map(|f| (*f, self.handshakes.with_label_values(&[d, name, f.as_str()])))
+                .collect(),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| (*r, self.connections_closed.with_label_values(&[d, name, r.as_str()])))
+                .collect(),
+        }
+    }
+
+    /// Replaces the expiry series with exactly these certificates, so a
+    /// certificate that went away stops being exported.
+    pub fn set_certificates<'a>(&self, certs: impl IntoIterator<Item = &'a CertSummary>) {
+        self.cert_expiration.reset();
+        for c in certs {
+            self.cert_expiration
+                .with_label_values(&[c.kind.as_str(), &c.spiffe_id, &c.serial])
+                .set(c.not_after as f64);
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

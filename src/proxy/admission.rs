@@ -1,0 +1,77 @@
+//! Admission: the checks every accepted connection passes after its TLS
+//! handshake and before any byte reaches the app.
+//!
+//! It runs after the handshake, not inside the rustls verifier, because
+//! resumed TLS 1.3 sessions skip the verifier altogether, and because later
+//! checks (OCSP queries) must be able to await. It reads the peer's identity
+//! from the certificate the session carries, so a resumed session is judged
+//! exactly like a fresh one.
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::identity::{SpiffeId, SvidError, serial_hex, spiffe_id_of};
+use crate::tls::TrustStore;
+
+/// The verified identity of a connection's peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub id: SpiffeId,
+    pub serial: String,
+    /// The leaf's notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Why admission refused a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum Denial {
+    #[error("peer presented no certificate")]
+    NoCertificate,
+    #[error("peer certificate is not a valid SVID: {0}")]
+    Svid(#[from] SvidError),
+    #[error("peer trust domain {0:?} is no longer trusted")]
+    UntrustedDomain(String),
+    #[error("peer certificate expired")]
+    Expired,
+    #[error("peer is {got}, expected {expected}")]
+    WrongIdentity { expected: SpiffeId, got: SpiffeId },
+}
+
+impl Denial {
+    /// A short label for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Denial::NoCertificate => "no_certificate",
+            Denial::Svid(_) => "bad_svid",
+            Denial::UntrustedDomain(_) => "untrusted_domain",
+            Denial::Expired => "expired",
+            Denial::WrongIdentity { .. } => "wrong_identity",
+        }
+    }
+}
+
+/// Reads the peer identity from the session's certificates and checks it
+/// is still acceptable now: its trust domain is still trusted and the leaf
+/// has not expired since the session was made.
+pub fn peer_identity(
+    certs: Option<&[CertificateDer<'_>]>,
+    trust: &TrustStore,
+    now_unix: i64,
+) -> Result<PeerIdentity, Denial> {
+    let leaf = certs.and_then(|c| c.first()).ok_or(Denial::NoCertificate)?;
+    let (_, cert) = X509Certificate::from_der(leaf)
+        .map_err(|e| Denial::Svid(SvidError::Parse(e.to_string())))?;
+    let id = spiffe_id_of(&cert)?;
+    if trust.get(id.trust_domain_name()).is_none() {
+        return Err(Denial::UntrustedDomain(id.trust_domain_name().to_string()));
+    }
+    let not_after = cert.validity().not_after.timestamp();
+    if not_after < now_unix {
+        return Err(Denial::Expired);
+    }
+    Ok(PeerIdentity {
+        id,
+        serial: serial_hex(cert.raw_serial()),
+        not_after,
+    })
+}

@@ -1,0 +1,309 @@
+//! Copying bytes both ways between two streams, the L4 data path.
+//!
+//! One future drives both directions (no task or lock per direction),
+//! counts bytes into the listener's counters as they move, propagates a
+//! half-close (EOF on one side becomes a shutdown of the other side's write
+//! half, a TLS close_notify on TLS streams), and ends the connection when
+//! no byte has moved either way for the idle timeout.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// One TLS record's worth of plaintext: reads rarely return more.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// How a bidirectional copy ended.
+#[derive(Debug)]
+pub enum CopyEnd {
+    /// Both directions reached EOF and were shut down.
+    Completed,
+    IdleTimeout,
+    Error(io::Error),
+}
+
+/// Bytes moved each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyStats {
+    pub to_upstream: u64,
+    pub to_downstream: u64,
+}
+
+/// Counters a copy adds to as bytes move.
+pub struct CopyCounters<'a> {
+    pub to_upstream: &'a IntCounter,
+    pub to_downstream: &'a IntCounter,
+}
+
+/// Copies `downstream` ↔ `upstream` until both directions finish, an error
+/// occurs, or nothing moves for `idle`.
+pub async fn copy_bidirectional<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
+    idle: Duration,
+    counters: CopyCounters<'_>,
+) -> (CopyEnd, CopyStats)
+where
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut transfer = Transfer {
+        downstream,
+        upstream,
+        up: Half::new(counters.to_upstream),
+        down: Half::new(counters.to_downstream),
+        last_activity: Instant::now(),
+    };
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    let end = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut transfer).poll(cx) {
+            return Poll::Ready(match result {
+                Ok(()) => CopyEnd::Completed,
+                Err(e) => CopyEnd::Error(e),
+            });
+        }
+        // The timer is only re-armed when it fires, not on every read, so
+        // activity costs one clock read instead of a timer-wheel update.
+        while sleep.as_mut().poll(cx).is_ready() {
+            let deadline = transfer.last_activity + idle;
+            if deadline <= Instant::now() {
+                return Poll::Ready(CopyEnd::IdleTimeout);
+            }
+            sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
+    let stats = CopyStats {
+        to_upstream: transfer.up.total,
+        to_downstream: transfer.down.total,
+    };
+    (end, stats)
+}
+
+struct Transfer<'a, D: ?Sized, U: ?Sized> {
+    downstream: &'a mut D,
+    upstream: &'a mut U,
+    up: Half<'a>,
+    down: Half<'a>,
+    last_activity: Instant,
+}
+
+impl<D, U> Future for Transfer<'_, D, U>
+where
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut moved = false;
+        let up = this
+            .up
+            .poll_copy(cx, &mut *this.downstream, &mut *this.upstream, &mut moved)?;
+        let down = this
+            .down
+            .poll_copy(cx, &mut *this.upstream, &mut *this.downstream, &mut moved)?;
+        if moved {
+            this.last_activity = Instant::now();
+        }
+        if up.is_ready() && down.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One direction: read into a buffer, write it all out, repeat; on EOF,
+/// flush and shut the writer down.
+struct Half<'a> {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+    total: u64,
+    counter: &'a IntCounter,
+}
+
+impl<'a> Half<'a> {
+    fn new(counter: &'a IntCounter) -> Self {
+        Half {
+            buf: Box::new([]),
+            pos: 0,
+            cap: 0,
+            read_done: false,
+            need_flush: false,
+            done: false,
+            total: 0,
+            counter,
+        }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                if self.buf.is_empty() {
+                    // Allocated on first use: a connection that never sends
+                    // in one direction never pays for its buffer.
+                    self.buf = vec![0u8; BUF_SIZE].into_boxed_slice();
+                }
+                let mut rb = ReadBuf::new(&mut self.buf[..]);
+                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            self.pos = 0;
+                            self.cap = n;
+                            self.total += n as u64;
+                            self.counter.inc_by(n as u64);
+                            *moved = true;
+                        }
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.need_flush = true;
+                *moved = true;
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.done = true;
+                self.buf = Box::new([]);
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn counters() -> (IntCounter, IntCounter) {
+        (
+            IntCounter::new("up", "up").unwrap(),
+            IntCounter::new("down", "down").unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_and_propagates_half_close() {
+        let (mut client, mut proxy_down) = tokio::io::duplex(1024);
+        let (mut proxy_up, mut server) = tokio::io::duplex(1024);
+        let (up, down) = counters();
+        let proxy = tokio::spawn(async move {
+            copy_bidirectional(
+                &mut proxy_down,
+                &mut proxy_up,
+                Duration::from_secs(30),
+                CopyCounters {
+                    to_upstream: &up,
+                    to_downstream: &down,
+                },
+            )
+            .await
+        });
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+        // The server can still answer after the client half-closed.
+        server.write_all(b"pong!").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong!");
+        let (end, stats) = proxy.await.unwrap();
+        assert!(matches!(end, CopyEnd::Completed), "{end:?}");
+        assert_eq!(stats, CopyStats { to_upstream: 4, to_downstream: 5 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_end() {
+        let (_client, mut proxy_down) = tokio::io::duplex(64);
+        let (mut proxy_up, _server) = tokio::io::duplex(64);
+        let (up, down) = counters();
+        let (end, _) = copy_bidirectional(
+            &mut proxy_down,
+            &mut proxy_up,
+            Duration::from_secs(5),
+            CopyCounters {
+                to_upstream: &up,
+                to_downstream: &down,
+            },
+        )
+        .await;
+        assert!(matches!(end, CopyEnd::IdleTimeout), "{end:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_postpones_the_idle_timeout() {
+        let (mut client, mut proxy_down) = tokio::io::duplex(64);
+        let (mut proxy_up, mut server) = tokio::io::duplex(64);
+        let (up, down) = counters();
+        let proxy = tokio::spawn(async move {
+            copy_bidirectional(
+                &mut proxy_down,
+                &mut proxy_up,
+                Duration::from_secs(5),
+                CopyCounters {
+                    to_upstream: &up,
+                    to_downstream: &down,
+                },
+            )
+            .await
+        });
+        let mut b = [0u8; 1];
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            client.write_all(b"x").await.unwrap();
+            server.read_exact(&mut b).await.unwrap();
+        }
+        assert!(!proxy.is_finished(), "12 s of traffic every 3 s must not idle out");
+        let (end, stats) = proxy.await.unwrap();
+        assert!(matches!(end, CopyEnd::IdleTimeout));
+        assert_eq!(stats.to_upstream, 4);
+    }
+}

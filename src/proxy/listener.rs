@@ -1,0 +1,53 @@
+//! The accept loop shared by every listener: accept until shutdown, hand
+//! each connection to its handler as a tracked task, and survive accept
+//! errors (a full file descriptor table must not end the listener).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Accepts connections on `listener` until `shutdown` fires. Each
+/// connection runs `handle` in a task tracked by `tracker`, so draining can
+/// wait for them.
+pub async fn accept_loop<F, Fut>(
+    name: String,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Proxied traffic is latency-sensitive and already batched
+                // by the apps; Nagle would only add delay.
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(listener = %name, %peer, error = %e, "set TCP_NODELAY failed");
+                }
+                tracker.spawn(handle(stream, peer));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOMEM persist until connections close:
+                // back off instead of spinning; other errors are per-connection.
+                let resource = matches!(e.raw_os_error(), Some(23) | Some(24) | Some(12));
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                if resource {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    tracing::debug!(listener = %name, "stopped accepting");
+}
