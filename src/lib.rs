@@ -2,6 +2,8 @@
 //! SPIFFE identities. See ARCHITECTURE.md for how the modules fit together.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod config;
 pub mod identity;
 pub mod metrics;

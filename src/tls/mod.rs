@@ -17,5 +17,5 @@ pub use material::{
 };
 pub use provider::provider;
 pub use store::IdentityStore;
-pub(crate) use material::unix_now;
+pub(crate) use material::{fmt_time, unix_now};
 pub use verifier::{InboundVerifier, OutboundVerifier, SvidVerifier, VerifyError};
