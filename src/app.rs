@@ -103,14 +103,23 @@ pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadErr
     }
     for role in roles {
         verifier
-            .verify(&chain[0], &chain[1..], rustls_pki_types::UnixTime::now(), role)
+            .verify(
+                &chain[0],
+                &chain[1..],
+                rustls_pki_types::UnixTime::now(),
+                role,
+            )
             .map_err(|e| {
                 LoadError::new(
                     &ic.cert,
                     format!(
                         "our SVID does not verify against the trust bundle {} as a TLS {}: {e}",
                         ic.trust_bundle.display(),
-                        if role == Role::Server { "server" } else { "client" }
+                        if role == Role::Server {
+                            "server"
+                        } else {
+                            "client"
+                        }
                     ),
                 )
             })?;
@@ -185,7 +194,11 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         outbound_listeners.push(bind(format!("outbound listener {:?}", l.name), l.listen).await?);
     }
 
-    tokio::spawn(crate::admin::serve(admin_listener, state.clone(), stop_admin.clone()));
+    tokio::spawn(crate::admin::serve(
+        admin_listener,
+        state.clone(),
+        stop_admin.clone(),
+    ));
 
     let mut inbound = Vec::with_capacity(config.inbound.len());
     for (l, listener) in config.inbound.iter().zip(inbound_listeners) {
@@ -252,12 +265,18 @@ impl Sidecar {
 
     /// The bound address of the inbound listener called `name`.
     pub fn inbound_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.inbound.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.inbound
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// The bound address of the outbound listener called `name`.
     pub fn outbound_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.outbound.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.outbound
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// Connections currently open.
@@ -287,7 +306,8 @@ impl Sidecar {
 /// Runs a sidecar until SIGTERM or SIGINT, then drains it.
 pub async fn run(config: Config) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let signal_error = |e: std::io::Error| LoadError::new(&PathBuf::from("<signals>"), e.to_string());
+    let signal_error =
+        |e: std::io::Error| LoadError::new(&PathBuf::from("<signals>"), e.to_string());
     let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     // SIGHUP's default action is to terminate; an operator who sends it
@@ -317,7 +337,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if left == 0 {
         tracing::info!("drained; exiting");
     } else {
-        tracing::warn!(open = left, "drain timeout reached; closing remaining connections");
+        tracing::warn!(
+            open = left,
+            "drain timeout reached; closing remaining connections"
+        );
     }
     Ok(())
 }

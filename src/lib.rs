@@ -4,9 +4,13 @@
 
 pub mod admin;
 pub mod app;
+pub mod cert_cmd;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod identity;
 pub mod metrics;
 pub mod pki;
 pub mod proxy;
+pub mod runtime;
 pub mod tls;

@@ -5,7 +5,10 @@
 //! tests. Hot paths never look labels up: listeners resolve their label
 //! sets once, at start, into a [`ListenerMetrics`] of plain counters.
 
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::tls::{CertSummary, HandshakeFailure};
 
@@ -177,7 +180,9 @@ impl Metrics {
             "1 when the sidecar is ready to serve (identity loaded, listeners bound, not draining).",
         )
         .expect("valid metric");
-        registry.register(Box::new(ready.clone())).expect("registered once");
+        registry
+            .register(Box::new(ready.clone()))
+            .expect("registered once");
         let build_info = IntGaugeVec::new(
             Opts::new("portcullis_build_info", "Build information; always 1."),
             &["version"],
@@ -213,11 +218,22 @@ impl Metrics {
             handshake_ok: self.handshakes.with_label_values(&[d, name, "success"]),
             handshake_failed: HandshakeFailure::ALL
                 .iter()
-                .map(|f| (*f, self.handshakes.with_label_values(&[d, name, f.as_str()])))
+                .map(|f| {
+                    (
+                        *f,
+                        self.handshakes.with_label_values(&[d, name, f.as_str()]),
+                    )
+                })
                 .collect(),
             closed: CloseReason::ALL
                 .iter()
-                .map(|r| (*r, self.connections_closed.with_label_values(&[d, name, r.as_str()])))
+                .map(|r| {
+                    (
+                        *r,
+                        self.connections_closed
+                            .with_label_values(&[d, name, r.as_str()]),
+                    )
+                })
                 .collect(),
         }
     }

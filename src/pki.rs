@@ -412,11 +412,17 @@ mod tests {
 
         let mut no_ds = base.clone();
         no_ds.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
-        assert_eq!(check(no_ds, Role::Client), Err(SvidError::NoDigitalSignature));
+        assert_eq!(
+            check(no_ds, Role::Client),
+            Err(SvidError::NoDigitalSignature)
+        );
 
         let mut no_ku = base.clone();
         no_ku.key_usages.clear();
-        assert_eq!(check(no_ku, Role::Client), Err(SvidError::NoDigitalSignature));
+        assert_eq!(
+            check(no_ku, Role::Client),
+            Err(SvidError::NoDigitalSignature)
+        );
 
         let mut cert_sign = base.clone();
         cert_sign.key_usages.push(KeyUsagePurpose::KeyCertSign);
@@ -448,7 +454,10 @@ mod tests {
         let leaf = inter.issue_svid(&id(), DAY).unwrap();
         assert_eq!(leaf.cert_pem.matches("BEGIN CERTIFICATE").count(), 2);
         let leaf_from_root = loaded.issue_svid(&id(), DAY).unwrap();
-        assert_eq!(leaf_from_root.cert_pem.matches("BEGIN CERTIFICATE").count(), 1);
+        assert_eq!(
+            leaf_from_root.cert_pem.matches("BEGIN CERTIFICATE").count(),
+            1
+        );
     }
 
     #[test]

@@ -23,7 +23,11 @@ impl ConfigDuration {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use ms, s, m, h or d)")),
+            _ => {
+                return Err(format!(
+                    "duration {s:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
+                ));
+            }
         };
         n.checked_mul(ms_per)
             .map(|ms| ConfigDuration(Duration::from_millis(ms)))
@@ -73,13 +77,20 @@ mod tests {
             ("2d", 172_800_000),
         ];
         for (s, ms) in ok {
-            assert_eq!(ConfigDuration::parse(s).unwrap().0, Duration::from_millis(ms), "{s}");
+            assert_eq!(
+                ConfigDuration::parse(s).unwrap().0,
+                Duration::from_millis(ms),
+                "{s}"
+            );
         }
         for bad in ["", "5", "s", "5x", "-1s", "1.5s", "99999999999999999999d"] {
             assert!(ConfigDuration::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(ConfigDuration::parse("90s").unwrap().to_string(), "90s");
         assert_eq!(ConfigDuration::parse("120s").unwrap().to_string(), "2m");
-        assert_eq!(ConfigDuration::parse("1500ms").unwrap().to_string(), "1500ms");
+        assert_eq!(
+            ConfigDuration::parse("1500ms").unwrap().to_string(),
+            "1500ms"
+        );
     }
 }

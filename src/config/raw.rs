@@ -134,34 +134,33 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
 
     let mut names: HashMap<String, Location> = HashMap::new();
     let mut listens: HashMap<SocketAddr, Location> = HashMap::new();
-    let mut check_listener = |name: &Spanned<String>,
-                              listen: &Spanned<SocketAddr>|
-     -> Result<(), ConfigError> {
-        check_name(&v, name)?;
-        if let Some(prev) = names.insert(name.value.clone(), name.referenced) {
-            return Err(v.at(
-                name.referenced,
-                format!(
-                    "listener name {:?} is already used at line {}",
-                    name.value,
-                    prev.line()
-                ),
-            ));
-        }
-        if listen.value.port() != 0
-            && let Some(prev) = listens.insert(listen.value, listen.referenced)
-        {
-            return Err(v.at(
-                listen.referenced,
-                format!(
-                    "listen address {} is already used at line {}",
-                    listen.value,
-                    prev.line()
-                ),
-            ));
-        }
-        Ok(())
-    };
+    let mut check_listener =
+        |name: &Spanned<String>, listen: &Spanned<SocketAddr>| -> Result<(), ConfigError> {
+            check_name(&v, name)?;
+            if let Some(prev) = names.insert(name.value.clone(), name.referenced) {
+                return Err(v.at(
+                    name.referenced,
+                    format!(
+                        "listener name {:?} is already used at line {}",
+                        name.value,
+                        prev.line()
+                    ),
+                ));
+            }
+            if listen.value.port() != 0
+                && let Some(prev) = listens.insert(listen.value, listen.referenced)
+            {
+                return Err(v.at(
+                    listen.referenced,
+                    format!(
+                        "listen address {} is already used at line {}",
+                        listen.value,
+                        prev.line()
+                    ),
+                ));
+            }
+            Ok(())
+        };
 
     let mut inbound = Vec::with_capacity(raw.inbound.len());
     for l in raw.inbound {
@@ -190,7 +189,10 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         if l.endpoints.value.is_empty() {
             return Err(v.at(
                 l.endpoints.referenced,
-                format!("outbound listener {:?} needs at least one endpoint", l.name.value),
+                format!(
+                    "outbound listener {:?} needs at least one endpoint",
+                    l.name.value
+                ),
             ));
         }
         let mut endpoints = Vec::with_capacity(l.endpoints.value.len());
@@ -229,7 +231,9 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
 
     let mut timeouts = Timeouts::default();
     if let Some(t) = raw.timeouts {
-        let positive = |d: Option<Spanned<ConfigDuration>>, name: &str, slot: &mut ConfigDuration| {
+        let positive = |d: Option<Spanned<ConfigDuration>>,
+                        name: &str,
+                        slot: &mut ConfigDuration| {
             if let Some(d) = d {
                 if d.value.0.is_zero() {
                     return Err(v.at(d.referenced, format!("timeouts.{name} must be more than 0")));
@@ -380,9 +384,16 @@ log:
         let e = err(&GOOD.replace("    protocol: tcp\noutbound", "    protocl: tcp\noutbound"));
         assert_eq!(e.line, Some(9), "{e}");
         assert!(e.reason.contains("unknown field `protocl`"), "{e}");
-        assert!(e.to_string().starts_with("/etc/portcullis/portcullis.yaml:9:5: "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/etc/portcullis/portcullis.yaml:9:5: "),
+            "{e}"
+        );
 
-        let e = err(&GOOD.replace("spiffe://prod.example.org/ns/pay/sa/payments", "spiffe://prod.example.org/ns//x"));
+        let e = err(&GOOD.replace(
+            "spiffe://prod.example.org/ns/pay/sa/payments",
+            "spiffe://prod.example.org/ns//x",
+        ));
         assert_eq!(e.line, Some(14), "{e}");
         assert!(e.reason.contains("empty segment"), "{e}");
 

@@ -7,4 +7,6 @@ mod spiffe_id;
 mod svid;
 
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
-pub use svid::{LeafInfo, Role, SvidError, check_leaf, check_parsed_leaf, serial_hex, spiffe_id_of};
+pub use svid::{
+    LeafInfo, Role, SvidError, check_leaf, check_parsed_leaf, serial_hex, spiffe_id_of,
+};

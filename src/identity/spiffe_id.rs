@@ -265,7 +265,11 @@ mod tests {
                 "prod.example.org",
                 "/ns/pay/sa/payments",
             ),
-            ("spiffe://a-b_c.9/x.y-z_Q/.../a..b", "a-b_c.9", "/x.y-z_Q/.../a..b"),
+            (
+                "spiffe://a-b_c.9/x.y-z_Q/.../a..b",
+                "a-b_c.9",
+                "/x.y-z_Q/.../a..b",
+            ),
         ];
         for (input, td, path) in cases {
             let id = SpiffeId::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));

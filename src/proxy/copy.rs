@@ -109,9 +109,9 @@ where
         let up = this
             .up
             .poll_copy(cx, &mut *this.downstream, &mut *this.upstream, &mut moved)?;
-        let down = this
-            .down
-            .poll_copy(cx, &mut *this.upstream, &mut *this.downstream, &mut moved)?;
+        let down =
+            this.down
+                .poll_copy(cx, &mut *this.upstream, &mut *this.downstream, &mut moved)?;
         if moved {
             this.last_activity = Instant::now();
         }
@@ -196,7 +196,8 @@ impl<'a> Half<'a> {
                 }
             }
             while self.pos < self.cap {
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                let n =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -257,7 +258,13 @@ mod tests {
         assert_eq!(back, b"pong!");
         let (end, stats) = proxy.await.unwrap();
         assert!(matches!(end, CopyEnd::Completed), "{end:?}");
-        assert_eq!(stats, CopyStats { to_upstream: 4, to_downstream: 5 });
+        assert_eq!(
+            stats,
+            CopyStats {
+                to_upstream: 4,
+                to_downstream: 5
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -301,7 +308,10 @@ mod tests {
             client.write_all(b"x").await.unwrap();
             server.read_exact(&mut b).await.unwrap();
         }
-        assert!(!proxy.is_finished(), "12 s of traffic every 3 s must not idle out");
+        assert!(
+            !proxy.is_finished(),
+            "12 s of traffic every 3 s must not idle out"
+        );
         let (end, stats) = proxy.await.unwrap();
         assert!(matches!(end, CopyEnd::IdleTimeout));
         assert_eq!(stats.to_upstream, 4);

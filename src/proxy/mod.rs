@@ -40,7 +40,10 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-async fn connect_with_timeout(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, CloseReason> {
+async fn connect_with_timeout(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, CloseReason> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
@@ -51,11 +54,23 @@ async fn connect_with_timeout(addr: SocketAddr, timeout: Duration) -> Result<Tcp
     }
 }
 
-fn log_copy_end(listener: &str, direction: &str, end: &CopyEnd, stats: CopyStats, peer: Option<&SpiffeId>) {
+fn log_copy_end(
+    listener: &str,
+    direction: &str,
+    end: &CopyEnd,
+    stats: CopyStats,
+    peer: Option<&SpiffeId>,
+) {
     let peer = peer.map(|p| p.as_str()).unwrap_or("");
     match end {
-        CopyEnd::Error(e) => tracing::debug!(%listener, direction, peer, error = %e, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection ended with an error"),
-        CopyEnd::IdleTimeout => tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection idle, closed"),
-        CopyEnd::Completed => tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed"),
+        CopyEnd::Error(e) => {
+            tracing::debug!(%listener, direction, peer, error = %e, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection ended with an error")
+        }
+        CopyEnd::IdleTimeout => {
+            tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection idle, closed")
+        }
+        CopyEnd::Completed => {
+            tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed")
+        }
     }
 }

@@ -65,11 +65,16 @@ impl OutboundListener {
         };
         let server_name = endpoint.server_name().clone();
         let connector = TlsConnector::from(self.upstream.config());
-        let handshake =
-            tokio::time::timeout(self.timeouts.handshake.0, connector.connect(server_name, tcp)).await;
+        let handshake = tokio::time::timeout(
+            self.timeouts.handshake.0,
+            connector.connect(server_name, tcp),
+        )
+        .await;
         let mut tls = match handshake {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.handshake_failed(HandshakeFailure::classify(&e), &e, &endpoint),
+            Ok(Err(e)) => {
+                return self.handshake_failed(HandshakeFailure::classify(&e), &e, &endpoint);
+            }
             Err(_) => {
                 let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
                 return self.handshake_failed(HandshakeFailure::Timeout, &e, &endpoint);
@@ -81,17 +86,21 @@ impl OutboundListener {
         // session carries, as for a fresh one.
         let checked = {
             let (_, session) = tls.get_ref();
-            peer_identity(session.peer_certificates(), &self.tls.trust(), crate::tls::unix_now())
-                .and_then(|p| {
-                    if &p.id == self.upstream.expected() {
-                        Ok(p)
-                    } else {
-                        Err(Denial::WrongIdentity {
-                            expected: self.upstream.expected().clone(),
-                            got: p.id,
-                        })
-                    }
-                })
+            peer_identity(
+                session.peer_certificates(),
+                &self.tls.trust(),
+                crate::tls::unix_now(),
+            )
+            .and_then(|p| {
+                if &p.id == self.upstream.expected() {
+                    Ok(p)
+                } else {
+                    Err(Denial::WrongIdentity {
+                        expected: self.upstream.expected().clone(),
+                        got: p.id,
+                    })
+                }
+            })
         };
         let peer = match checked {
             Ok(p) => p,

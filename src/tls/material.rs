@@ -12,7 +12,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::{LeafInfo, SpiffeId, TrustDomain, check_parsed_leaf, serial_hex, spiffe_id_of};
+use crate::identity::{
+    LeafInfo, SpiffeId, TrustDomain, check_parsed_leaf, serial_hex, spiffe_id_of,
+};
 
 /// A file that could not be used, and why.
 #[derive(Debug, thiserror::Error)]
@@ -166,8 +168,9 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
         LoadError::new(key_path, why)
     })?;
 
-    let (_, leaf_cert) = X509Certificate::from_der(&chain[0])
-        .map_err(|e| LoadError::new(cert_path, format!("leaf certificate cannot be parsed: {e}")))?;
+    let (_, leaf_cert) = X509Certificate::from_der(&chain[0]).map_err(|e| {
+        LoadError::new(cert_path, format!("leaf certificate cannot be parsed: {e}"))
+    })?;
     let leaf = check_parsed_leaf(&leaf_cert, None)
         .map_err(|e| LoadError::new(cert_path, format!("leaf is not a valid X.509-SVID: {e}")))?;
     let now = unix_now();
@@ -180,7 +183,10 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
     if leaf.not_before > now {
         return Err(LoadError::new(
             cert_path,
-            format!("leaf certificate is not valid before {}", fmt_time(leaf.not_before)),
+            format!(
+                "leaf certificate is not valid before {}",
+                fmt_time(leaf.not_before)
+            ),
         ));
     }
 
@@ -189,10 +195,16 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
         let (kind, id) = if i == 0 {
             (CertKind::Leaf, leaf.id.to_string())
         } else {
-            (CertKind::Intermediate, leaf.id.trust_domain().id().to_string())
+            (
+                CertKind::Intermediate,
+                leaf.id.trust_domain().id().to_string(),
+            )
         };
         summaries.push(CertSummary::of(der, kind, id).map_err(|e| {
-            LoadError::new(cert_path, format!("certificate {} cannot be parsed: {e}", i + 1))
+            LoadError::new(
+                cert_path,
+                format!("certificate {} cannot be parsed: {e}", i + 1),
+            )
         })?);
     }
 
@@ -246,7 +258,12 @@ pub fn load_bundle(path: &Path, trust_domain: &TrustDomain) -> Result<TrustBundl
             ));
         }
         let anchor = webpki::anchor_from_trusted_cert(der)
-            .map_err(|e| LoadError::new(path, format!("certificate {n} is not a usable trust anchor: {e}")))?
+            .map_err(|e| {
+                LoadError::new(
+                    path,
+                    format!("certificate {n} is not a usable trust anchor: {e}"),
+                )
+            })?
             .to_owned();
         anchors.push(anchor);
         roots.push(
@@ -268,16 +285,19 @@ impl LoadedIdentity {
     }
 }
 
-pub(crate) fn unix_now() -> i64 {
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
 
-pub(crate) fn fmt_time(unix: i64) -> String {
+pub fn fmt_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }

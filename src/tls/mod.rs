@@ -15,7 +15,7 @@ pub use material::{
     CertKind, CertSummary, LoadError, LoadedIdentity, TrustBundle, TrustStore, load_bundle,
     load_identity,
 };
+pub use material::{fmt_time, unix_now};
 pub use provider::provider;
 pub use store::IdentityStore;
-pub(crate) use material::{fmt_time, unix_now};
 pub use verifier::{InboundVerifier, OutboundVerifier, SvidVerifier, VerifyError};

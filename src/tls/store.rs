@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::SignatureScheme;
 
 use super::material::LoadedIdentity;
 
