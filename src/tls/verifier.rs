@@ -49,8 +49,11 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         W::CertExpired { .. } => CertificateError::Expired,
         W::CertNotValidYet { .. } => CertificateError::NotValidYet,
         W::CertRevoked => CertificateError::Revoked,
-        W::InvalidSignatureForPublicKey
-        | W::UnsupportedSignatureAlgorithmContext(_)
+        // During path building a signature that does not verify means the
+        // issuer with that name is not the one we trust: typically another
+        // CA for the same trust domain with the same subject name.
+        W::InvalidSignatureForPublicKey => CertificateError::UnknownIssuer,
+        W::UnsupportedSignatureAlgorithmContext(_)
         | W::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => CertificateError::BadSignature,
         W::CaUsedAsEndEntity => return cert_error(VerifyError::Svid(SvidError::IsCa)),
         W::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
