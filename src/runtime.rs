@@ -5,6 +5,7 @@
 //! get throttled, so the worker count comes from the container's cgroup
 //! CPU limit unless the config or a flag sets it.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_subscriber::EnvFilter;
@@ -86,6 +87,7 @@ pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

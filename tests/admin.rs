@@ -17,18 +17,39 @@ async fn metrics_pass_promtool_and_show_expiry() {
     let pki = Pki::new();
     let app = echo_app().await;
     let server = server_sidecar(&pki, "orders", SERVER_ID, app).await;
-    let client = client_sidecar(&pki, "orders", CLIENT_ID, server.inbound_addr("orders").unwrap(), SERVER_ID).await;
-    round_trip(client.outbound_addr("orders").unwrap(), b"some traffic").await.unwrap();
+    let client = client_sidecar(
+        &pki,
+        "orders",
+        CLIENT_ID,
+        server.inbound_addr("orders").unwrap(),
+        SERVER_ID,
+    )
+    .await;
+    round_trip(client.outbound_addr("orders").unwrap(), b"some traffic")
+        .await
+        .unwrap();
 
     for sidecar in [&server, &client] {
         let (status, body) = http_get(sidecar.admin_addr(), "/metrics").await.unwrap();
         assert_eq!(status, 200);
         // Our leaf and the bundle's root, with absolute timestamps.
-        let leaf = metric(&body, "portcullis_cert_expiration_timestamp_seconds", &[("kind", "leaf")]).expect("leaf expiry");
-        let root = metric(&body, "portcullis_cert_expiration_timestamp_seconds", &[("kind", "root"), ("spiffe_id", "spiffe://prod.example.org")])
-            .expect("root expiry");
+        let leaf = metric(
+            &body,
+            "portcullis_cert_expiration_timestamp_seconds",
+            &[("kind", "leaf")],
+        )
+        .expect("leaf expiry");
+        let root = metric(
+            &body,
+            "portcullis_cert_expiration_timestamp_seconds",
+            &[("kind", "root"), ("spiffe_id", "spiffe://prod.example.org")],
+        )
+        .expect("root expiry");
         let now = portcullis::tls::unix_now() as f64;
-        assert!(leaf > now && leaf <= now + 86400.0 + 5.0, "leaf expiry {leaf}");
+        assert!(
+            leaf > now && leaf <= now + 86400.0 + 5.0,
+            "leaf expiry {leaf}"
+        );
         assert!(root > now, "root expiry {root}");
         assert_eq!(metric(&body, "portcullis_ready", &[]), Some(1.0));
 
@@ -40,7 +61,13 @@ async fn metrics_pass_promtool_and_show_expiry() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(body.as_bytes()).await.unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .await
+                .unwrap();
             let out = child.wait_with_output().await.unwrap();
             assert!(
                 out.status.success(),
@@ -52,7 +79,10 @@ async fn metrics_pass_promtool_and_show_expiry() {
     }
     let (_, body) = http_get(server.admin_addr(), "/metrics").await.unwrap();
     let leaf_serial = server.state().tls.identity().current().leaf.serial.clone();
-    assert!(body.contains(&format!("spiffe_id=\"{SERVER_ID}\"")), "{body}");
+    assert!(
+        body.contains(&format!("spiffe_id=\"{SERVER_ID}\"")),
+        "{body}"
+    );
     assert!(body.contains(&format!("serial=\"{leaf_serial}\"")));
 }
 
@@ -72,9 +102,16 @@ async fn live_ready_and_drain() {
     let (_, body) = http_get(admin, "/metrics").await.unwrap();
     assert_eq!(metric(&body, "portcullis_ready", &[]), Some(0.0));
     let inbound = server.inbound_addr("orders").unwrap();
-    wait_for(Duration::from_secs(5), "the inbound port to refuse connections", || async {
-        tokio::net::TcpStream::connect(inbound).await.is_err().then_some(())
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "the inbound port to refuse connections",
+        || async {
+            tokio::net::TcpStream::connect(inbound)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(server.shutdown(Duration::from_secs(5)).await, 0);
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use portcullis::app::Sidecar;
-use portcullis::pki::{Ca, KeyUsagePurpose, LeafSpec};
 use portcullis::identity::TrustDomain;
+use portcullis::pki::{Ca, KeyUsagePurpose, LeafSpec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -64,13 +64,25 @@ async fn s_client_echoes(addr: std::net::SocketAddr, args: &[&str]) -> bool {
 }
 
 async fn assert_refused(server: &Sidecar, addr: std::net::SocketAddr, args: &[&str], reason: &str) {
-    assert!(!s_client_echoes(addr, args).await, "{reason}: connection must be refused");
-    wait_metric(server, "portcullis_tls_handshakes_total", &[("direction", "inbound"), ("result", reason)], 1.0).await;
+    assert!(
+        !s_client_echoes(addr, args).await,
+        "{reason}: connection must be refused"
+    );
+    wait_metric(
+        server,
+        "portcullis_tls_handshakes_total",
+        &[("direction", "inbound"), ("result", reason)],
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_clients_are_accepted_or_refused_with_the_right_reason() {
-    if !have_tool("openssl", "openssl_clients_are_accepted_or_refused_with_the_right_reason") {
+    if !have_tool(
+        "openssl",
+        "openssl_clients_are_accepted_or_refused_with_the_right_reason",
+    ) {
         return;
     }
     let (pki, server, addr) = setup().await;
@@ -80,10 +92,29 @@ async fn openssl_clients_are_accepted_or_refused_with_the_right_reason() {
     // A valid SVID: accepted, and s_client also accepts our server chain.
     let (c, k) = pki.svid("good", PEER_ID);
     assert!(
-        s_client_echoes(addr, &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k), "-CAfile", &b, "-verify_return_error"]).await,
+        s_client_echoes(
+            addr,
+            &[
+                "-tls1_3",
+                "-cert",
+                path_str(&c),
+                "-key",
+                path_str(&k),
+                "-CAfile",
+                &b,
+                "-verify_return_error"
+            ]
+        )
+        .await,
         "a valid SVID must be accepted"
     );
-    wait_metric(&server, "portcullis_tls_handshakes_total", &[("direction", "inbound"), ("result", "success")], 1.0).await;
+    wait_metric(
+        &server,
+        "portcullis_tls_handshakes_total",
+        &[("direction", "inbound"), ("result", "success")],
+        1.0,
+    )
+    .await;
 
     // No client certificate at all.
     assert_refused(&server, addr, &["-tls1_3", "-CAfile", &b], "no_client_cert").await;
@@ -92,48 +123,111 @@ async fn openssl_clients_are_accepted_or_refused_with_the_right_reason() {
     let other_ca = Ca::generate(&TrustDomain::parse(TD).unwrap(), DAY).unwrap();
     let foreign = other_ca.issue_svid(&id(PEER_ID), DAY).unwrap();
     let (c, k) = pki.write("other-ca", &foreign);
-    assert_refused(&server, addr, &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)], "unknown_ca").await;
+    assert_refused(
+        &server,
+        addr,
+        &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)],
+        "unknown_ca",
+    )
+    .await;
 
     // Expired yesterday.
     let mut spec = LeafSpec::svid(&id(PEER_ID), DAY);
     spec.not_before = time::OffsetDateTime::now_utc() - DAY * 2;
     spec.not_after = time::OffsetDateTime::now_utc() - DAY;
     let (c, k) = pki.issue("expired", &spec);
-    assert_refused(&server, addr, &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)], "expired").await;
+    assert_refused(
+        &server,
+        addr,
+        &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)],
+        "expired",
+    )
+    .await;
 
     // Two URI SANs.
     let mut spec = LeafSpec::svid(&id(PEER_ID), DAY);
-    spec.uris.push("spiffe://prod.example.org/ns/web/sa/other".into());
+    spec.uris
+        .push("spiffe://prod.example.org/ns/web/sa/other".into());
     let (c, k) = pki.issue("two-sans", &spec);
-    assert_refused(&server, addr, &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)], "bad_svid").await;
+    assert_refused(
+        &server,
+        addr,
+        &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)],
+        "bad_svid",
+    )
+    .await;
 
     // A CA certificate used as a leaf (counted with the other SVID breaches).
     let mut spec = LeafSpec::svid(&id(PEER_ID), DAY);
     spec.is_ca = true;
-    spec.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign];
+    spec.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
     let (c, k) = pki.issue("ca-leaf", &spec);
-    assert_refused_again(&server, addr, &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)], "bad_svid", 2.0).await;
+    assert_refused_again(
+        &server,
+        addr,
+        &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)],
+        "bad_svid",
+        2.0,
+    )
+    .await;
 
     // A valid SVID, signed by our CA, but for another trust domain.
     let (c, k) = pki.svid("foreign-td", "spiffe://partner.example.com/ns/x/sa/y");
-    assert_refused(&server, addr, &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)], "untrusted_domain").await;
+    assert_refused(
+        &server,
+        addr,
+        &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)],
+        "untrusted_domain",
+    )
+    .await;
 
     // TLS 1.2 only.
     let (c, k) = (pki.path("good.pem"), pki.path("good-key.pem"));
-    assert_refused(&server, addr, &["-tls1_2", "-cert", path_str(&c), "-key", path_str(&k)], "protocol").await;
+    assert_refused(
+        &server,
+        addr,
+        &["-tls1_2", "-cert", path_str(&c), "-key", path_str(&k)],
+        "protocol",
+    )
+    .await;
 
     // Every refusal was counted as a closed connection, and none reached the app.
     let m = server.metrics().encode();
-    assert_eq!(metric(&m, "portcullis_connections_closed_total", &[("reason", "handshake_failed")]), Some(7.0));
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_connections_closed_total",
+            &[("reason", "handshake_failed")]
+        ),
+        Some(7.0)
+    );
     assert_eq!(
         metric(&m, "portcullis_bytes_total", &[("flow", "to_upstream")]),
         Some("ping-through-portcullis\n".len() as f64)
     );
 }
 
-async fn assert_refused_again(server: &Sidecar, addr: std::net::SocketAddr, args: &[&str], reason: &str, count: f64) {
-    assert!(!s_client_echoes(addr, args).await, "{reason}: connection must be refused");
-    wait_metric(server, "portcullis_tls_handshakes_total", &[("direction", "inbound"), ("result", reason)], count).await;
+async fn assert_refused_again(
+    server: &Sidecar,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+    reason: &str,
+    count: f64,
+) {
+    assert!(
+        !s_client_echoes(addr, args).await,
+        "{reason}: connection must be refused"
+    );
+    wait_metric(
+        server,
+        "portcullis_tls_handshakes_total",
+        &[("direction", "inbound"), ("result", reason)],
+        count,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +235,9 @@ async fn garbage_closes_only_its_own_connection() {
     let (pki, server, addr) = setup().await;
     pki.svid("good", PEER_ID);
     // A healthy connection stays open through the whole attack.
-    let mut healthy = tls_connect(addr, pki.client_tls("good", SERVER_ID)).await.unwrap();
+    let mut healthy = tls_connect(addr, pki.client_tls("good", SERVER_ID))
+        .await
+        .unwrap();
     healthy.write_all(b"before").await.unwrap();
     let mut buf = [0u8; 6];
     healthy.read_exact(&mut buf).await.unwrap();
@@ -161,16 +257,33 @@ async fn garbage_closes_only_its_own_connection() {
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
             .await
             .expect("garbage connection must be closed");
-        assert!(!String::from_utf8_lossy(&rest).contains("HTTP/1.1"), "no app data may leak");
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("HTTP/1.1"),
+            "no app data may leak"
+        );
     }
-    wait_metric(&server, "portcullis_tls_handshakes_total", &[("result", "not_tls")], 2.0).await;
-    wait_metric(&server, "portcullis_tls_handshakes_total", &[("result", "protocol")], 1.0).await;
+    wait_metric(
+        &server,
+        "portcullis_tls_handshakes_total",
+        &[("result", "not_tls")],
+        2.0,
+    )
+    .await;
+    wait_metric(
+        &server,
+        "portcullis_tls_handshakes_total",
+        &[("result", "protocol")],
+        1.0,
+    )
+    .await;
 
     healthy.write_all(b"after!").await.unwrap();
     healthy.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"after!");
     // And new good connections still work.
-    let mut again = tls_connect(addr, pki.client_tls("good", SERVER_ID)).await.unwrap();
+    let mut again = tls_connect(addr, pki.client_tls("good", SERVER_ID))
+        .await
+        .unwrap();
     again.write_all(b"again!").await.unwrap();
     again.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"again!");
@@ -187,11 +300,19 @@ async fn a_silent_client_is_cut_at_the_handshake_timeout() {
     ))
     .await
     .unwrap();
-    let mut s = TcpStream::connect(server.inbound_addr("orders").unwrap()).await.unwrap();
+    let mut s = TcpStream::connect(server.inbound_addr("orders").unwrap())
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
         .await
         .expect("the sidecar must close a silent connection")
         .ok();
-    wait_metric(&server, "portcullis_tls_handshakes_total", &[("result", "timeout")], 1.0).await;
+    wait_metric(
+        &server,
+        "portcullis_tls_handshakes_total",
+        &[("result", "timeout")],
+        1.0,
+    )
+    .await;
 }

@@ -32,18 +32,49 @@ async fn bytes_cross_the_mesh_hop_intact_including_10_mib() {
 
     let total = (big.len() + 5) as f64;
     for (sidecar, direction) in [(&client, "outbound"), (&server, "inbound")] {
-        wait_metric(sidecar, "portcullis_connections_closed_total", &[("direction", direction), ("reason", "completed")], 2.0).await;
+        wait_metric(
+            sidecar,
+            "portcullis_connections_closed_total",
+            &[("direction", direction), ("reason", "completed")],
+            2.0,
+        )
+        .await;
         let m = sidecar.metrics().encode();
         for flow in ["to_upstream", "to_downstream"] {
             assert_eq!(
-                metric(&m, "portcullis_bytes_total", &[("direction", direction), ("flow", flow)]),
+                metric(
+                    &m,
+                    "portcullis_bytes_total",
+                    &[("direction", direction), ("flow", flow)]
+                ),
                 Some(total),
                 "{direction} {flow}"
             );
         }
-        assert_eq!(metric(&m, "portcullis_tls_handshakes_total", &[("direction", direction), ("result", "success")]), Some(2.0));
-        assert_eq!(metric(&m, "portcullis_connections_opened_total", &[("direction", direction)]), Some(2.0));
-        assert_eq!(metric(&m, "portcullis_connections_active", &[("direction", direction)]), Some(0.0));
+        assert_eq!(
+            metric(
+                &m,
+                "portcullis_tls_handshakes_total",
+                &[("direction", direction), ("result", "success")]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "portcullis_connections_opened_total",
+                &[("direction", direction)]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "portcullis_connections_active",
+                &[("direction", direction)]
+            ),
+            Some(0.0)
+        );
     }
 }
 
@@ -57,13 +88,24 @@ async fn server_can_answer_after_client_half_closes() {
         let (mut s, _) = app.accept().await.unwrap();
         let mut req = Vec::new();
         s.read_to_end(&mut req).await.unwrap();
-        s.write_all(format!("got {} bytes", req.len()).as_bytes()).await.unwrap();
+        s.write_all(format!("got {} bytes", req.len()).as_bytes())
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
     });
     let pki = Pki::new();
     let server = server_sidecar(&pki, "orders", SERVER_ID, app_addr).await;
-    let client = client_sidecar(&pki, "orders", CLIENT_ID, server.inbound_addr("orders").unwrap(), SERVER_ID).await;
-    let back = round_trip(client.outbound_addr("orders").unwrap(), b"0123456789").await.unwrap();
+    let client = client_sidecar(
+        &pki,
+        "orders",
+        CLIENT_ID,
+        server.inbound_addr("orders").unwrap(),
+        SERVER_ID,
+    )
+    .await;
+    let back = round_trip(client.outbound_addr("orders").unwrap(), b"0123456789")
+        .await
+        .unwrap();
     assert_eq!(back, b"got 10 bytes");
 }
 
@@ -90,7 +132,9 @@ async fn chains_with_intermediates_verify_both_ways() {
     ))
     .await
     .unwrap();
-    let back = round_trip(client.outbound_addr("orders").unwrap(), b"via intermediate").await.unwrap();
+    let back = round_trip(client.outbound_addr("orders").unwrap(), b"via intermediate")
+        .await
+        .unwrap();
     assert_eq!(back, b"via intermediate");
 }
 
@@ -98,35 +142,96 @@ async fn chains_with_intermediates_verify_both_ways() {
 async fn outbound_refuses_an_upstream_with_the_wrong_spiffe_id() {
     let pki = Pki::new();
     let app = echo_app().await;
-    let impostor = server_sidecar(&pki, "orders", "spiffe://prod.example.org/ns/shop/sa/impostor", app).await;
-    let client = client_sidecar(&pki, "orders", CLIENT_ID, impostor.inbound_addr("orders").unwrap(), SERVER_ID).await;
+    let impostor = server_sidecar(
+        &pki,
+        "orders",
+        "spiffe://prod.example.org/ns/shop/sa/impostor",
+        app,
+    )
+    .await;
+    let client = client_sidecar(
+        &pki,
+        "orders",
+        CLIENT_ID,
+        impostor.inbound_addr("orders").unwrap(),
+        SERVER_ID,
+    )
+    .await;
 
     let back = round_trip(client.outbound_addr("orders").unwrap(), b"secret").await;
     // The app's connection is closed without a byte of echo.
     assert!(back.map(|b| b.is_empty()).unwrap_or(true));
-    wait_metric(&client, "portcullis_tls_handshakes_total", &[("direction", "outbound"), ("result", "wrong_identity")], 1.0).await;
-    wait_metric(&client, "portcullis_connections_closed_total", &[("direction", "outbound"), ("reason", "handshake_failed")], 1.0).await;
+    wait_metric(
+        &client,
+        "portcullis_tls_handshakes_total",
+        &[("direction", "outbound"), ("result", "wrong_identity")],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &client,
+        "portcullis_connections_closed_total",
+        &[("direction", "outbound"), ("reason", "handshake_failed")],
+        1.0,
+    )
+    .await;
     // The impostor saw the client abort the handshake.
-    wait_metric(&impostor, "portcullis_tls_handshakes_total", &[("direction", "inbound"), ("result", "peer_rejected")], 1.0).await;
+    wait_metric(
+        &impostor,
+        "portcullis_tls_handshakes_total",
+        &[("direction", "inbound"), ("result", "peer_rejected")],
+        1.0,
+    )
+    .await;
     let m = impostor.metrics().encode();
-    assert_eq!(metric(&m, "portcullis_bytes_total", &[("direction", "inbound"), ("flow", "to_upstream")]), Some(0.0));
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_bytes_total",
+            &[("direction", "inbound"), ("flow", "to_upstream")]
+        ),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]
 async fn unreachable_app_and_upstream_close_only_that_connection() {
     let pki = Pki::new();
     // Nothing listens on the app port: bind and drop to get a closed port.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let server = server_sidecar(&pki, "orders", SERVER_ID, dead).await;
-    let client = client_sidecar(&pki, "orders", CLIENT_ID, server.inbound_addr("orders").unwrap(), SERVER_ID).await;
+    let client = client_sidecar(
+        &pki,
+        "orders",
+        CLIENT_ID,
+        server.inbound_addr("orders").unwrap(),
+        SERVER_ID,
+    )
+    .await;
     let back = round_trip(client.outbound_addr("orders").unwrap(), b"x").await;
     assert!(back.map(|b| b.is_empty()).unwrap_or(true));
-    wait_metric(&server, "portcullis_connections_closed_total", &[("direction", "inbound"), ("reason", "connect_failed")], 1.0).await;
+    wait_metric(
+        &server,
+        "portcullis_connections_closed_total",
+        &[("direction", "inbound"), ("reason", "connect_failed")],
+        1.0,
+    )
+    .await;
 
     let client2 = client_sidecar(&pki, "pay", CLIENT_ID, dead, SERVER_ID).await;
     let back = round_trip(client2.outbound_addr("pay").unwrap(), b"x").await;
     assert!(back.map(|b| b.is_empty()).unwrap_or(true));
-    wait_metric(&client2, "portcullis_connections_closed_total", &[("direction", "outbound"), ("reason", "connect_failed")], 1.0).await;
+    wait_metric(
+        &client2,
+        "portcullis_connections_closed_total",
+        &[("direction", "outbound"), ("reason", "connect_failed")],
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -135,7 +240,11 @@ async fn outbound_fails_over_to_the_next_endpoint() {
     let app = echo_app().await;
     let server = server_sidecar(&pki, "orders", SERVER_ID, app).await;
     let good = server.inbound_addr("orders").unwrap();
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     pki.svid("c", CLIENT_ID);
     let client = portcullis::app::start(pki.config(
         "c.yaml",
@@ -145,7 +254,9 @@ async fn outbound_fails_over_to_the_next_endpoint() {
     .unwrap();
     for i in 0..4 {
         let msg = format!("try {i}");
-        let back = round_trip(client.outbound_addr("orders").unwrap(), msg.as_bytes()).await.unwrap();
+        let back = round_trip(client.outbound_addr("orders").unwrap(), msg.as_bytes())
+            .await
+            .unwrap();
         assert_eq!(back, msg.as_bytes());
     }
 }

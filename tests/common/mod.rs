@@ -76,7 +76,11 @@ impl Pki {
 
     /// A TLS client config presenting `name`'s SVID and expecting `server`.
     pub fn client_tls(&self, name: &str, server: &str) -> Arc<rustls::ClientConfig> {
-        let identity = load_identity(&self.path(&format!("{name}.pem")), &self.path(&format!("{name}-key.pem"))).unwrap();
+        let identity = load_identity(
+            &self.path(&format!("{name}.pem")),
+            &self.path(&format!("{name}-key.pem")),
+        )
+        .unwrap();
         let bundle = load_bundle(&self.bundle(), &TrustDomain::parse(TD).unwrap()).unwrap();
         let ctx = TlsContext::new(identity, TrustStore::new([bundle])).unwrap();
         ctx.outbound(id(server)).unwrap().config()
@@ -103,11 +107,19 @@ pub async fn server_sidecar(pki: &Pki, name: &str, spiffe_id: &str, app: SocketA
              admin:\n  listen: 127.0.0.1:0\n"
         ),
     );
-    start(config).await.unwrap_or_else(|e| panic!("server sidecar: {e}"))
+    start(config)
+        .await
+        .unwrap_or_else(|e| panic!("server sidecar: {e}"))
 }
 
 /// A client sidecar with outbound `name` to `endpoint`, expecting `upstream_id`.
-pub async fn client_sidecar(pki: &Pki, name: &str, spiffe_id: &str, endpoint: SocketAddr, upstream_id: &str) -> Sidecar {
+pub async fn client_sidecar(
+    pki: &Pki,
+    name: &str,
+    spiffe_id: &str,
+    endpoint: SocketAddr,
+    upstream_id: &str,
+) -> Sidecar {
     pki.svid(&format!("{name}-client-svid"), spiffe_id);
     let config = pki.config(
         &format!("{name}-client.yaml"),
@@ -117,7 +129,9 @@ pub async fn client_sidecar(pki: &Pki, name: &str, spiffe_id: &str, endpoint: So
              admin:\n  listen: 127.0.0.1:0\n"
         ),
     );
-    start(config).await.unwrap_or_else(|e| panic!("client sidecar: {e}"))
+    start(config)
+        .await
+        .unwrap_or_else(|e| panic!("client sidecar: {e}"))
 }
 
 /// Sends `data`, half-closes, and reads until the other side closes.
@@ -139,8 +153,10 @@ pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -149,7 +165,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -223,7 +242,9 @@ pub async fn tls_connect(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }
 
 pub fn path_str(p: &Path) -> &str {
