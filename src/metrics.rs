@@ -115,19 +115,33 @@ impl ListenerMetrics {
     }
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let v = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+/// Registers a collector. The definitions are static, so a failure here is
+/// a programming error that every test building a sidecar would catch.
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     registry
-        .register(Box::new(v.clone()))
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
-    v
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric registered twice: {e}"));
+    c
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(opts(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(registry, v)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(opts(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(registry, v)
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        // Panics here are programming errors in the static definitions
-        // below, caught by every test that builds a sidecar.
         let registry = Registry::new();
         let connections_opened = counter_vec(
             &registry,
@@ -135,17 +149,12 @@ impl Metrics {
             "Connections accepted by a listener.",
             &["direction", "listener"],
         );
-        let connections_active = IntGaugeVec::new(
-            Opts::new(
-                "portcullis_connections_active",
-                "Connections currently open on a listener.",
-            ),
+        let connections_active = gauge_vec(
+            &registry,
+            "portcullis_connections_active",
+            "Connections currently open on a listener.",
             &["direction", "listener"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(connections_active.clone()))
-            .expect("registered once");
+        );
         let connections_closed = counter_vec(
             &registry,
             "portcullis_connections_closed_total",
@@ -164,36 +173,33 @@ impl Metrics {
             "Bytes proxied; flow=to_upstream is from the listener's client onwards, to_downstream is back to it.",
             &["direction", "listener", "flow"],
         );
-        let cert_expiration = GaugeVec::new(
-            Opts::new(
-                "portcullis_cert_expiration_timestamp_seconds",
-                "notAfter of each loaded certificate (our chain and every trust bundle root), as a Unix timestamp.",
-            ),
-            &["kind", "spiffe_id", "serial"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(cert_expiration.clone()))
-            .expect("registered once");
-        let ready = IntGauge::new(
-            "portcullis_ready",
-            "1 when the sidecar is ready to serve (identity loaded, listeners bound, not draining).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(ready.clone()))
-            .expect("registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new("portcullis_build_info", "Build information; always 1."),
+        let cert_expiration = register(
+            &registry,
+            GaugeVec::new(
+                opts(
+                    "portcullis_cert_expiration_timestamp_seconds",
+                    "notAfter of each loaded certificate (our chain and every trust bundle root), as a Unix timestamp.",
+                ),
+                &["kind", "spiffe_id", "serial"],
+            )
+            .unwrap_or_else(|e| panic!("cert expiration metric is malformed: {e}")),
+        );
+        let ready = register(
+            &registry,
+            IntGauge::new(
+                "portcullis_ready",
+                "1 when the sidecar is ready to serve (identity loaded, listeners bound, not draining).",
+            )
+            .unwrap_or_else(|e| panic!("ready metric is malformed: {e}")),
+        );
+        gauge_vec(
+            &registry,
+            "portcullis_build_info",
+            "Build information; always 1.",
             &["version"],
         )
-        .expect("valid metric");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("registered once");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
 
         Metrics {
             registry,
