@@ -11,6 +11,7 @@ pub mod demo;
 pub mod identity;
 pub mod metrics;
 pub mod pki;
+pub mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod tls;

@@ -14,6 +14,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::ConfigDuration;
+pub(crate) use raw::yaml_error;
+
+/// Listener and service names become metric labels and policy keys:
+/// 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit.
+pub(crate) fn valid_listener_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
 
 use rustls_pki_types::ServerName;
 

@@ -288,12 +288,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
 /// Listener names become metric labels and policy keys: keep them tame.
 fn check_name(v: &Validator<'_>, name: &Spanned<String>) -> Result<(), ConfigError> {
     let n = &name.value;
-    let ok = !n.is_empty()
-        && n.len() <= 63
-        && n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
+    if super::valid_listener_name(n) {
         Ok(())
     } else {
         Err(v.at(
@@ -306,7 +301,7 @@ fn check_name(v: &Validator<'_>, name: &Spanned<String>) -> Result<(), ConfigErr
     }
 }
 
-fn yaml_error(e: &serde_saphyr::Error, file: &Path) -> ConfigError {
+pub(crate) fn yaml_error(e: &serde_saphyr::Error, file: &Path) -> ConfigError {
     let plain = e.without_snippet().to_string();
     let (line, column) = match e.location() {
         Some(loc) if loc != Location::UNKNOWN => (Some(loc.line()), Some(loc.column())),

@@ -1,0 +1,290 @@
+//! The policy file as operators write it, and its validation. The result,
+//! [`PolicySpec`], is plain data; `table.rs` compiles it for lookups.
+//!
+//! ```yaml
+//! default: deny                 # deny | allow, for services the file does not list
+//! services:
+//!   orders:                     # an inbound listener's name
+//!     mode: enforce             # enforce | audit
+//!     rules:
+//!       - name: frontend-read
+//!         action: allow         # allow | deny; a matching deny beats every allow
+//!         from: [spiffe://prod.example.org/ns/web/sa/frontend]
+//!         methods: [GET, HEAD]  # optional, L7 only
+//!         paths: [/orders, /orders/*]   # optional, exact or prefix, L7 only
+//!     rate_limit: { per_identity_per_second: 100, burst: 200 }
+//! ```
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use crate::config::ConfigError;
+use crate::identity::IdPattern;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denials are enforced.
+    #[default]
+    Enforce,
+    /// Would-be denials are logged and counted, and let through.
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicySpec {
+    pub default: Action,
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub mode: Mode,
+    pub rules: Vec<RuleSpec>,
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleSpec {
+    pub name: String,
+    pub action: Action,
+    pub from: Vec<IdPattern>,
+    /// Upper-case HTTP methods; `None`: any (and the rule applies at L4).
+    pub methods: Option<Vec<String>>,
+    /// Exact paths (`/orders`) and prefixes (`/orders/*`); `None`: any.
+    pub paths: Option<Vec<String>>,
+}
+
+impl RuleSpec {
+    /// Rules with method or path conditions apply only to HTTP requests.
+    pub fn is_l7(&self) -> bool {
+        self.methods.is_some() || self.paths.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RateLimitSpec {
+    pub per_identity_per_second: f64,
+    pub burst: u32,
+}
+
+struct RawPolicy {
+    default: Option<Action>,
+    services: Vec<(Spanned<String>, RawService)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    action: Action,
+    from: Spanned<Vec<IdPattern>>,
+    methods: Option<Spanned<Vec<Spanned<String>>>>,
+    paths: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_identity_per_second: f64,
+    burst: Option<u32>,
+}
+
+fn at(file: &Path, loc: Location, reason: impl Into<String>) -> ConfigError {
+    let known = loc != Location::UNKNOWN;
+    ConfigError {
+        file: file.to_path_buf(),
+        line: known.then(|| loc.line()),
+        column: known.then(|| loc.column()),
+        reason: reason.into(),
+    }
+}
+
+/// Parses and validates a policy file's text.
+pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
+    let raw: RawPolicy = deserialize_map_as_pairs(text).map_err(|e| crate::config::yaml_error(&e, file))?;
+    let mut services = Vec::with_capacity(raw.services.len());
+    let mut seen_services = HashSet::new();
+    for (name, svc) in raw.services {
+        if !crate::config::valid_listener_name(&name.value) {
+            return Err(at(file, name.referenced, format!("service name {:?} must be 1-63 characters of a-z, 0-9, '-' and '_'", name.value)));
+        }
+        if !seen_services.insert(name.value.clone()) {
+            return Err(at(file, name.referenced, format!("service {:?} is listed twice", name.value)));
+        }
+        let mut rules = Vec::with_capacity(svc.rules.len());
+        let mut seen_rules = HashSet::new();
+        for r in svc.rules {
+            if r.name.value.is_empty() || r.name.value.len() > 128 || r.name.value.chars().any(|c| c.is_control() || c == '"') {
+                return Err(at(file, r.name.referenced, "rule name must be 1-128 printable characters without '\"'"));
+            }
+            if r.name.value == "default" {
+                return Err(at(file, r.name.referenced, "\"default\" is reserved for decisions no rule made"));
+            }
+            if !seen_rules.insert(r.name.value.clone()) {
+                return Err(at(file, r.name.referenced, format!("rule name {:?} is used twice in service {:?}", r.name.value, name.value)));
+            }
+            if r.from.value.is_empty() {
+                return Err(at(file, r.from.referenced, format!("rule {:?} has an empty `from`", r.name.value)));
+            }
+            let methods = match r.methods {
+                None => None,
+                Some(m) => {
+                    if m.value.is_empty() {
+                        return Err(at(file, m.referenced, "`methods` must not be empty (leave it out to allow any)"));
+                    }
+                    let mut out = Vec::with_capacity(m.value.len());
+                    for method in m.value {
+                        let upper = method.value.to_ascii_uppercase();
+                        let token = !upper.is_empty() && upper.len() <= 32 && upper.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
+                        if !token {
+                            return Err(at(file, method.referenced, format!("{:?} is not an HTTP method", method.value)));
+                        }
+                        out.push(upper);
+                    }
+                    Some(out)
+                }
+            };
+            let paths = match r.paths {
+                None => None,
+                Some(p) => {
+                    if p.value.is_empty() {
+                        return Err(at(file, p.referenced, "`paths` must not be empty (leave it out to allow any)"));
+                    }
+                    let mut out = Vec::with_capacity(p.value.len());
+                    for path in p.value {
+                        check_path_pattern(&path.value).map_err(|why| at(file, path.referenced, why))?;
+                        out.push(path.value);
+                    }
+                    Some(out)
+                }
+            };
+            rules.push(RuleSpec {
+                name: r.name.value,
+                action: r.action,
+                from: r.from.value,
+                methods,
+                paths,
+            });
+        }
+        let rate_limit = match svc.rate_limit {
+            None => None,
+            Some(rl) => {
+                let per = rl.value.per_identity_per_second;
+                if !(per.is_finite() && per > 0.0) {
+                    return Err(at(file, rl.referenced, "rate_limit.per_identity_per_second must be more than 0"));
+                }
+                let burst = rl.value.burst.unwrap_or_else(|| per.ceil().max(1.0) as u32);
+                if burst == 0 {
+                    return Err(at(file, rl.referenced, "rate_limit.burst must be at least 1"));
+                }
+                Some(RateLimitSpec { per_identity_per_second: per, burst })
+            }
+        };
+        services.push(ServiceSpec {
+            name: name.value,
+            mode: svc.mode,
+            rules,
+            rate_limit,
+        });
+    }
+    Ok(PolicySpec {
+        default: raw.default.unwrap_or(Action::Deny),
+        services,
+    })
+}
+
+/// YAML mappings keep their order and places when read as pairs; serde's
+/// maps would lose both.
+fn deserialize_map_as_pairs(text: &str) -> Result<RawPolicy, serde_saphyr::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        default: Option<Action>,
+        #[serde(default)]
+        services: Option<Pairs<RawService>>,
+    }
+    let outer: Outer = serde_saphyr::from_str(text)?;
+    Ok(RawPolicy {
+        default: outer.default,
+        services: outer.services.map(|p| p.0).unwrap_or_default(),
+    })
+}
+
+/// A YAML mapping read in order, with each key's place.
+struct Pairs<V>(Vec<(Spanned<String>, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Pairs<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+            type Value = Pairs<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of service names to their policy")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<Spanned<String>, V>()? {
+                    out.push((k, v));
+                }
+                Ok(Pairs(out))
+            }
+        }
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// `/exact` or `/prefix/*`; `*` nowhere else.
+fn check_path_pattern(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("path {p:?} must start with '/'"));
+    }
+    let body = p.strip_suffix("/*").unwrap_or(p);
+    if body.contains('*') {
+        return Err(format!("path {p:?}: '*' is only allowed as a final \"/*\" (a prefix match)"));
+    }
+    if p.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
+        return Err(format!("path {p:?} must be a plain path without spaces, query or fragment"));
+    }
+    Ok(())
+}

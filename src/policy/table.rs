@@ -1,0 +1,407 @@
+//! The compiled policy: per service, an index from SPIFFE ID to the rules
+//! whose `from` matches it, so a decision never scans the rule list.
+//!
+//! Per trust domain, a trie over path segments holds every pattern: a
+//! literal segment is a hash lookup, `*` a second branch, `**` a list of
+//! rules at the node where it starts, and a whole-trust-domain pattern a
+//! list at the top. Looking an ID up costs one hash lookup per path segment
+//! (plus the `*` branches that exist), whatever the number of rules.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::model::{Action, Mode, PolicySpec, RateLimitSpec, RuleSpec};
+use crate::identity::{Segment, SpiffeId};
+
+/// An HTTP request's parts that rules look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+/// The outcome of one authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What the policy says.
+    pub action: Action,
+    /// The rule that said it, or "default".
+    pub rule: Arc<str>,
+    pub mode: Mode,
+}
+
+impl Decision {
+    /// Whether the connection or request goes through: allowed, or denied
+    /// only in audit mode.
+    pub fn admitted(&self) -> bool {
+        self.action == Action::Allow || self.mode == Mode::Audit
+    }
+
+    /// The `decision` label: allow, deny, or audit_deny (denied by the
+    /// policy, let through by audit mode).
+    pub fn label(&self) -> &'static str {
+        match (self.action, self.mode) {
+            (Action::Allow, _) => "allow",
+            (Action::Deny, Mode::Enforce) => "deny",
+            (Action::Deny, Mode::Audit) => "audit_deny",
+        }
+    }
+}
+
+struct CompiledRule {
+    name: Arc<str>,
+    action: Action,
+    l7: bool,
+    methods: Option<Vec<String>>,
+    exact_paths: Vec<String>,
+    /// Prefixes from `/p/*`, stored with their trailing '/'.
+    prefixes: Vec<String>,
+    any_path: bool,
+}
+
+impl CompiledRule {
+    fn compile(r: &RuleSpec) -> Self {
+        let mut exact_paths = Vec::new();
+        let mut prefixes = Vec::new();
+        if let Some(paths) = &r.paths {
+            for p in paths {
+                match p.strip_suffix('*') {
+                    Some(prefix) if p.ends_with("/*") => prefixes.push(prefix.to_string()),
+                    _ => exact_paths.push(p.clone()),
+                }
+            }
+        }
+        CompiledRule {
+            name: r.name.as_str().into(),
+            action: r.action,
+            l7: r.is_l7(),
+            methods: r.methods.clone(),
+            exact_paths,
+            prefixes,
+            any_path: r.paths.is_none(),
+        }
+    }
+
+    fn applies(&self, request: Option<&Request<'_>>) -> bool {
+        let Some(req) = request else {
+            // Plain TCP: a rule with HTTP conditions can never match.
+            return !self.l7;
+        };
+        if let Some(methods) = &self.methods
+            && !methods.iter().any(|m| m == req.method)
+        {
+            return false;
+        }
+        self.any_path
+            || self.exact_paths.iter().any(|p| p == req.path)
+            || self.prefixes.iter().any(|p| req.path.starts_with(p.as_str()))
+    }
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    any: Option<Box<Node>>,
+    /// Rules whose pattern ends exactly here.
+    here: Vec<u32>,
+    /// Rules whose pattern ends in `**` here: they match anything deeper.
+    below: Vec<u32>,
+}
+
+impl Node {
+    fn insert(&mut self, segments: &[Segment], rule: u32) {
+        match segments.split_first() {
+            None => self.here.push(rule),
+            Some((Segment::Rest, _)) => self.below.push(rule),
+            Some((Segment::Any, rest)) => self.any.get_or_insert_with(Default::default).insert(rest, rule),
+            Some((Segment::Literal(l), rest)) => self.children.entry(l.clone()).or_default().insert(rest, rule),
+        }
+    }
+
+    fn visit<'a>(&self, mut parts: impl Iterator<Item = &'a str> + Clone, f: &mut impl FnMut(u32)) {
+        let mut ahead = parts.clone();
+        match ahead.next() {
+            None => self.here.iter().for_each(|r| f(*r)),
+            Some(seg) => {
+                self.below.iter().for_each(|r| f(*r));
+                parts.next();
+                if let Some(child) = self.children.get(seg) {
+                    child.visit(parts.clone(), f);
+                }
+                if let Some(any) = &self.any {
+                    any.visit(parts, f);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct DomainIndex {
+    whole: Vec<u32>,
+    root: Node,
+}
+
+struct ServiceTable {
+    mode: Mode,
+    rules: Vec<CompiledRule>,
+    domains: HashMap<Box<str>, DomainIndex>,
+    rate_limit: Option<RateLimitSpec>,
+}
+
+/// The compiled, immutable policy. Swapped whole on reload.
+pub struct PolicyTable {
+    default: Action,
+    default_rule: Arc<str>,
+    services: HashMap<Box<str>, ServiceTable>,
+}
+
+impl PolicyTable {
+    pub fn compile(spec: &PolicySpec) -> Self {
+        let mut services = HashMap::with_capacity(spec.services.len());
+        for s in &spec.services {
+            let mut domains: HashMap<Box<str>, DomainIndex> = HashMap::new();
+            for (i, r) in s.rules.iter().enumerate() {
+                for p in &r.from {
+                    let d = domains.entry(p.trust_domain().into()).or_default();
+                    if p.segments().is_empty() {
+                        d.whole.push(i as u32);
+                    } else {
+                        d.root.insert(p.segments(), i as u32);
+                    }
+                }
+            }
+            services.insert(
+                s.name.as_str().into(),
+                ServiceTable {
+                    mode: s.mode,
+                    rules: s.rules.iter().map(CompiledRule::compile).collect(),
+                    domains,
+                    rate_limit: s.rate_limit,
+                },
+            );
+        }
+        PolicyTable {
+            default: spec.default,
+            default_rule: "default".into(),
+            services,
+        }
+    }
+
+    /// A policy that admits every peer: used when no policy file is set.
+    pub fn allow_all() -> Self {
+        PolicyTable {
+            default: Action::Allow,
+            default_rule: "default".into(),
+            services: HashMap::new(),
+        }
+    }
+
+    pub fn rate_limit(&self, service: &str) -> Option<RateLimitSpec> {
+        self.services.get(service).and_then(|s| s.rate_limit)
+    }
+
+    /// Decides whether `peer` may reach `service`: a connection when
+    /// `request` is `None`, an HTTP request otherwise. A matching deny
+    /// beats every allow; among rules of one kind the first in the file
+    /// names the decision; no match falls to the file's default.
+    pub fn decide(&self, service: &str, peer: &SpiffeId, request: Option<&Request<'_>>) -> Decision {
+        let Some(svc) = self.services.get(service) else {
+            return Decision {
+                action: self.default,
+                rule: self.default_rule.clone(),
+                mode: Mode::Enforce,
+            };
+        };
+        let mut first_deny = u32::MAX;
+        let mut first_allow = u32::MAX;
+        if let Some(domain) = svc.domains.get(peer.trust_domain_name()) {
+            let mut consider = |i: u32| {
+                let rule = &svc.rules[i as usize];
+                if rule.applies(request) {
+                    let slot = match rule.action {
+                        Action::Deny => &mut first_deny,
+                        Action::Allow => &mut first_allow,
+                    };
+                    *slot = (*slot).min(i);
+                }
+            };
+            domain.whole.iter().for_each(|i| consider(*i));
+            let path = peer.path();
+            if path.is_empty() {
+                domain.root.here.iter().for_each(|i| consider(*i));
+            } else {
+                domain.root.visit(path[1..].split('/'), &mut consider);
+            }
+        }
+        let (action, rule) = if first_deny != u32::MAX {
+            (Action::Deny, svc.rules[first_deny as usize].name.clone())
+        } else if first_allow != u32::MAX {
+            (Action::Allow, svc.rules[first_allow as usize].name.clone())
+        } else {
+            (self.default, self.default_rule.clone())
+        };
+        Decision { action, rule, mode: svc.mode }
+    }
+
+    /// Whether any allow rule could admit `peer` to `service` for some
+    /// request: the connection-level gate in front of per-request checks.
+    pub fn may_allow_requests(&self, service: &str, peer: &SpiffeId) -> bool {
+        let Some(svc) = self.services.get(service) else {
+            return self.default == Action::Allow;
+        };
+        if svc.mode == Mode::Audit || self.default == Action::Allow {
+            return true;
+        }
+        let mut any_allow = false;
+        if let Some(domain) = svc.domains.get(peer.trust_domain_name()) {
+            let mut consider = |i: u32| any_allow |= svc.rules[i as usize].action == Action::Allow;
+            domain.whole.iter().for_each(|i| consider(*i));
+            let path = peer.path();
+            if path.is_empty() {
+                domain.root.here.iter().for_each(|i| consider(*i));
+            } else {
+                domain.root.visit(path[1..].split('/'), &mut consider);
+            }
+        }
+        any_allow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::parse;
+    use std::path::Path;
+
+    fn table(yaml: &str) -> PolicyTable {
+        PolicyTable::compile(&parse(yaml, Path::new("policy.yaml")).unwrap())
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    const POLICY: &str = "\
+default: deny
+services:
+  orders:
+    rules:
+      - name: frontend
+        action: allow
+        from: [spiffe://prod.example.org/ns/web/sa/frontend]
+      - name: batch
+        action: allow
+        from: [spiffe://prod.example.org/ns/batch/*]
+      - name: ops
+        action: allow
+        from: [spiffe://prod.example.org/ns/ops/**]
+      - name: partner
+        action: allow
+        from: [spiffe://partner.example.com]
+      - name: no-evil-batch
+        action: deny
+        from: [spiffe://prod.example.org/ns/batch/evil]
+      - name: readers
+        action: allow
+        from: [spiffe://prod.example.org/ns/web/sa/reader]
+        methods: [GET, HEAD]
+        paths: [/orders, /orders/*]
+      - name: no-admin
+        action: deny
+        from: [spiffe://prod.example.org/ns/ops/**]
+        paths: [/admin/*]
+  audited:
+    mode: audit
+    rules:
+      - name: only-frontend
+        action: allow
+        from: [spiffe://prod.example.org/ns/web/sa/frontend]
+";
+
+    #[test]
+    fn table_driven_decisions() {
+        let t = table(POLICY);
+        let get = |path| Request { method: "GET", path };
+        let post = |path| Request { method: "POST", path };
+        let cases: Vec<(&str, &str, Option<Request<'_>>, &str, &str)> = vec![
+            // (service, peer, request, action, rule)
+            ("orders", "spiffe://prod.example.org/ns/web/sa/frontend", None, "allow", "frontend"),
+            ("orders", "spiffe://prod.example.org/ns/web/sa/frontend2", None, "deny", "default"),
+            ("orders", "spiffe://prod.example.org/ns/batch/job", None, "allow", "batch"),
+            ("orders", "spiffe://prod.example.org/ns/batch/job/x", None, "deny", "default"),
+            ("orders", "spiffe://prod.example.org/ns/batch", None, "deny", "default"),
+            ("orders", "spiffe://prod.example.org/ns/batch/evil", None, "deny", "no-evil-batch"),
+            ("orders", "spiffe://prod.example.org/ns/ops/a/b", None, "allow", "ops"),
+            ("orders", "spiffe://prod.example.org/ns/ops", None, "deny", "default"),
+            ("orders", "spiffe://partner.example.com/anything", None, "allow", "partner"),
+            ("orders", "spiffe://partner.example.com", None, "allow", "partner"),
+            ("orders", "spiffe://other.example.com/ns/web/sa/frontend", None, "deny", "default"),
+            // L7-only rules never match plain TCP: readers get the default.
+            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", None, "deny", "default"),
+            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", Some(get("/orders")), "allow", "readers"),
+            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", Some(get("/orders/7")), "allow", "readers"),
+            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", Some(get("/ordersx")), "deny", "default"),
+            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", Some(post("/orders")), "deny", "default"),
+            // An L7 deny beats an L4 allow for matching requests only.
+            ("orders", "spiffe://prod.example.org/ns/ops/a", Some(get("/admin/users")), "deny", "no-admin"),
+            ("orders", "spiffe://prod.example.org/ns/ops/a", Some(get("/orders")), "allow", "ops"),
+            ("orders", "spiffe://prod.example.org/ns/ops/a", None, "allow", "ops"),
+            // Unlisted service: the file's default.
+            ("payments", "spiffe://prod.example.org/ns/web/sa/frontend", None, "deny", "default"),
+        ];
+        for (svc, peer, req, action, rule) in cases {
+            let d = t.decide(svc, &id(peer), req.as_ref());
+            assert_eq!((d.action.as_str(), &*d.rule), (action, rule), "{svc} {peer} {req:?}");
+        }
+    }
+
+    #[test]
+    fn audit_mode_admits_but_reports_the_denial() {
+        let t = table(POLICY);
+        let d = t.decide("audited", &id("spiffe://prod.example.org/ns/x/sa/y"), None);
+        assert_eq!(d.action, Action::Deny);
+        assert!(d.admitted());
+        assert_eq!(d.label(), "audit_deny");
+        let d = t.decide("orders", &id("spiffe://prod.example.org/ns/x/sa/y"), None);
+        assert!(!d.admitted());
+        assert_eq!(d.label(), "deny");
+    }
+
+    #[test]
+    fn default_allow_and_allow_all() {
+        let t = table("default: allow\n");
+        assert!(t.decide("any", &id("spiffe://a/b"), None).admitted());
+        assert!(PolicyTable::allow_all().decide("x", &id("spiffe://a/b"), None).admitted());
+    }
+
+    #[test]
+    fn may_allow_requests_sees_l7_allows() {
+        let t = table(POLICY);
+        assert!(t.may_allow_requests("orders", &id("spiffe://prod.example.org/ns/web/sa/reader")));
+        assert!(!t.may_allow_requests("orders", &id("spiffe://prod.example.org/ns/nobody")));
+    }
+
+    #[test]
+    fn index_agrees_with_direct_matching() {
+        // Every pattern kind against many IDs: the trie and IdPattern::matches agree.
+        let patterns = [
+            "spiffe://td/a/b", "spiffe://td/a/*", "spiffe://td/*/b", "spiffe://td/a/**",
+            "spiffe://td/**", "spiffe://td", "spiffe://td/*/*/c", "spiffe://td2/a",
+        ];
+        let ids = [
+            "spiffe://td", "spiffe://td/a", "spiffe://td/a/b", "spiffe://td/a/c", "spiffe://td/x/b",
+            "spiffe://td/a/b/c", "spiffe://td/x/y/c", "spiffe://td2/a", "spiffe://td3/a",
+        ];
+        for p in patterns {
+            let yaml = format!("services:\n  s:\n    rules:\n      - name: r\n        action: allow\n        from: [\"{p}\"]\n");
+            let t = table(&yaml);
+            let pat = crate::identity::IdPattern::parse(p).unwrap();
+            for i in ids {
+                let want = pat.matches(&id(i));
+                let got = t.decide("s", &id(i), None).action == Action::Allow;
+                assert_eq!(got, want, "pattern {p} id {i}");
+            }
+        }
+    }
+}
