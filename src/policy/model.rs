@@ -288,3 +288,87 @@ fn check_path_pattern(p: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+default: deny
+services:
+  orders:
+    mode: audit
+    rules:
+      - name: frontend-read
+        action: allow
+        from:
+          - spiffe://prod.example.org/ns/web/sa/frontend
+          - spiffe://prod.example.org/ns/batch/*
+        methods: [get, HEAD]
+        paths: [/orders, /orders/*]
+    rate_limit: { per_identity_per_second: 100, burst: 200 }
+";
+
+    fn err(text: &str) -> ConfigError {
+        parse(text, Path::new("policy.yaml")).expect_err("policy should be refused")
+    }
+
+    #[test]
+    fn good_policy_parses() {
+        let p = parse(GOOD, Path::new("policy.yaml")).unwrap();
+        assert_eq!(p.default, Action::Deny);
+        let s = &p.services[0];
+        assert_eq!((s.name.as_str(), s.mode), ("orders", Mode::Audit));
+        assert_eq!(s.rules[0].methods.as_deref(), Some(&["GET".to_string(), "HEAD".to_string()][..]));
+        assert!(s.rules[0].is_l7());
+        assert_eq!(s.rate_limit, Some(RateLimitSpec { per_identity_per_second: 100.0, burst: 200 }));
+        // An empty file is a valid policy: deny everything.
+        let empty = parse("{}", Path::new("p.yaml")).unwrap();
+        assert_eq!(empty.default, Action::Deny);
+    }
+
+    #[test]
+    fn errors_have_file_line_column_and_reason() {
+        let e = err(&GOOD.replace("ns/batch/*", "ns/batch/**/x"));
+        assert_eq!(e.line, Some(10), "{e}");
+        assert!(e.reason.contains("\"**\" may only be the last segment"), "{e}");
+
+        let e = err(&GOOD.replace("action: allow", "action: permit"));
+        assert_eq!(e.line, Some(7), "{e}");
+
+        let e = err(&GOOD.replace("/orders/*]", "/ord*rs]"));
+        assert_eq!(e.line, Some(12), "{e}");
+        assert!(e.reason.contains("prefix"), "{e}");
+
+        let e = err(&GOOD.replace("mode: audit", "mode: loud"));
+        assert_eq!(e.line, Some(4), "{e}");
+
+        let e = err(&GOOD.replace("per_identity_per_second: 100", "per_identity_per_second: 0"));
+        assert_eq!(e.line, Some(13), "{e}");
+
+        let e = err(&GOOD.replace("  orders:", "  Orders:"));
+        assert_eq!(e.line, Some(3), "{e}");
+
+        let e = err(&format!("{GOOD}  orders:\n    rules: []\n"));
+        assert!(e.reason.contains("duplicate") || e.reason.contains("twice"), "{e}");
+
+        let dup_rule = GOOD.replace(
+            "    rate_limit:",
+            "      - name: frontend-read\n        action: deny\n        from: [spiffe://a/b]\n    rate_limit:",
+        );
+        let e = err(&dup_rule);
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.reason.contains("used twice"), "{e}");
+
+        let e = err(&GOOD.replace("methods: [get, HEAD]", "methods: [\"GET /\"]"));
+        assert!(e.reason.contains("not an HTTP method"), "{e}");
+
+        let e = err("default: deny\nservices:\n  orders:\n    rules:\n      - name: r\n        action: allow\n        from: []\n");
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.reason.contains("empty `from`"), "{e}");
+
+        let e = err("defualt: deny\n");
+        assert!(e.reason.contains("unknown field"), "{e}");
+        assert_eq!(e.to_string(), format!("policy.yaml:1:1: {}", e.reason));
+    }
+}
