@@ -1,5 +1,5 @@
 //! The admin HTTP server: liveness, readiness, Prometheus metrics, the
-//! effective config, and the loaded certificates. It binds to loopback
+//! effective config, the loaded certificates, and `POST /reload`. It binds to loopback
 //! unless the config explicitly allows otherwise, and never shows a key.
 
 use std::convert::Infallible;
@@ -34,7 +34,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req)) }
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -45,8 +45,19 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     }
 }
 
-fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if path == "/reload" {
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
+        }
+        let report = state.reload("POST /reload").await;
+        let mut r = json(&report.to_json());
+        if !report.ok() {
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+        }
+        return r;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -71,7 +82,7 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/certs" => json(&state.certs_dump()),
         "/" => text(
             StatusCode::OK,
-            "portcullis admin: /live /ready /metrics /config_dump /certs\n",
+            "portcullis admin: /live /ready /metrics /config_dump /certs, POST /reload\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -15,7 +15,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::identity::Role;
 use crate::metrics::{Direction, Metrics};
-use crate::proxy::{InboundListener, OutboundListener, accept_loop};
+use crate::policy::{AuditEvent, AuditLog, PolicyStore, ReloadOutcome};
+use crate::proxy::{
+    Authz, ConnRegistry, InboundListener, OutboundListener, StopReason, accept_loop,
+};
 use crate::tls::{
     LoadError, LoadedIdentity, SvidVerifier, TlsContext, TrustStore, load_bundle, load_identity,
 };
@@ -23,12 +26,106 @@ use crate::tls::{
 /// What the admin server and listeners share.
 pub struct State {
     pub config: Config,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub tls: Arc<TlsContext>,
+    pub policy: Arc<PolicyStore>,
+    pub registry: Arc<ConnRegistry>,
+    authz: Arc<Authz>,
     ready: AtomicBool,
 }
 
+/// What one reload did, per kind of file; the reply of `POST /reload`.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    pub policy: ReloadOutcome,
+}
+
+impl ReloadReport {
+    pub fn ok(&self) -> bool {
+        !matches!(self.policy, ReloadOutcome::Failed(_))
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let policy = match &self.policy {
+            ReloadOutcome::Applied { sha256 } | ReloadOutcome::Unchanged { sha256 } => {
+                serde_json::json!({ "result": self.policy.label(), "sha256": sha256 })
+            }
+            ReloadOutcome::Failed(e) => {
+                serde_json::json!({ "result": "error", "error": e.to_string() })
+            }
+            ReloadOutcome::NotConfigured => serde_json::json!({ "result": "not_configured" }),
+        };
+        serde_json::json!({ "policy": policy })
+    }
+}
+
 impl State {
+    /// Re-reads every reloadable file (today: the policy), validates it in
+    /// full, swaps it in, and applies it to open connections. An invalid
+    /// file is refused and the previous state keeps serving.
+    pub async fn reload(&self, trigger: &str) -> ReloadReport {
+        let store = self.policy.clone();
+        let outcome = tokio::task::spawn_blocking(move || store.reload())
+            .await
+            .unwrap_or_else(|e| {
+                ReloadOutcome::Failed(crate::config::ConfigError {
+                    file: self
+                        .policy
+                        .path()
+                        .map(|p| p.to_path_buf())
+                        .unwrap_or_default(),
+                    line: None,
+                    column: None,
+                    reason: format!("reload task failed: {e}"),
+                })
+            });
+        if !matches!(outcome, ReloadOutcome::NotConfigured) {
+            self.metrics.policy_reload(outcome.label());
+        }
+        match &outcome {
+            ReloadOutcome::Applied { sha256 } => {
+                let active = self.policy.active();
+                self.metrics
+                    .policy_active(active.sha256.as_deref(), active.loaded_at);
+                tracing::info!(trigger, sha256 = %sha256, "policy reloaded");
+                self.enforce_policy();
+            }
+            ReloadOutcome::Unchanged { .. } => tracing::debug!(trigger, "policy unchanged"),
+            ReloadOutcome::Failed(e) => {
+                tracing::error!(trigger, error = %e, "policy reload refused; the previous policy keeps serving")
+            }
+            ReloadOutcome::NotConfigured => {}
+        }
+        ReloadReport { policy: outcome }
+    }
+
+    /// Closes open connections whose peer the active policy no longer admits.
+    fn enforce_policy(&self) {
+        let active = self.policy.active();
+        let closed = self.registry.enforce(
+            StopReason::Policy,
+            |c| active.table.decide(&c.service, &c.peer, None).admitted(),
+            |c| {
+                let d = active.table.decide(&c.service, &c.peer, None);
+                tracing::warn!(service = %c.service, peer = %c.peer, src = %c.src, rule = %d.rule, "closing open connection: the new policy denies it");
+                self.metrics.policy_closed(&c.service);
+                self.authz.audit.record(&AuditEvent {
+                    peer: &c.peer,
+                    service: &c.service,
+                    rule: &d.rule,
+                    decision: d.label(),
+                    mode: d.mode.as_str(),
+                    src: c.src,
+                    request: None,
+                    cause: Some("policy_reload"),
+                });
+            },
+        );
+        if closed > 0 {
+            tracing::info!(closed, "open connections closed after the policy reload");
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -42,8 +139,16 @@ impl State {
     /// never key material.
     pub fn config_dump(&self) -> serde_json::Value {
         let id = self.tls.identity().current();
+        let policy = self.policy.active();
         serde_json::json!({
             "config": &self.config,
+            "policy": {
+                "file": self.policy.path(),
+                "sha256": policy.sha256,
+                "loaded_at": policy.loaded_at,
+                "spec": policy.spec,
+                "note": if policy.spec.is_none() { Some("no policy file: every authenticated peer of a trusted trust domain is admitted") } else { None },
+            },
             "identity": {
                 "spiffe_id": id.leaf.id.as_str(),
                 "serial": id.leaf.serial,
@@ -78,6 +183,10 @@ pub enum StartError {
     },
     #[error("cannot build TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("invalid policy: {0}")]
+    Policy(#[from] crate::config::ConfigError),
+    #[error("cannot open the audit log: {0}")]
+    Audit(std::io::Error),
 }
 
 /// Loads our SVID, key and trust bundle as the config names them, and checks
@@ -150,12 +259,43 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError>
 pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     let loaded = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || load_tls(&config))
-            .await
-            .map_err(|e| LoadError::new(&PathBuf::from("<loader>"), e.to_string()))??
+        tokio::task::spawn_blocking(move || -> Result<_, StartError> {
+            let tls = load_tls(&config)?;
+            let policy = PolicyStore::open(config.policy.as_deref())?;
+            Ok((tls, policy))
+        })
+        .await
+        .map_err(|e| LoadError::new(&PathBuf::from("<loader>"), e.to_string()))??
     };
-    let (identity, trust) = loaded;
-    let metrics = Metrics::new();
+    let ((identity, trust), policy) = loaded;
+    let metrics = Arc::new(Metrics::new());
+    {
+        let active = policy.active();
+        metrics.policy_active(active.sha256.as_deref(), active.loaded_at);
+        match &active.sha256 {
+            Some(sha) => tracing::info!(file = ?config.policy, sha256 = %sha, "policy loaded"),
+            None if !config.inbound.is_empty() => tracing::warn!(
+                "no policy file configured: every authenticated peer of a trusted trust domain is admitted"
+            ),
+            None => {}
+        }
+    }
+    let audit = AuditLog::start(
+        &config.audit.sink,
+        config.audit.log_allows,
+        config.audit.max_per_second,
+        metrics.audit_suppressed.clone(),
+        metrics.audit_dropped.clone(),
+    )
+    .map_err(StartError::Audit)?;
+    let policy = Arc::new(policy);
+    let registry = Arc::new(ConnRegistry::default());
+    let authz = Arc::new(Authz {
+        policy: policy.clone(),
+        registry: registry.clone(),
+        audit: Arc::new(audit),
+        metrics: metrics.clone(),
+    });
     metrics.set_certificates(
         identity
             .chain
@@ -173,6 +313,9 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         config: config.clone(),
         metrics,
         tls: tls.clone(),
+        policy,
+        registry,
+        authz: authz.clone(),
         ready: AtomicBool::new(false),
     });
 
@@ -204,9 +347,10 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     for (l, listener) in config.inbound.iter().zip(inbound_listeners) {
         inbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
         let handler = Arc::new(InboundListener::new(
-            l.name.clone(),
+            &l.name,
             l.forward,
             tls.clone(),
+            authz.clone(),
             state.metrics.listener(Direction::Inbound, &l.name),
             config.timeouts,
         ));
@@ -236,6 +380,16 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
             connections.clone(),
             move |s, a| handler.clone().serve(s, a),
         ));
+    }
+
+    if let Some(policy_file) = state.policy.path() {
+        crate::reload::spawn(
+            vec![policy_file.to_path_buf()],
+            config.reload.debounce.0,
+            config.reload.interval.0,
+            state.clone(),
+            stop_admin.clone(),
+        );
     }
 
     state.set_ready(true);
@@ -327,7 +481,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
             _ = int.recv() => { tracing::info!("SIGINT received"); break; }
             _ = hup.recv() => {
-                tracing::info!("SIGHUP received; this build has no live-reloadable files yet, nothing changed");
+                sidecar.state.reload("SIGHUP").await;
             }
         }
     }

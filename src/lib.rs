@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod tls;

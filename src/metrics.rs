@@ -6,7 +6,7 @@
 //! sets once, at start, into a [`ListenerMetrics`] of plain counters.
 
 use prometheus::{
-    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -46,10 +46,14 @@ pub enum CloseReason {
     ConnectTimeout,
     /// A read or write failed mid-stream (reset, broken pipe).
     Error,
+    /// The peer went over its service's rate limit.
+    RateLimited,
+    /// A policy reload no longer allows the peer.
+    Policy,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::HandshakeFailed,
@@ -57,6 +61,8 @@ impl CloseReason {
         CloseReason::ConnectFailed,
         CloseReason::ConnectTimeout,
         CloseReason::Error,
+        CloseReason::RateLimited,
+        CloseReason::Policy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +74,8 @@ impl CloseReason {
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::ConnectTimeout => "connect_timeout",
             CloseReason::Error => "error",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::Policy => "policy",
         }
     }
 }
@@ -81,12 +89,22 @@ pub struct Metrics {
     bytes: IntCounterVec,
     cert_expiration: GaugeVec,
     ready: IntGauge,
+    authz_decisions: IntCounterVec,
+    policy_reloads: IntCounterVec,
+    policy_info: IntGaugeVec,
+    policy_last_success: Gauge,
+    policy_closed: IntCounterVec,
+    rate_limited: IntCounterVec,
+    pub audit_suppressed: IntCounter,
+    pub audit_dropped: IntCounter,
 }
 
 /// The counters of one listener, with labels already applied.
 #[derive(Clone)]
 pub struct ListenerMetrics {
     pub opened: IntCounter,
+    pub rate_limited: IntCounter,
+    pub policy_closed: IntCounter,
     pub active: IntGauge,
     /// Bytes from the listener's client towards the far side.
     pub to_upstream: IntCounter,
@@ -192,6 +210,60 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("ready metric is malformed: {e}")),
         );
+        let authz_decisions = counter_vec(
+            &registry,
+            "portcullis_authz_decisions_total",
+            "Authorization decisions: decision is allow, deny, or audit_deny (denied by policy, let through in audit mode); rule is the rule that decided, or default.",
+            &["service", "decision", "rule"],
+        );
+        let policy_reloads = counter_vec(
+            &registry,
+            "portcullis_policy_reloads_total",
+            "Policy reload attempts by result: success, unchanged or error.",
+            &["result"],
+        );
+        let policy_info = gauge_vec(
+            &registry,
+            "portcullis_policy_info",
+            "The active policy: its file's SHA-256 (none when no policy file is configured); always 1.",
+            &["sha256"],
+        );
+        let policy_last_success = register(
+            &registry,
+            Gauge::new(
+                "portcullis_policy_last_reload_success_timestamp_seconds",
+                "When the active policy was loaded, as a Unix timestamp.",
+            )
+            .unwrap_or_else(|e| panic!("policy reload metric is malformed: {e}")),
+        );
+        let policy_closed = counter_vec(
+            &registry,
+            "portcullis_policy_closed_connections_total",
+            "Open connections closed because a policy reload no longer allows their peer.",
+            &["service"],
+        );
+        let rate_limited = counter_vec(
+            &registry,
+            "portcullis_rate_limited_total",
+            "Connections or requests refused because their peer was over the service's rate limit.",
+            &["service"],
+        );
+        let audit_suppressed = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_audit_log_suppressed_total",
+                "Audit log lines not written because of the audit rate limit.",
+            )
+            .unwrap_or_else(|e| panic!("audit metric is malformed: {e}")),
+        );
+        let audit_dropped = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_audit_log_dropped_total",
+                "Audit log lines dropped because the writer fell behind.",
+            )
+            .unwrap_or_else(|e| panic!("audit metric is malformed: {e}")),
+        );
         gauge_vec(
             &registry,
             "portcullis_build_info",
@@ -210,7 +282,38 @@ impl Metrics {
             bytes,
             cert_expiration,
             ready,
+            authz_decisions,
+            policy_reloads,
+            policy_info,
+            policy_last_success,
+            policy_closed,
+            rate_limited,
+            audit_suppressed,
+            audit_dropped,
         }
+    }
+
+    pub fn authz(&self, service: &str, decision: &str, rule: &str) {
+        self.authz_decisions
+            .with_label_values(&[service, decision, rule])
+            .inc();
+    }
+
+    pub fn policy_closed(&self, service: &str) {
+        self.policy_closed.with_label_values(&[service]).inc();
+    }
+
+    pub fn policy_reload(&self, result: &str) {
+        self.policy_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Records the policy now in force.
+    pub fn policy_active(&self, sha256: Option<&str>, loaded_at: i64) {
+        self.policy_info.reset();
+        self.policy_info
+            .with_label_values(&[sha256.unwrap_or("none")])
+            .set(1);
+        self.policy_last_success.set(loaded_at as f64);
     }
 
     /// Resolves (and so exports, at zero) every series of one listener.
@@ -218,6 +321,8 @@ impl Metrics {
         let d = direction.as_str();
         ListenerMetrics {
             opened: self.connections_opened.with_label_values(&[d, name]),
+            rate_limited: self.rate_limited.with_label_values(&[name]),
+            policy_closed: self.policy_closed.with_label_values(&[name]),
             active: self.connections_active.with_label_values(&[d, name]),
             to_upstream: self.bytes.with_label_values(&[d, name, "to_upstream"]),
             to_downstream: self.bytes.with_label_values(&[d, name, "to_downstream"]),

@@ -37,6 +37,13 @@ pub struct Config {
     /// against its directory.
     pub source: PathBuf,
     pub identity: IdentityConfig,
+    /// The policy file; without one every authenticated peer of a trusted
+    /// trust domain is admitted.
+    pub policy: Option<PathBuf>,
+    pub audit: AuditConfig,
+    pub reload: ReloadConfig,
+    /// The plaintext listener for kubelet probes, if any.
+    pub probes: Option<ProbeConfig>,
     pub inbound: Vec<InboundConfig>,
     pub outbound: Vec<OutboundConfig>,
     pub admin: AdminConfig,
@@ -52,6 +59,54 @@ pub struct IdentityConfig {
     pub trust_bundle: PathBuf,
     /// The trust domain the bundle is for; defaults to our own SVID's.
     pub trust_domain: Option<TrustDomain>,
+}
+
+/// The authorization audit log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditConfig {
+    pub sink: crate::policy::AuditSink,
+    /// Also log allowed decisions (denials are always logged).
+    pub log_allows: bool,
+    /// Lines per second at most; the rest are counted, not written.
+    pub max_per_second: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            sink: crate::policy::AuditSink::Stdout,
+            log_allows: false,
+            max_per_second: 100,
+        }
+    }
+}
+
+/// How file changes are picked up.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ReloadConfig {
+    /// Quiet time after a file event before re-reading (writers often
+    /// touch several files).
+    pub debounce: ConfigDuration,
+    /// Re-read everything this often even without events, as a safety net.
+    pub interval: ConfigDuration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            debounce: ConfigDuration(Duration::from_millis(200)),
+            interval: ConfigDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A plaintext listener that forwards only the listed GET/HEAD paths to the
+/// app, so kubelet probes work under default deny.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeConfig {
+    pub listen: SocketAddr,
+    pub forward: SocketAddr,
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -9,15 +9,21 @@ use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    AdminConfig, Config, ConfigDuration, ConfigError, Endpoint, IdentityConfig, InboundConfig,
-    LogConfig, LogFormat, OutboundConfig, Protocol, RuntimeConfig, Timeouts,
+    AdminConfig, AuditConfig, Config, ConfigDuration, ConfigError, Endpoint, IdentityConfig,
+    InboundConfig, LogConfig, LogFormat, OutboundConfig, ProbeConfig, Protocol, ReloadConfig,
+    RuntimeConfig, Timeouts,
 };
 use crate::identity::{SpiffeId, TrustDomain};
+use crate::policy::AuditSink;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     identity: RawIdentity,
+    policy: Option<Spanned<PathBuf>>,
+    audit: Option<RawAudit>,
+    reload: Option<RawReload>,
+    probes: Option<RawProbes>,
     #[serde(default)]
     inbound: Vec<RawInbound>,
     #[serde(default)]
@@ -26,6 +32,31 @@ struct RawConfig {
     timeouts: Option<RawTimeouts>,
     runtime: Option<RawRuntime>,
     log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// stdout | stderr | off | a file path
+    sink: Option<Spanned<String>>,
+    #[serde(default)]
+    log_allows: bool,
+    max_per_second: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    debounce: Option<ConfigDuration>,
+    interval: Option<Spanned<ConfigDuration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbes {
+    listen: SocketAddr,
+    forward: SocketAddr,
+    paths: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +161,75 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         key: resolve(&raw.identity.key)?,
         trust_bundle: resolve(&raw.identity.trust_bundle)?,
         trust_domain: raw.identity.trust_domain,
+    };
+    let policy = raw.policy.as_ref().map(&resolve).transpose()?;
+
+    let mut audit = AuditConfig::default();
+    if let Some(a) = raw.audit {
+        if let Some(sink) = a.sink {
+            if sink.value.is_empty() {
+                return Err(v.at(
+                    sink.referenced,
+                    "audit.sink must be stdout, stderr, off or a file path",
+                ));
+            }
+            audit.sink = AuditSink::parse(&sink.value, base);
+        }
+        audit.log_allows = a.log_allows;
+        if let Some(m) = a.max_per_second {
+            if m.value == 0 {
+                return Err(v.at(m.referenced, "audit.max_per_second must be at least 1"));
+            }
+            audit.max_per_second = m.value;
+        }
+    }
+
+    let mut reload = ReloadConfig::default();
+    if let Some(r) = raw.reload {
+        if let Some(d) = r.debounce {
+            reload.debounce = d;
+        }
+        if let Some(i) = r.interval {
+            if i.value.0 < std::time::Duration::from_secs(1) {
+                return Err(v.at(i.referenced, "reload.interval must be at least 1s"));
+            }
+            reload.interval = i.value;
+        }
+    }
+
+    let probes = match raw.probes {
+        None => None,
+        Some(p) => {
+            if p.paths.value.is_empty() {
+                return Err(v.at(
+                    p.paths.referenced,
+                    "probes.paths must list at least one path",
+                ));
+            }
+            let mut paths = Vec::with_capacity(p.paths.value.len());
+            for path in p.paths.value {
+                let ok = path.value.starts_with('/')
+                    && !path
+                        .value
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#');
+                if !ok {
+                    return Err(v.at(
+                        path.referenced,
+                        format!(
+                            "probe path {:?} must be a plain path starting with '/'",
+                            path.value
+                        ),
+                    ));
+                }
+                paths.push(path.value);
+            }
+            Some(ProbeConfig {
+                listen: p.listen,
+                forward: p.forward,
+                paths,
+            })
+        }
     };
 
     let mut names: HashMap<String, Location> = HashMap::new();
@@ -276,6 +376,10 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     Ok(Config {
         source: file.to_path_buf(),
         identity,
+        policy,
+        audit,
+        reload,
+        probes,
         inbound,
         outbound,
         admin,

@@ -74,7 +74,9 @@ impl IdPattern {
                         segments.push(Segment::Rest);
                         probe.push('x');
                     }
-                    p if p.contains('*') => return Err(PatternError::PartialWildcard(p.to_string())),
+                    p if p.contains('*') => {
+                        return Err(PatternError::PartialWildcard(p.to_string()));
+                    }
                     p => {
                         segments.push(Segment::Literal(p.into()));
                         probe.push_str(p);
@@ -176,12 +178,28 @@ mod tests {
     fn each_kind_matches_and_does_not() {
         let cases: &[(&str, &str, bool)] = &[
             ("spiffe://td/ns/web/sa/fe", "spiffe://td/ns/web/sa/fe", true),
-            ("spiffe://td/ns/web/sa/fe", "spiffe://td/ns/web/sa/fe2", false),
-            ("spiffe://td/ns/web/sa/fe", "spiffe://td/ns/web/sa/fe/x", false),
-            ("spiffe://td/ns/web/sa/fe", "spiffe://other/ns/web/sa/fe", false),
+            (
+                "spiffe://td/ns/web/sa/fe",
+                "spiffe://td/ns/web/sa/fe2",
+                false,
+            ),
+            (
+                "spiffe://td/ns/web/sa/fe",
+                "spiffe://td/ns/web/sa/fe/x",
+                false,
+            ),
+            (
+                "spiffe://td/ns/web/sa/fe",
+                "spiffe://other/ns/web/sa/fe",
+                false,
+            ),
             ("spiffe://td/ns/batch/*", "spiffe://td/ns/batch/job1", true),
             ("spiffe://td/ns/batch/*", "spiffe://td/ns/batch", false),
-            ("spiffe://td/ns/batch/*", "spiffe://td/ns/batch/job1/x", false),
+            (
+                "spiffe://td/ns/batch/*",
+                "spiffe://td/ns/batch/job1/x",
+                false,
+            ),
             ("spiffe://td/ns/*/sa/fe", "spiffe://td/ns/web/sa/fe", true),
             ("spiffe://td/ns/*/sa/fe", "spiffe://td/ns/web/sa/be", false),
             ("spiffe://td/ns/ops/**", "spiffe://td/ns/ops/a", true),
@@ -202,12 +220,33 @@ mod tests {
 
     #[test]
     fn invalid_patterns_are_refused_with_the_rule() {
-        assert_eq!(IdPattern::parse("spiffe://td/**/x"), Err(PatternError::RestNotLast));
-        assert!(matches!(IdPattern::parse("spiffe://td/fe*"), Err(PatternError::PartialWildcard(_))));
-        assert!(matches!(IdPattern::parse("spiffe://td/a/"), Err(PatternError::Id(SpiffeIdError::TrailingSlash))));
-        assert!(matches!(IdPattern::parse("spiffe://TD/a"), Err(PatternError::Id(_))));
-        assert!(matches!(IdPattern::parse("https://td/a"), Err(PatternError::Id(SpiffeIdError::WrongScheme))));
-        assert!(matches!(IdPattern::parse("spiffe://td/a/.*"), Err(PatternError::PartialWildcard(_))));
-        assert!(matches!(IdPattern::parse("spiffe://*/a"), Err(PatternError::Id(_))));
+        assert_eq!(
+            IdPattern::parse("spiffe://td/**/x"),
+            Err(PatternError::RestNotLast)
+        );
+        assert!(matches!(
+            IdPattern::parse("spiffe://td/fe*"),
+            Err(PatternError::PartialWildcard(_))
+        ));
+        assert!(matches!(
+            IdPattern::parse("spiffe://td/a/"),
+            Err(PatternError::Id(SpiffeIdError::TrailingSlash))
+        ));
+        assert!(matches!(
+            IdPattern::parse("spiffe://TD/a"),
+            Err(PatternError::Id(_))
+        ));
+        assert!(matches!(
+            IdPattern::parse("https://td/a"),
+            Err(PatternError::Id(SpiffeIdError::WrongScheme))
+        ));
+        assert!(matches!(
+            IdPattern::parse("spiffe://td/a/.*"),
+            Err(PatternError::PartialWildcard(_))
+        ));
+        assert!(matches!(
+            IdPattern::parse("spiffe://*/a"),
+            Err(PatternError::Id(_))
+        ));
     }
 }

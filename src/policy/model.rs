@@ -142,43 +142,89 @@ fn at(file: &Path, loc: Location, reason: impl Into<String>) -> ConfigError {
 
 /// Parses and validates a policy file's text.
 pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
-    let raw: RawPolicy = deserialize_map_as_pairs(text).map_err(|e| crate::config::yaml_error(&e, file))?;
+    let raw: RawPolicy =
+        deserialize_map_as_pairs(text).map_err(|e| crate::config::yaml_error(&e, file))?;
     let mut services = Vec::with_capacity(raw.services.len());
     let mut seen_services = HashSet::new();
     for (name, svc) in raw.services {
         if !crate::config::valid_listener_name(&name.value) {
-            return Err(at(file, name.referenced, format!("service name {:?} must be 1-63 characters of a-z, 0-9, '-' and '_'", name.value)));
+            return Err(at(
+                file,
+                name.referenced,
+                format!(
+                    "service name {:?} must be 1-63 characters of a-z, 0-9, '-' and '_'",
+                    name.value
+                ),
+            ));
         }
         if !seen_services.insert(name.value.clone()) {
-            return Err(at(file, name.referenced, format!("service {:?} is listed twice", name.value)));
+            return Err(at(
+                file,
+                name.referenced,
+                format!("service {:?} is listed twice", name.value),
+            ));
         }
         let mut rules = Vec::with_capacity(svc.rules.len());
         let mut seen_rules = HashSet::new();
         for r in svc.rules {
-            if r.name.value.is_empty() || r.name.value.len() > 128 || r.name.value.chars().any(|c| c.is_control() || c == '"') {
-                return Err(at(file, r.name.referenced, "rule name must be 1-128 printable characters without '\"'"));
+            if r.name.value.is_empty()
+                || r.name.value.len() > 128
+                || r.name.value.chars().any(|c| c.is_control() || c == '"')
+            {
+                return Err(at(
+                    file,
+                    r.name.referenced,
+                    "rule name must be 1-128 printable characters without '\"'",
+                ));
             }
             if r.name.value == "default" {
-                return Err(at(file, r.name.referenced, "\"default\" is reserved for decisions no rule made"));
+                return Err(at(
+                    file,
+                    r.name.referenced,
+                    "\"default\" is reserved for decisions no rule made",
+                ));
             }
             if !seen_rules.insert(r.name.value.clone()) {
-                return Err(at(file, r.name.referenced, format!("rule name {:?} is used twice in service {:?}", r.name.value, name.value)));
+                return Err(at(
+                    file,
+                    r.name.referenced,
+                    format!(
+                        "rule name {:?} is used twice in service {:?}",
+                        r.name.value, name.value
+                    ),
+                ));
             }
             if r.from.value.is_empty() {
-                return Err(at(file, r.from.referenced, format!("rule {:?} has an empty `from`", r.name.value)));
+                return Err(at(
+                    file,
+                    r.from.referenced,
+                    format!("rule {:?} has an empty `from`", r.name.value),
+                ));
             }
             let methods = match r.methods {
                 None => None,
                 Some(m) => {
                     if m.value.is_empty() {
-                        return Err(at(file, m.referenced, "`methods` must not be empty (leave it out to allow any)"));
+                        return Err(at(
+                            file,
+                            m.referenced,
+                            "`methods` must not be empty (leave it out to allow any)",
+                        ));
                     }
                     let mut out = Vec::with_capacity(m.value.len());
                     for method in m.value {
                         let upper = method.value.to_ascii_uppercase();
-                        let token = !upper.is_empty() && upper.len() <= 32 && upper.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
+                        let token = !upper.is_empty()
+                            && upper.len() <= 32
+                            && upper
+                                .bytes()
+                                .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
                         if !token {
-                            return Err(at(file, method.referenced, format!("{:?} is not an HTTP method", method.value)));
+                            return Err(at(
+                                file,
+                                method.referenced,
+                                format!("{:?} is not an HTTP method", method.value),
+                            ));
                         }
                         out.push(upper);
                     }
@@ -189,11 +235,16 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
                 None => None,
                 Some(p) => {
                     if p.value.is_empty() {
-                        return Err(at(file, p.referenced, "`paths` must not be empty (leave it out to allow any)"));
+                        return Err(at(
+                            file,
+                            p.referenced,
+                            "`paths` must not be empty (leave it out to allow any)",
+                        ));
                     }
                     let mut out = Vec::with_capacity(p.value.len());
                     for path in p.value {
-                        check_path_pattern(&path.value).map_err(|why| at(file, path.referenced, why))?;
+                        check_path_pattern(&path.value)
+                            .map_err(|why| at(file, path.referenced, why))?;
                         out.push(path.value);
                     }
                     Some(out)
@@ -212,13 +263,24 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
             Some(rl) => {
                 let per = rl.value.per_identity_per_second;
                 if !(per.is_finite() && per > 0.0) {
-                    return Err(at(file, rl.referenced, "rate_limit.per_identity_per_second must be more than 0"));
+                    return Err(at(
+                        file,
+                        rl.referenced,
+                        "rate_limit.per_identity_per_second must be more than 0",
+                    ));
                 }
                 let burst = rl.value.burst.unwrap_or_else(|| per.ceil().max(1.0) as u32);
                 if burst == 0 {
-                    return Err(at(file, rl.referenced, "rate_limit.burst must be at least 1"));
+                    return Err(at(
+                        file,
+                        rl.referenced,
+                        "rate_limit.burst must be at least 1",
+                    ));
                 }
-                Some(RateLimitSpec { per_identity_per_second: per, burst })
+                Some(RateLimitSpec {
+                    per_identity_per_second: per,
+                    burst,
+                })
             }
         };
         services.push(ServiceSpec {
@@ -262,7 +324,10 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Pairs<V> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a mapping of service names to their policy")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = map.next_entry::<Spanned<String>, V>()? {
                     out.push((k, v));
@@ -281,10 +346,16 @@ fn check_path_pattern(p: &str) -> Result<(), String> {
     }
     let body = p.strip_suffix("/*").unwrap_or(p);
     if body.contains('*') {
-        return Err(format!("path {p:?}: '*' is only allowed as a final \"/*\" (a prefix match)"));
+        return Err(format!(
+            "path {p:?}: '*' is only allowed as a final \"/*\" (a prefix match)"
+        ));
     }
-    if p.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
-        return Err(format!("path {p:?} must be a plain path without spaces, query or fragment"));
+    if p.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
+        return Err(format!(
+            "path {p:?} must be a plain path without spaces, query or fragment"
+        ));
     }
     Ok(())
 }
@@ -319,9 +390,18 @@ services:
         assert_eq!(p.default, Action::Deny);
         let s = &p.services[0];
         assert_eq!((s.name.as_str(), s.mode), ("orders", Mode::Audit));
-        assert_eq!(s.rules[0].methods.as_deref(), Some(&["GET".to_string(), "HEAD".to_string()][..]));
+        assert_eq!(
+            s.rules[0].methods.as_deref(),
+            Some(&["GET".to_string(), "HEAD".to_string()][..])
+        );
         assert!(s.rules[0].is_l7());
-        assert_eq!(s.rate_limit, Some(RateLimitSpec { per_identity_per_second: 100.0, burst: 200 }));
+        assert_eq!(
+            s.rate_limit,
+            Some(RateLimitSpec {
+                per_identity_per_second: 100.0,
+                burst: 200
+            })
+        );
         // An empty file is a valid policy: deny everything.
         let empty = parse("{}", Path::new("p.yaml")).unwrap();
         assert_eq!(empty.default, Action::Deny);
@@ -331,7 +411,10 @@ services:
     fn errors_have_file_line_column_and_reason() {
         let e = err(&GOOD.replace("ns/batch/*", "ns/batch/**/x"));
         assert_eq!(e.line, Some(10), "{e}");
-        assert!(e.reason.contains("\"**\" may only be the last segment"), "{e}");
+        assert!(
+            e.reason.contains("\"**\" may only be the last segment"),
+            "{e}"
+        );
 
         let e = err(&GOOD.replace("action: allow", "action: permit"));
         assert_eq!(e.line, Some(7), "{e}");
@@ -350,7 +433,10 @@ services:
         assert_eq!(e.line, Some(3), "{e}");
 
         let e = err(&format!("{GOOD}  orders:\n    rules: []\n"));
-        assert!(e.reason.contains("duplicate") || e.reason.contains("twice"), "{e}");
+        assert!(
+            e.reason.contains("duplicate") || e.reason.contains("twice"),
+            "{e}"
+        );
 
         let dup_rule = GOOD.replace(
             "    rate_limit:",
@@ -363,7 +449,9 @@ services:
         let e = err(&GOOD.replace("methods: [get, HEAD]", "methods: [\"GET /\"]"));
         assert!(e.reason.contains("not an HTTP method"), "{e}");
 
-        let e = err("default: deny\nservices:\n  orders:\n    rules:\n      - name: r\n        action: allow\n        from: []\n");
+        let e = err(
+            "default: deny\nservices:\n  orders:\n    rules:\n      - name: r\n        action: allow\n        from: []\n",
+        );
         assert_eq!(e.line, Some(7), "{e}");
         assert!(e.reason.contains("empty `from`"), "{e}");
 

@@ -94,7 +94,10 @@ impl CompiledRule {
         }
         self.any_path
             || self.exact_paths.iter().any(|p| p == req.path)
-            || self.prefixes.iter().any(|p| req.path.starts_with(p.as_str()))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| req.path.starts_with(p.as_str()))
     }
 }
 
@@ -113,8 +116,15 @@ impl Node {
         match segments.split_first() {
             None => self.here.push(rule),
             Some((Segment::Rest, _)) => self.below.push(rule),
-            Some((Segment::Any, rest)) => self.any.get_or_insert_with(Default::default).insert(rest, rule),
-            Some((Segment::Literal(l), rest)) => self.children.entry(l.clone()).or_default().insert(rest, rule),
+            Some((Segment::Any, rest)) => self
+                .any
+                .get_or_insert_with(Default::default)
+                .insert(rest, rule),
+            Some((Segment::Literal(l), rest)) => self
+                .children
+                .entry(l.clone())
+                .or_default()
+                .insert(rest, rule),
         }
     }
 
@@ -205,7 +215,12 @@ impl PolicyTable {
     /// `request` is `None`, an HTTP request otherwise. A matching deny
     /// beats every allow; among rules of one kind the first in the file
     /// names the decision; no match falls to the file's default.
-    pub fn decide(&self, service: &str, peer: &SpiffeId, request: Option<&Request<'_>>) -> Decision {
+    pub fn decide(
+        &self,
+        service: &str,
+        peer: &SpiffeId,
+        request: Option<&Request<'_>>,
+    ) -> Decision {
         let Some(svc) = self.services.get(service) else {
             return Decision {
                 action: self.default,
@@ -241,7 +256,11 @@ impl PolicyTable {
         } else {
             (self.default, self.default_rule.clone())
         };
-        Decision { action, rule, mode: svc.mode }
+        Decision {
+            action,
+            rule,
+            mode: svc.mode,
+        }
     }
 
     /// Whether any allow rule could admit `peer` to `service` for some
@@ -322,37 +341,167 @@ services:
     #[test]
     fn table_driven_decisions() {
         let t = table(POLICY);
-        let get = |path| Request { method: "GET", path };
-        let post = |path| Request { method: "POST", path };
+        let get = |path| Request {
+            method: "GET",
+            path,
+        };
+        let post = |path| Request {
+            method: "POST",
+            path,
+        };
         let cases: Vec<(&str, &str, Option<Request<'_>>, &str, &str)> = vec![
             // (service, peer, request, action, rule)
-            ("orders", "spiffe://prod.example.org/ns/web/sa/frontend", None, "allow", "frontend"),
-            ("orders", "spiffe://prod.example.org/ns/web/sa/frontend2", None, "deny", "default"),
-            ("orders", "spiffe://prod.example.org/ns/batch/job", None, "allow", "batch"),
-            ("orders", "spiffe://prod.example.org/ns/batch/job/x", None, "deny", "default"),
-            ("orders", "spiffe://prod.example.org/ns/batch", None, "deny", "default"),
-            ("orders", "spiffe://prod.example.org/ns/batch/evil", None, "deny", "no-evil-batch"),
-            ("orders", "spiffe://prod.example.org/ns/ops/a/b", None, "allow", "ops"),
-            ("orders", "spiffe://prod.example.org/ns/ops", None, "deny", "default"),
-            ("orders", "spiffe://partner.example.com/anything", None, "allow", "partner"),
-            ("orders", "spiffe://partner.example.com", None, "allow", "partner"),
-            ("orders", "spiffe://other.example.com/ns/web/sa/frontend", None, "deny", "default"),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/web/sa/frontend",
+                None,
+                "allow",
+                "frontend",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/web/sa/frontend2",
+                None,
+                "deny",
+                "default",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/batch/job",
+                None,
+                "allow",
+                "batch",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/batch/job/x",
+                None,
+                "deny",
+                "default",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/batch",
+                None,
+                "deny",
+                "default",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/batch/evil",
+                None,
+                "deny",
+                "no-evil-batch",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/ops/a/b",
+                None,
+                "allow",
+                "ops",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/ops",
+                None,
+                "deny",
+                "default",
+            ),
+            (
+                "orders",
+                "spiffe://partner.example.com/anything",
+                None,
+                "allow",
+                "partner",
+            ),
+            (
+                "orders",
+                "spiffe://partner.example.com",
+                None,
+                "allow",
+                "partner",
+            ),
+            (
+                "orders",
+                "spiffe://other.example.com/ns/web/sa/frontend",
+                None,
+                "deny",
+                "default",
+            ),
             // L7-only rules never match plain TCP: readers get the default.
-            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", None, "deny", "default"),
-            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", Some(get("/orders")), "allow", "readers"),
-            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", Some(get("/orders/7")), "allow", "readers"),
-            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", Some(get("/ordersx")), "deny", "default"),
-            ("orders", "spiffe://prod.example.org/ns/web/sa/reader", Some(post("/orders")), "deny", "default"),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/web/sa/reader",
+                None,
+                "deny",
+                "default",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/web/sa/reader",
+                Some(get("/orders")),
+                "allow",
+                "readers",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/web/sa/reader",
+                Some(get("/orders/7")),
+                "allow",
+                "readers",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/web/sa/reader",
+                Some(get("/ordersx")),
+                "deny",
+                "default",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/web/sa/reader",
+                Some(post("/orders")),
+                "deny",
+                "default",
+            ),
             // An L7 deny beats an L4 allow for matching requests only.
-            ("orders", "spiffe://prod.example.org/ns/ops/a", Some(get("/admin/users")), "deny", "no-admin"),
-            ("orders", "spiffe://prod.example.org/ns/ops/a", Some(get("/orders")), "allow", "ops"),
-            ("orders", "spiffe://prod.example.org/ns/ops/a", None, "allow", "ops"),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/ops/a",
+                Some(get("/admin/users")),
+                "deny",
+                "no-admin",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/ops/a",
+                Some(get("/orders")),
+                "allow",
+                "ops",
+            ),
+            (
+                "orders",
+                "spiffe://prod.example.org/ns/ops/a",
+                None,
+                "allow",
+                "ops",
+            ),
             // Unlisted service: the file's default.
-            ("payments", "spiffe://prod.example.org/ns/web/sa/frontend", None, "deny", "default"),
+            (
+                "payments",
+                "spiffe://prod.example.org/ns/web/sa/frontend",
+                None,
+                "deny",
+                "default",
+            ),
         ];
         for (svc, peer, req, action, rule) in cases {
             let d = t.decide(svc, &id(peer), req.as_ref());
-            assert_eq!((d.action.as_str(), &*d.rule), (action, rule), "{svc} {peer} {req:?}");
+            assert_eq!(
+                (d.action.as_str(), &*d.rule),
+                (action, rule),
+                "{svc} {peer} {req:?}"
+            );
         }
     }
 
@@ -372,7 +521,11 @@ services:
     fn default_allow_and_allow_all() {
         let t = table("default: allow\n");
         assert!(t.decide("any", &id("spiffe://a/b"), None).admitted());
-        assert!(PolicyTable::allow_all().decide("x", &id("spiffe://a/b"), None).admitted());
+        assert!(
+            PolicyTable::allow_all()
+                .decide("x", &id("spiffe://a/b"), None)
+                .admitted()
+        );
     }
 
     #[test]
@@ -386,15 +539,30 @@ services:
     fn index_agrees_with_direct_matching() {
         // Every pattern kind against many IDs: the trie and IdPattern::matches agree.
         let patterns = [
-            "spiffe://td/a/b", "spiffe://td/a/*", "spiffe://td/*/b", "spiffe://td/a/**",
-            "spiffe://td/**", "spiffe://td", "spiffe://td/*/*/c", "spiffe://td2/a",
+            "spiffe://td/a/b",
+            "spiffe://td/a/*",
+            "spiffe://td/*/b",
+            "spiffe://td/a/**",
+            "spiffe://td/**",
+            "spiffe://td",
+            "spiffe://td/*/*/c",
+            "spiffe://td2/a",
         ];
         let ids = [
-            "spiffe://td", "spiffe://td/a", "spiffe://td/a/b", "spiffe://td/a/c", "spiffe://td/x/b",
-            "spiffe://td/a/b/c", "spiffe://td/x/y/c", "spiffe://td2/a", "spiffe://td3/a",
+            "spiffe://td",
+            "spiffe://td/a",
+            "spiffe://td/a/b",
+            "spiffe://td/a/c",
+            "spiffe://td/x/b",
+            "spiffe://td/a/b/c",
+            "spiffe://td/x/y/c",
+            "spiffe://td2/a",
+            "spiffe://td3/a",
         ];
         for p in patterns {
-            let yaml = format!("services:\n  s:\n    rules:\n      - name: r\n        action: allow\n        from: [\"{p}\"]\n");
+            let yaml = format!(
+                "services:\n  s:\n    rules:\n      - name: r\n        action: allow\n        from: [\"{p}\"]\n"
+            );
             let t = table(&yaml);
             let pat = crate::identity::IdPattern::parse(p).unwrap();
             for i in ids {

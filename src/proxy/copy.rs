@@ -15,6 +15,7 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// One TLS record's worth of plaintext: reads rarely return more.
 const BUF_SIZE: usize = 16 * 1024;
@@ -25,6 +26,8 @@ pub enum CopyEnd {
     /// Both directions reached EOF and were shut down.
     Completed,
     IdleTimeout,
+    /// Closed from outside (policy change, revocation): see the registry.
+    Stopped,
     Error(io::Error),
 }
 
@@ -42,12 +45,13 @@ pub struct CopyCounters<'a> {
 }
 
 /// Copies `downstream` ↔ `upstream` until both directions finish, an error
-/// occurs, or nothing moves for `idle`.
+/// occurs, nothing moves for `idle`, or `stop` is cancelled.
 pub async fn copy_bidirectional<D, U>(
     downstream: &mut D,
     upstream: &mut U,
     idle: Duration,
     counters: CopyCounters<'_>,
+    stop: &CancellationToken,
 ) -> (CopyEnd, CopyStats)
 where
     D: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -62,7 +66,12 @@ where
     };
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let end = std::future::poll_fn(|cx| {
+        if stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(CopyEnd::Stopped);
+        }
         if let Poll::Ready(result) = Pin::new(&mut transfer).poll(cx) {
             return Poll::Ready(match result {
                 Ok(()) => CopyEnd::Completed,
@@ -242,6 +251,7 @@ mod tests {
                     to_upstream: &up,
                     to_downstream: &down,
                 },
+                &CancellationToken::new(),
             )
             .await
         });
@@ -280,6 +290,7 @@ mod tests {
                 to_upstream: &up,
                 to_downstream: &down,
             },
+            &CancellationToken::new(),
         )
         .await;
         assert!(matches!(end, CopyEnd::IdleTimeout), "{end:?}");
@@ -299,6 +310,7 @@ mod tests {
                     to_upstream: &up,
                     to_downstream: &down,
                 },
+                &CancellationToken::new(),
             )
             .await
         });
@@ -315,5 +327,27 @@ mod tests {
         let (end, stats) = proxy.await.unwrap();
         assert!(matches!(end, CopyEnd::IdleTimeout));
         assert_eq!(stats.to_upstream, 4);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_token_stops_the_copy() {
+        let (_client, mut proxy_down) = tokio::io::duplex(64);
+        let (mut proxy_up, _server) = tokio::io::duplex(64);
+        let (up, down) = counters();
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move { stopper.cancel() });
+        let (end, _) = copy_bidirectional(
+            &mut proxy_down,
+            &mut proxy_up,
+            Duration::from_secs(3600),
+            CopyCounters {
+                to_upstream: &up,
+                to_downstream: &down,
+            },
+            &stop,
+        )
+        .await;
+        assert!(matches!(end, CopyEnd::Stopped), "{end:?}");
     }
 }

@@ -1,5 +1,7 @@
-//! Inbound: a peer sidecar connects over mTLS; we verify it, admit it, and
-//! forward plaintext to the local app.
+//! Inbound: a peer sidecar connects over mTLS; we verify it, admit it
+//! (identity, then policy and rate limit), and forward plaintext to the
+//! local app. Admitted connections are registered so a policy reload can
+//! close the ones it no longer allows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,35 +12,50 @@ use tokio_rustls::TlsAcceptor;
 use super::admission::peer_identity;
 use super::copy::{CopyCounters, CopyEnd, copy_bidirectional};
 use super::loglimit::LogLimiter;
+use super::registry::{ConnRegistry, StopReason};
 use super::{ActiveGuard, connect_with_timeout, log_copy_end};
 use crate::config::Timeouts;
-use crate::metrics::{CloseReason, ListenerMetrics};
+use crate::identity::SpiffeId;
+use crate::metrics::{CloseReason, ListenerMetrics, Metrics};
+use crate::policy::{AuditEvent, AuditLog, PolicyStore};
 use crate::tls::{HandshakeFailure, TlsContext};
+
+/// What inbound listeners share for authorization: the policy, the
+/// registry of open connections, the audit log and the decision counters.
+pub struct Authz {
+    pub policy: Arc<PolicyStore>,
+    pub registry: Arc<ConnRegistry>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// One inbound listener's fixed state, shared by its connections.
 pub struct InboundListener {
-    pub name: String,
+    pub name: Arc<str>,
     pub forward: SocketAddr,
     pub tls: Arc<TlsContext>,
     pub metrics: ListenerMetrics,
     pub timeouts: Timeouts,
+    authz: Arc<Authz>,
     log_limit: LogLimiter,
 }
 
 impl InboundListener {
     pub fn new(
-        name: String,
+        name: &str,
         forward: SocketAddr,
         tls: Arc<TlsContext>,
+        authz: Arc<Authz>,
         metrics: ListenerMetrics,
         timeouts: Timeouts,
     ) -> Self {
         InboundListener {
-            name,
+            name: name.into(),
             forward,
             tls,
             metrics,
             timeouts,
+            authz,
             log_limit: LogLimiter::new(20),
         }
     }
@@ -82,6 +99,16 @@ impl InboundListener {
             }
         };
 
+        // Registered before the policy is read: a reload that lands after
+        // this decision will find the connection and judge it again.
+        let registration = self
+            .authz
+            .registry
+            .register(self.name.clone(), peer.id.clone(), src);
+        if !self.authorize(&peer.id, src) {
+            return;
+        }
+
         let mut app = match connect_with_timeout(self.forward, self.timeouts.connect.0).await {
             Ok(s) => s,
             Err(reason) => {
@@ -102,6 +129,7 @@ impl InboundListener {
                 to_upstream: &m.to_upstream,
                 to_downstream: &m.to_downstream,
             },
+            registration.control.stopped(),
         )
         .await;
         log_copy_end(&self.name, "inbound", &end, stats, Some(&peer.id));
@@ -109,7 +137,49 @@ impl InboundListener {
             CopyEnd::Completed => CloseReason::Completed,
             CopyEnd::IdleTimeout => CloseReason::IdleTimeout,
             CopyEnd::Error(_) => CloseReason::Error,
+            CopyEnd::Stopped => match registration.control.reason() {
+                Some(StopReason::Policy) | None => CloseReason::Policy,
+            },
         });
+    }
+
+    /// Policy and rate limit for a new connection from `peer`. Logs, audits
+    /// and counts the outcome; `false` means close it.
+    fn authorize(&self, peer: &SpiffeId, src: SocketAddr) -> bool {
+        let m = &self.metrics;
+        let active = self.authz.policy.active();
+        let decision = active.table.decide(&self.name, peer, None);
+        self.authz
+            .metrics
+            .authz(&self.name, decision.label(), &decision.rule);
+        self.authz.audit.record(&AuditEvent {
+            peer,
+            service: &self.name,
+            rule: &decision.rule,
+            decision: decision.label(),
+            mode: decision.mode.as_str(),
+            src,
+            request: None,
+            cause: None,
+        });
+        if !decision.admitted() {
+            m.closed(CloseReason::Denied);
+            if let Some(suppressed) = self.log_limit.allow() {
+                tracing::info!(listener = %self.name, %src, %peer, rule = %decision.rule, suppressed, "inbound connection denied by policy");
+            }
+            return false;
+        }
+        if let Some(limiter) = active.limiter(&self.name)
+            && !limiter.try_acquire(peer, std::time::Instant::now())
+        {
+            m.rate_limited.inc();
+            m.closed(CloseReason::RateLimited);
+            if let Some(suppressed) = self.log_limit.allow() {
+                tracing::info!(listener = %self.name, %src, %peer, suppressed, "inbound connection over the rate limit");
+            }
+            return false;
+        }
+        true
     }
 
     fn handshake_failed(&self, why: HandshakeFailure, err: &std::io::Error, src: SocketAddr) {

@@ -8,6 +8,7 @@ mod inbound;
 mod listener;
 mod loglimit;
 mod outbound;
+pub mod registry;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,10 +16,11 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
 
-pub use inbound::InboundListener;
+pub use inbound::{Authz, InboundListener};
 pub use listener::accept_loop;
 pub use loglimit::LogLimiter;
 pub use outbound::OutboundListener;
+pub use registry::{ConnRegistry, StopReason};
 
 use crate::identity::SpiffeId;
 use crate::metrics::CloseReason;
@@ -68,6 +70,9 @@ fn log_copy_end(
         }
         CopyEnd::IdleTimeout => {
             tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection idle, closed")
+        }
+        CopyEnd::Stopped => {
+            tracing::info!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed: no longer allowed")
         }
         CopyEnd::Completed => {
             tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed")

@@ -27,6 +27,8 @@ pub struct OutboundListener {
     pub metrics: ListenerMetrics,
     pub timeouts: Timeouts,
     log_limit: LogLimiter,
+    /// Never cancelled today; outbound connections have no policy yet.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl OutboundListener {
@@ -47,6 +49,7 @@ impl OutboundListener {
             metrics,
             timeouts,
             log_limit: LogLimiter::new(20),
+            stop: Default::default(),
         }
     }
 
@@ -122,6 +125,7 @@ impl OutboundListener {
                 to_upstream: &m.to_upstream,
                 to_downstream: &m.to_downstream,
             },
+            &self.stop,
         )
         .await;
         log_copy_end(&self.name, "outbound", &end, stats, Some(&peer.id));
@@ -129,6 +133,7 @@ impl OutboundListener {
             CopyEnd::Completed => CloseReason::Completed,
             CopyEnd::IdleTimeout => CloseReason::IdleTimeout,
             CopyEnd::Error(_) => CloseReason::Error,
+            CopyEnd::Stopped => CloseReason::Policy,
         });
     }
 

@@ -1,0 +1,131 @@
+//! The registry of open, admitted connections: who the peer is, which
+//! service it reached, and a handle to close it. When the policy changes
+//! (and later, when a CRL or OCSP answer revokes a peer), the registry is
+//! walked and connections that are no longer allowed are closed at once.
+//!
+//! Registering costs one short lock per connection, never per byte.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::SpiffeId;
+
+/// Why a live connection was closed from outside its own task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StopReason {
+    /// A policy reload no longer allows the peer.
+    Policy = 1,
+}
+
+/// The handle a connection task watches.
+pub struct ConnControl {
+    token: CancellationToken,
+    reason: AtomicU8,
+}
+
+impl ConnControl {
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        match self.reason.load(Ordering::Acquire) {
+            1 => Some(StopReason::Policy),
+            _ => None,
+        }
+    }
+
+    fn stop(&self, why: StopReason) {
+        self.reason.store(why as u8, Ordering::Release);
+        self.token.cancel();
+    }
+}
+
+/// What the registry knows of one connection.
+pub struct ConnInfo {
+    pub service: Arc<str>,
+    pub peer: SpiffeId,
+    pub src: SocketAddr,
+    control: Arc<ConnControl>,
+}
+
+#[derive(Default)]
+pub struct ConnRegistry {
+    next: AtomicU64,
+    conns: Mutex<HashMap<u64, ConnInfo>>,
+}
+
+/// Keeps a connection registered until dropped.
+pub struct Registration<'a> {
+    registry: &'a ConnRegistry,
+    id: u64,
+    pub control: Arc<ConnControl>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.registry
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl ConnRegistry {
+    pub fn register(&self, service: Arc<str>, peer: SpiffeId, src: SocketAddr) -> Registration<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let control = Arc::new(ConnControl {
+            token: CancellationToken::new(),
+            reason: AtomicU8::new(0),
+        });
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            ConnInfo {
+                service,
+                peer,
+                src,
+                control: control.clone(),
+            },
+        );
+        Registration {
+            registry: self,
+            id,
+            control,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stops every connection for which `still_allowed` says no, calling
+    /// `closed` for each; returns how many were stopped.
+    pub fn enforce(
+        &self,
+        why: StopReason,
+        mut still_allowed: impl FnMut(&ConnInfo) -> bool,
+        mut closed: impl FnMut(&ConnInfo),
+    ) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for info in conns.values() {
+            if info.control.token.is_cancelled() || still_allowed(info) {
+                continue;
+            }
+            info.control.stop(why);
+            closed(info);
+            n += 1;
+        }
+        n
+    }
+}
