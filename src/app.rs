@@ -385,6 +385,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     if let Some(policy_file) = state.policy.path() {
         crate::reload::spawn(
             vec![policy_file.to_path_buf()],
+            config.reload.watch,
             config.reload.debounce.0,
             config.reload.interval.0,
             state.clone(),

@@ -21,10 +21,13 @@ pub struct Cli {
 pub enum Command {
     /// Run a sidecar from a config file.
     Run(RunArgs),
-    /// Validate a config file and the files it names, without starting.
+    /// Validate a config file and the files it names (or just a policy file), without starting.
     Check {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "policy")]
+        config: Option<PathBuf>,
+        /// A policy file to validate on its own.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Run a complete mTLS demo on loopback: a dev CA, an echo app and two sidecars.
     Demo {

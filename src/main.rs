@@ -15,7 +15,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Check { config } => check(&config),
+        Command::Check { config, policy } => {
+            let mut code = ExitCode::SUCCESS;
+            if let Some(config) = config {
+                code = check(&config);
+            }
+            if let Some(policy) = policy
+                && code == ExitCode::SUCCESS
+            {
+                code = check_policy(&policy);
+            }
+            code
+        }
         Command::Demo { once } => {
             let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
             if let Err(e) = runtime::init_logging(&level, LogFormat::Text) {
@@ -88,6 +99,30 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+fn print_policy(path: &std::path::Path, spec: &portcullis::policy::PolicySpec, sha: &str) {
+    let rules: usize = spec.services.iter().map(|s| s.rules.len()).sum();
+    println!(
+        "  policy:     {} (sha256 {sha}): default {}, {} service(s), {rules} rule(s)",
+        path.display(),
+        spec.default.as_str(),
+        spec.services.len()
+    );
+}
+
+fn check_policy(path: &std::path::Path) -> ExitCode {
+    match portcullis::policy::load_file(path) {
+        Ok((spec, sha)) => {
+            println!("{}: ok", path.display());
+            print_policy(path, &spec, &sha);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis check: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -95,6 +130,16 @@ fn check(path: &std::path::Path) -> ExitCode {
             eprintln!("portcullis check: {e}");
             return ExitCode::from(2);
         }
+    };
+    let policy = match &config.policy {
+        None => None,
+        Some(p) => match portcullis::policy::load_file(p) {
+            Ok(loaded) => Some(loaded),
+            Err(e) => {
+                eprintln!("portcullis check: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     match app::load_tls(&config) {
         Ok((identity, trust)) => {
@@ -126,6 +171,23 @@ fn check(path: &std::path::Path) -> ExitCode {
                 );
             }
             println!("  admin:      {}", config.admin.listen);
+            match (&config.policy, &policy) {
+                (Some(path), Some((spec, sha))) => {
+                    print_policy(path, spec, sha);
+                    for l in &config.inbound {
+                        if !spec.services.iter().any(|s| s.name == l.name) {
+                            println!(
+                                "  note:       inbound {:?} is not in the policy: it gets `default: {}`",
+                                l.name,
+                                spec.default.as_str()
+                            );
+                        }
+                    }
+                }
+                _ => println!(
+                    "  policy:     none (every authenticated peer of a trusted trust domain is admitted)"
+                ),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

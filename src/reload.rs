@@ -29,31 +29,36 @@ fn directories(files: &[PathBuf]) -> BTreeSet<PathBuf> {
 }
 
 /// Watches the directories of `files` and reloads `state` on changes and
-/// every `interval`, until `shutdown`.
+/// every `interval`, until `shutdown`. With `watch` off only the
+/// periodic re-read runs here.
 pub fn spawn(
     files: Vec<PathBuf>,
+    watch: bool,
     debounce: Duration,
     interval: Duration,
     state: Arc<State>,
     shutdown: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        match event {
-            // Our own reads show up as access events: never a reason to reload.
-            Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
-            // A full channel already holds a pending trigger: nothing is lost.
-            Ok(_) | Err(_) => {
-                let _ = tx.try_send(());
+    let watcher = watch.then(|| {
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            match event {
+                // Our own reads show up as access events: never a reason to reload.
+                Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
+                // A full channel already holds a pending trigger: nothing is lost.
+                Ok(_) | Err(_) => {
+                    let _ = tx.try_send(());
+                }
             }
-        }
+        })
     });
     let mut watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "cannot watch files; relying on the periodic re-read, SIGHUP and POST /reload");
             None
         }
+        None => None,
     };
     if let Some(w) = watcher.as_mut() {
         for dir in directories(&files) {

@@ -89,6 +89,9 @@ pub struct ReloadConfig {
     pub debounce: ConfigDuration,
     /// Re-read everything this often even without events, as a safety net.
     pub interval: ConfigDuration,
+    /// Watch the files' directories for changes; off leaves SIGHUP,
+    /// `POST /reload` and the periodic re-read.
+    pub watch: bool,
 }
 
 impl Default for ReloadConfig {
@@ -96,6 +99,7 @@ impl Default for ReloadConfig {
         ReloadConfig {
             debounce: ConfigDuration(Duration::from_millis(200)),
             interval: ConfigDuration(Duration::from_secs(60)),
+            watch: true,
         }
     }
 }

@@ -47,6 +47,7 @@ struct RawAudit {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReload {
+    watch: Option<bool>,
     debounce: Option<ConfigDuration>,
     interval: Option<Spanned<ConfigDuration>>,
 }
@@ -188,6 +189,9 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     if let Some(r) = raw.reload {
         if let Some(d) = r.debounce {
             reload.debounce = d;
+        }
+        if let Some(w) = r.watch {
+            reload.watch = w;
         }
         if let Some(i) = r.interval {
             if i.value.0 < std::time::Duration::from_secs(1) {

@@ -3,7 +3,7 @@
 //! of new identities cannot grow memory without bound.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -39,9 +39,7 @@ impl RateLimiter {
 
     /// Takes one token for `peer`; `false` when its bucket is empty.
     pub fn try_acquire(&self, peer: &SpiffeId, now: Instant) -> bool {
-        let mut h = self.hasher.build_hasher();
-        peer.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let shard = &self.shards[(self.hasher.hash_one(peer) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = map.get_mut(peer) {
             let elapsed = now.saturating_duration_since(b.last).as_secs_f64();

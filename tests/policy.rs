@@ -1,0 +1,434 @@
+//! The service policy table on live sidecars: new connections follow each
+//! reload, open connections that a reload denies are closed, invalid files
+//! are refused while the old policy keeps serving, Kubernetes-style symlink
+//! swaps are picked up, audit mode lets denials through and logs them, and
+//! rate limits refuse the excess.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use portcullis::app::{Sidecar, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+const FRONTEND: &str = "spiffe://prod.example.org/ns/web/sa/frontend";
+const BATCH: &str = "spiffe://prod.example.org/ns/batch/sa/nightly";
+
+fn allow(ids: &[&str]) -> String {
+    let from: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        "default: deny\nservices:\n  orders:\n    rules:\n      - name: allowed\n        action: allow\n        from: [{}]\n",
+        from.join(", ")
+    )
+}
+
+/// A server sidecar whose config names `policy_path` and adds `extra`.
+async fn server(pki: &Pki, app: SocketAddr, policy_path: &Path, extra: &str) -> Sidecar {
+    pki.svid("srv", SERVER_ID);
+    let config = pki.config(
+        "server.yaml",
+        &format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
+             policy: {}\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n\
+             admin:\n  listen: 127.0.0.1:0\n{extra}",
+            path_str(policy_path)
+        ),
+    );
+    start(config)
+        .await
+        .unwrap_or_else(|e| panic!("server: {e}"))
+}
+
+/// Whether `peer`'s SVID gets an echo through `addr` right now.
+async fn admitted(pki: &Pki, peer: &str, addr: SocketAddr) -> bool {
+    let io = async {
+        let mut s = tls_connect(addr, pki.client_tls(peer, SERVER_ID)).await?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        let n = s.read(&mut b).await?;
+        Ok::<_, std::io::Error>(n == 1)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), io).await,
+        Ok(Ok(true))
+    )
+}
+
+async fn post_reload(admin: SocketAddr) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(
+        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf.split_once("\r\n\r\n").unwrap().1;
+    (status, serde_json::from_str(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_and_open_connections_follow_each_reload() {
+    let pki = Pki::new();
+    pki.svid("frontend", FRONTEND);
+    pki.svid("batch", BATCH);
+    let app = echo_app().await;
+    let policy = pki.path("policy.yaml");
+    std::fs::write(&policy, allow(&[FRONTEND, BATCH])).unwrap();
+    // No watcher: this test drives reloads through POST /reload.
+    let s = server(
+        &pki,
+        app,
+        &policy,
+        "reload:\n  watch: false\n  interval: 1h\n",
+    )
+    .await;
+    let addr = s.inbound_addr("orders").unwrap();
+    assert!(admitted(&pki, "frontend", addr).await);
+    assert!(admitted(&pki, "batch", addr).await);
+
+    // Two long-lived connections, one per identity.
+    let mut fe = tls_connect(addr, pki.client_tls("frontend", SERVER_ID))
+        .await
+        .unwrap();
+    let mut ba = tls_connect(addr, pki.client_tls("batch", SERVER_ID))
+        .await
+        .unwrap();
+    let mut b = [0u8; 2];
+    for c in [&mut fe, &mut ba] {
+        c.write_all(b"hi").await.unwrap();
+        c.read_exact(&mut b).await.unwrap();
+    }
+
+    // Batch is no longer allowed.
+    std::fs::write(&policy, allow(&[FRONTEND])).unwrap();
+    let (status, reply) = post_reload(s.admin_addr()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["policy"]["result"], "success");
+
+    // Its open connection is cut; the frontend's is untouched.
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(5), ba.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "the denied connection must be closed promptly");
+    fe.write_all(b"ok").await.unwrap();
+    fe.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ok");
+    // New connections follow the new policy.
+    assert!(admitted(&pki, "frontend", addr).await);
+    assert!(!admitted(&pki, "batch", addr).await);
+
+    let m = s.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_policy_closed_connections_total",
+            &[("service", "orders")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_policy_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_authz_decisions_total",
+            &[("decision", "deny"), ("rule", "default")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &m,
+            "portcullis_authz_decisions_total",
+            &[("decision", "allow"), ("rule", "allowed")]
+        )
+        .unwrap()
+            >= 4.0
+    );
+    wait_metric(
+        &s,
+        "portcullis_connections_closed_total",
+        &[("reason", "policy")],
+        1.0,
+    )
+    .await;
+
+    // The same file again: nothing to do.
+    let (_, reply) = post_reload(s.admin_addr()).await;
+    assert_eq!(reply["policy"]["result"], "unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_policy_is_refused_and_the_old_one_keeps_serving() {
+    let pki = Pki::new();
+    pki.svid("frontend", FRONTEND);
+    let app = echo_app().await;
+    let policy = pki.path("policy.yaml");
+    std::fs::write(&policy, allow(&[FRONTEND])).unwrap();
+    let s = server(
+        &pki,
+        app,
+        &policy,
+        "reload:\n  watch: false\n  interval: 1h\n",
+    )
+    .await;
+    let addr = s.inbound_addr("orders").unwrap();
+    let (_, dump) = http_get(s.admin_addr(), "/config_dump").await.unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let sha_before = dump["policy"]["sha256"].as_str().unwrap().to_string();
+
+    std::fs::write(
+        &policy,
+        allow(&[FRONTEND]).replace("action: allow", "action: allwo"),
+    )
+    .unwrap();
+    let (status, reply) = post_reload(s.admin_addr()).await;
+    assert_eq!(status, 400);
+    let error = reply["policy"]["error"].as_str().unwrap();
+    assert!(error.contains("policy.yaml:6:17:"), "{error}");
+    assert!(error.contains("allwo"), "{error}");
+
+    assert!(
+        admitted(&pki, "frontend", addr).await,
+        "the old policy keeps serving"
+    );
+    let m = s.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_policy_reloads_total",
+            &[("result", "error")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "portcullis_policy_info", &[("sha256", &sha_before)]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_changes_and_kubernetes_symlink_swaps_reload_by_themselves() {
+    let pki = Pki::new();
+    pki.svid("frontend", FRONTEND);
+    pki.svid("batch", BATCH);
+    let app = echo_app().await;
+    // A ConfigMap volume: policy.yaml -> ..data/policy.yaml, ..data -> ..v1
+    let vol = pki.path("configmap");
+    std::fs::create_dir_all(vol.join("..v1")).unwrap();
+    std::fs::write(vol.join("..v1/policy.yaml"), allow(&[FRONTEND])).unwrap();
+    std::os::unix::fs::symlink("..v1", vol.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/policy.yaml", vol.join("policy.yaml")).unwrap();
+    let s = server(
+        &pki,
+        app,
+        &vol.join("policy.yaml"),
+        "reload:\n  debounce: 50ms\n  interval: 1h\n",
+    )
+    .await;
+    let addr = s.inbound_addr("orders").unwrap();
+    assert!(!admitted(&pki, "batch", addr).await);
+
+    // Kubelet's update: write ..v2, point a temp link at it, rename over ..data.
+    std::fs::create_dir_all(vol.join("..v2")).unwrap();
+    std::fs::write(vol.join("..v2/policy.yaml"), allow(&[FRONTEND, BATCH])).unwrap();
+    std::os::unix::fs::symlink("..v2", vol.join("..data_tmp")).unwrap();
+    std::fs::rename(vol.join("..data_tmp"), vol.join("..data")).unwrap();
+    std::fs::remove_dir_all(vol.join("..v1")).unwrap();
+    wait_metric(
+        &s,
+        "portcullis_policy_reloads_total",
+        &[("result", "success")],
+        1.0,
+    )
+    .await;
+    assert!(admitted(&pki, "batch", addr).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_in_place_reloads_by_itself() {
+    let pki = Pki::new();
+    pki.svid("frontend", FRONTEND);
+    pki.svid("batch", BATCH);
+    let app = echo_app().await;
+    let policy = pki.path("policy.yaml");
+    std::fs::write(&policy, allow(&[FRONTEND])).unwrap();
+    let s = server(
+        &pki,
+        app,
+        &policy,
+        "reload:\n  debounce: 50ms\n  interval: 1h\n",
+    )
+    .await;
+    let addr = s.inbound_addr("orders").unwrap();
+    assert!(admitted(&pki, "frontend", addr).await);
+    std::fs::write(&policy, allow(&[BATCH])).unwrap();
+    wait_metric(
+        &s,
+        "portcullis_policy_reloads_total",
+        &[("result", "success")],
+        1.0,
+    )
+    .await;
+    assert!(!admitted(&pki, "frontend", addr).await);
+    assert!(admitted(&pki, "batch", addr).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_lets_denials_through_and_logs_them() {
+    let pki = Pki::new();
+    pki.svid("batch", BATCH);
+    pki.svid("frontend", FRONTEND);
+    let app = echo_app().await;
+    let policy = pki.path("policy.yaml");
+    std::fs::write(
+        &policy,
+        allow(&[FRONTEND]).replace("  orders:\n", "  orders:\n    mode: audit\n"),
+    )
+    .unwrap();
+    let audit = pki.path("audit.log");
+    let s = server(
+        &pki,
+        app,
+        &policy,
+        &format!("audit:\n  sink: {}\n  log_allows: true\n", path_str(&audit)),
+    )
+    .await;
+    let addr = s.inbound_addr("orders").unwrap();
+    assert!(
+        admitted(&pki, "batch", addr).await,
+        "audit mode lets a would-be denial through"
+    );
+    assert!(admitted(&pki, "frontend", addr).await);
+    wait_metric(
+        &s,
+        "portcullis_authz_decisions_total",
+        &[("decision", "audit_deny"), ("rule", "default")],
+        1.0,
+    )
+    .await;
+
+    let lines = wait_for(Duration::from_secs(10), "two audit lines", || async {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    let denial = lines
+        .iter()
+        .find(|l| l["decision"] == "audit_deny")
+        .expect("a denial line");
+    assert_eq!(denial["peer"], BATCH);
+    assert_eq!(denial["service"], "orders");
+    assert_eq!(denial["rule"], "default");
+    assert_eq!(denial["mode"], "audit");
+    assert!(denial["src"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(denial["time"].as_str().unwrap().contains('T'));
+    let allow = lines
+        .iter()
+        .find(|l| l["decision"] == "allow")
+        .expect("an allow line");
+    assert_eq!(allow["peer"], FRONTEND);
+    assert_eq!(allow["rule"], "allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_the_excess_per_identity() {
+    let pki = Pki::new();
+    pki.svid("frontend", FRONTEND);
+    pki.svid("batch", BATCH);
+    let app = echo_app().await;
+    let policy = pki.path("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}    rate_limit: {{ per_identity_per_second: 0.001, burst: 2 }}\n",
+            allow(&[FRONTEND, BATCH])
+        ),
+    )
+    .unwrap();
+    let s = server(&pki, app, &policy, "").await;
+    let addr = s.inbound_addr("orders").unwrap();
+    assert!(admitted(&pki, "frontend", addr).await);
+    assert!(admitted(&pki, "frontend", addr).await);
+    assert!(
+        !admitted(&pki, "frontend", addr).await,
+        "third connection in the burst window"
+    );
+    assert!(
+        admitted(&pki, "batch", addr).await,
+        "another identity has its own bucket"
+    );
+    wait_metric(
+        &s,
+        "portcullis_rate_limited_total",
+        &[("service", "orders")],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &s,
+        "portcullis_connections_closed_total",
+        &[("reason", "rate_limited")],
+        1.0,
+    )
+    .await;
+}
+
+#[test]
+fn check_validates_a_policy_offline() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    pki.svid("svid", SERVER_ID);
+    std::fs::write(
+        d.join("policy.yaml"),
+        allow(&[FRONTEND]).replace("ns/web/sa/frontend", "ns/web/**/frontend"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("portcullis.yaml"),
+        "identity:\n  cert: svid.pem\n  key: svid-key.pem\n  trust_bundle: bundle.pem\npolicy: policy.yaml\ninbound:\n  - name: orders\n    listen: 127.0.0.1:15006\n    forward: 127.0.0.1:8080\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(d)
+        .args(["check", "--config", "portcullis.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("policy.yaml:7:16:") && err.contains("may only be the last segment"),
+        "{err}"
+    );
+
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(d)
+        .args(["check", "--policy", "policy.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::write(d.join("policy.yaml"), allow(&[FRONTEND])).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(d)
+        .args(["check", "--policy", "policy.yaml"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
