@@ -17,7 +17,7 @@ use crate::identity::Role;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore, ReloadOutcome};
 use crate::proxy::{
-    Authz, ConnRegistry, InboundListener, OutboundListener, StopReason, accept_loop,
+    Authz, ConnRegistry, InboundListener, OutboundListener, ProbeListener, StopReason, accept_loop,
 };
 use crate::tls::{
     LoadError, LoadedIdentity, SvidVerifier, TlsContext, TrustStore, load_bundle, load_identity,
@@ -240,6 +240,7 @@ pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadErr
 pub struct Sidecar {
     state: Arc<State>,
     admin_addr: SocketAddr,
+    probe_addr: Option<SocketAddr>,
     inbound: Vec<(String, SocketAddr)>,
     outbound: Vec<(String, SocketAddr)>,
     /// Stops the accept loops.
@@ -337,11 +338,27 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         outbound_listeners.push(bind(format!("outbound listener {:?}", l.name), l.listen).await?);
     }
 
+    let probe_listener = match &config.probes {
+        Some(p) => Some(bind("the probe listener".into(), p.listen).await?),
+        None => None,
+    };
+
     tokio::spawn(crate::admin::serve(
         admin_listener,
         state.clone(),
         stop_admin.clone(),
     ));
+    let mut probe_addr = None;
+    if let (Some(p), Some(listener)) = (&config.probes, probe_listener) {
+        probe_addr = listener.local_addr().ok();
+        let probe = Arc::new(ProbeListener {
+            forward: p.forward,
+            paths: p.paths.clone(),
+        });
+        // Probes answer until the process exits: kubelet keeps asking
+        // while the pod drains.
+        tokio::spawn(probe.serve(listener, stop_admin.clone()));
+    }
 
     let mut inbound = Vec::with_capacity(config.inbound.len());
     for (l, listener) in config.inbound.iter().zip(inbound_listeners) {
@@ -397,6 +414,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     Ok(Sidecar {
         state,
         admin_addr,
+        probe_addr,
         inbound,
         outbound,
         stop_accepting,
@@ -416,6 +434,11 @@ impl Sidecar {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The bound address of the probe listener, if configured.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe_addr
     }
 
     /// The bound address of the inbound listener called `name`.

@@ -432,3 +432,62 @@ fn check_validates_a_policy_offline() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_reach_the_app_under_default_deny_and_nothing_else_does() {
+    // A tiny HTTP app that records what it was asked for.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = app.accept().await.unwrap();
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = req.lines().next().unwrap_or("").to_string();
+                let _ = seen_tx.send(line);
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhealthy\n")
+                    .await;
+            });
+        }
+    });
+    let pki = Pki::new();
+    pki.svid("frontend", FRONTEND);
+    let policy = pki.path("policy.yaml");
+    std::fs::write(&policy, "default: deny\n").unwrap();
+    let s = server(
+        &pki,
+        app_addr,
+        &policy,
+        &format!(
+            "probes:\n  listen: 127.0.0.1:0\n  forward: {app_addr}\n  paths: [/healthz, /ready]\n"
+        ),
+    )
+    .await;
+    let probe = s.probe_addr().unwrap();
+
+    assert!(
+        !admitted(&pki, "frontend", s.inbound_addr("orders").unwrap()).await,
+        "default deny"
+    );
+    let (status, body) = http_get(probe, "/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "healthy\n"));
+    assert_eq!(seen.recv().await.unwrap(), "GET /healthz HTTP/1.1");
+    let (status, _) = http_get(probe, "/admin/secrets").await.unwrap();
+    assert_eq!(status, 404);
+    let mut post = TcpStream::connect(probe).await.unwrap();
+    post.write_all(
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut reply = String::new();
+    post.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    // Only the one probe path ever reached the app.
+    assert!(seen.try_recv().is_err());
+}

@@ -8,6 +8,7 @@ mod inbound;
 mod listener;
 mod loglimit;
 mod outbound;
+mod probe;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ pub use inbound::{Authz, InboundListener};
 pub use listener::accept_loop;
 pub use loglimit::LogLimiter;
 pub use outbound::OutboundListener;
+pub use probe::ProbeListener;
 pub use registry::{ConnRegistry, StopReason};
 
 use crate::identity::SpiffeId;
