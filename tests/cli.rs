@@ -404,6 +404,7 @@ fn the_annotated_example_config_is_complete_and_valid() {
     pki.svid("svid", "spiffe://prod.example.org/ns/shop/sa/orders");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.yaml");
     std::fs::copy(&example, d.join("portcullis.yaml")).unwrap();
+    std::fs::copy(example.with_file_name("policy.yaml"), d.join("policy.yaml")).unwrap();
     let o = portcullis(d, &["check", "--config", "portcullis.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
@@ -412,4 +413,5 @@ fn the_annotated_example_config_is_complete_and_valid() {
         "{out}"
     );
     assert!(out.contains("outbound:   payments 127.0.0.1:15001 -> [127.0.0.1:16006] as spiffe://prod.example.org/ns/pay/sa/payments"), "{out}");
+    assert!(out.contains("default deny, 2 service(s), 4 rule(s)"), "{out}");
 }
