@@ -413,5 +413,65 @@ fn the_annotated_example_config_is_complete_and_valid() {
         "{out}"
     );
     assert!(out.contains("outbound:   payments 127.0.0.1:15001 -> [127.0.0.1:16006] as spiffe://prod.example.org/ns/pay/sa/payments"), "{out}");
-    assert!(out.contains("default deny, 2 service(s), 4 rule(s)"), "{out}");
+    assert!(
+        out.contains("default deny, 2 service(s), 4 rule(s)"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    pki.svid("svid", "spiffe://prod.example.org/ns/shop/sa/orders");
+    let app = echo_app().await;
+    let (inbound_port, admin_port) = (free_port(), free_port());
+    std::fs::write(d.join("policy.yaml"), "default: deny\n").unwrap();
+    let cfg = write_config(
+        d,
+        &format!(
+            "identity:\n  cert: svid.pem\n  key: svid-key.pem\n  trust_bundle: bundle.pem\n\
+             policy: policy.yaml\nreload:\n  watch: false\n  interval: 1h\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:{inbound_port}\n    forward: {app}\n\
+             admin:\n  listen: 127.0.0.1:{admin_port}\n"
+        ),
+    );
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--config", path_str(&cfg)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the sidecar to become ready",
+        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+    std::fs::write(d.join("policy.yaml"), "default: allow\n").unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(Duration::from_secs(10), "the SIGHUP reload", || async {
+        let (_, m) = http_get(admin, "/metrics").await.ok()?;
+        (metric(
+            &m,
+            "portcullis_policy_reloads_total",
+            &[("result", "success")],
+        ) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the sidecar"
+    );
+    let _ = child.kill().await;
 }
