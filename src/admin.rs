@@ -45,7 +45,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     }
 }
 
-async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == "/reload" {
         if req.method() != Method::POST {

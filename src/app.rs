@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::credentials::{CredOutcome, Credentials};
 use crate::identity::Role;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore, ReloadOutcome};
@@ -31,18 +32,23 @@ pub struct State {
     pub policy: Arc<PolicyStore>,
     pub registry: Arc<ConnRegistry>,
     authz: Arc<Authz>,
+    pub credentials: Credentials,
+    started: AtomicBool,
+    draining: AtomicBool,
     ready: AtomicBool,
 }
 
 /// What one reload did, per kind of file; the reply of `POST /reload`.
 #[derive(Debug, Clone)]
 pub struct ReloadReport {
+    pub identity: CredOutcome,
     pub policy: ReloadOutcome,
 }
 
 impl ReloadReport {
     pub fn ok(&self) -> bool {
         !matches!(self.policy, ReloadOutcome::Failed(_))
+            && !matches!(self.identity, CredOutcome::Failed(_))
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -55,15 +61,42 @@ impl ReloadReport {
             }
             ReloadOutcome::NotConfigured => serde_json::json!({ "result": "not_configured" }),
         };
-        serde_json::json!({ "policy": policy })
+        serde_json::json!({ "identity": self.identity.to_json(), "policy": policy })
     }
 }
 
 impl State {
-    /// Re-reads every reloadable file (today: the policy), validates it in
-    /// full, swaps it in, and applies it to open connections. An invalid
-    /// file is refused and the previous state keeps serving.
-    pub async fn reload(&self, trigger: &str) -> ReloadReport {
+    /// Re-reads every reloadable file (SVID, key, bundles, policy),
+    /// validates each set in full, swaps it in, and applies the policy to
+    /// open connections. Invalid files are refused and the previous state
+    /// keeps serving.
+    pub async fn reload(self: &Arc<Self>, trigger: &str) -> ReloadReport {
+        let identity = self.credentials.reload(trigger).await;
+        self.after_identity_reload(&identity);
+        let policy = self.reload_policy(trigger).await;
+        ReloadReport { identity, policy }
+    }
+
+    fn after_identity_reload(self: &Arc<Self>, outcome: &CredOutcome) {
+        match outcome {
+            CredOutcome::Pending(_, retry) => {
+                // The other half of a cert/key pair is on its way: look again soon.
+                let (state, retry) = (self.clone(), *retry);
+                tokio::spawn(async move {
+                    tokio::time::sleep(retry).await;
+                    let outcome = state
+                        .credentials
+                        .reload("waiting for the matching key")
+                        .await;
+                    state.after_identity_reload(&outcome);
+                });
+            }
+            CredOutcome::Applied { .. } => self.refresh_ready(),
+            CredOutcome::Unchanged | CredOutcome::Failed(_) => {}
+        }
+    }
+
+    async fn reload_policy(&self, trigger: &str) -> ReloadOutcome {
         let store = self.policy.clone();
         let outcome = tokio::task::spawn_blocking(move || store.reload())
             .await
@@ -96,7 +129,7 @@ impl State {
             }
             ReloadOutcome::NotConfigured => {}
         }
-        ReloadReport { policy: outcome }
+        outcome
     }
 
     /// Closes open connections whose peer the active policy no longer admits.
@@ -130,7 +163,12 @@ impl State {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn set_ready(&self, ready: bool) {
+    /// Ready: started, not draining, and our SVID not expired.
+    pub fn refresh_ready(&self) {
+        let expired = self.credentials.check_expiry();
+        let ready = self.started.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && !expired;
         self.ready.store(ready, Ordering::Release);
         self.metrics.set_ready(ready);
     }
@@ -198,8 +236,17 @@ pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadErr
         .trust_domain
         .clone()
         .unwrap_or_else(|| identity.leaf.id.trust_domain());
-    let bundle = load_bundle(&ic.trust_bundle, &td)?;
-    let trust = TrustStore::new([bundle]);
+    let mut bundles = vec![load_bundle(&ic.trust_bundle, &td)?];
+    for (other_td, path) in &ic.trust_bundles {
+        if *other_td == td {
+            return Err(LoadError::new(
+                path,
+                format!("trust domain {td} already has its bundle in identity.trust_bundle"),
+            ));
+        }
+        bundles.push(load_bundle(path, other_td)?);
+    }
+    let trust = TrustStore::new(bundles);
 
     let verifier = SvidVerifier::new(Arc::new(trust.clone()));
     let chain = &identity.certified.cert;
@@ -297,12 +344,6 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         audit: Arc::new(audit),
         metrics: metrics.clone(),
     });
-    metrics.set_certificates(
-        identity
-            .chain
-            .iter()
-            .chain(trust.bundles().flat_map(|b| b.roots.iter())),
-    );
     tracing::info!(
         spiffe_id = %identity.leaf.id,
         serial = %identity.leaf.serial,
@@ -312,11 +353,14 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     let tls = Arc::new(TlsContext::new(identity, trust)?);
     let state = Arc::new(State {
         config: config.clone(),
-        metrics,
+        metrics: metrics.clone(),
         tls: tls.clone(),
         policy,
         registry,
         authz: authz.clone(),
+        credentials: Credentials::new(config.clone(), tls.clone(), metrics.clone()),
+        started: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
         ready: AtomicBool::new(false),
     });
 
@@ -370,6 +414,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
             authz.clone(),
             state.metrics.listener(Direction::Inbound, &l.name),
             config.timeouts,
+            config.connections,
         ));
         tokio::spawn(accept_loop(
             l.name.clone(),
@@ -389,6 +434,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
             tls.outbound(l.identity.clone())?,
             state.metrics.listener(Direction::Outbound, &l.name),
             config.timeouts,
+            config.connections,
         ));
         tokio::spawn(accept_loop(
             l.name.clone(),
@@ -399,18 +445,33 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         ));
     }
 
-    if let Some(policy_file) = state.policy.path() {
-        crate::reload::spawn(
-            vec![policy_file.to_path_buf()],
-            config.reload.watch,
-            config.reload.debounce.0,
-            config.reload.interval.0,
-            state.clone(),
-            stop_admin.clone(),
-        );
+    let mut watched = config.identity.files();
+    watched.extend(state.policy.path().map(|p| p.to_path_buf()));
+    crate::reload::spawn(
+        watched,
+        config.reload.watch,
+        config.reload.debounce.0,
+        config.reload.interval.0,
+        state.clone(),
+        stop_admin.clone(),
+    );
+    {
+        // Readiness follows our SVID's validity: re-checked every few seconds.
+        let state = state.clone();
+        let stop = stop_admin.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => state.refresh_ready(),
+                }
+            }
+        });
     }
 
-    state.set_ready(true);
+    state.started.store(true, Ordering::Release);
+    state.refresh_ready();
     Ok(Sidecar {
         state,
         admin_addr,
@@ -465,7 +526,8 @@ impl Sidecar {
     /// Starts draining: `/ready` turns false and every listener stops
     /// accepting (its socket closes, so new connections are refused).
     pub fn begin_drain(&self) {
-        self.state.set_ready(false);
+        self.state.draining.store(true, Ordering::Release);
+        self.state.refresh_ready();
         self.stop_accepting.cancel();
         self.connections.close();
     }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cert_cmd;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod demo;
 pub mod identity;
 pub mod metrics;

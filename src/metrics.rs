@@ -50,10 +50,14 @@ pub enum CloseReason {
     RateLimited,
     /// A policy reload no longer allows the peer.
     Policy,
+    /// The peer's certificate expired (with `connections.close_on_peer_expiry`).
+    PeerExpired,
+    /// The connection reached `connections.max_lifetime`.
+    MaxLifetime,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::HandshakeFailed,
@@ -63,6 +67,8 @@ impl CloseReason {
         CloseReason::Error,
         CloseReason::RateLimited,
         CloseReason::Policy,
+        CloseReason::PeerExpired,
+        CloseReason::MaxLifetime,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +82,8 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Policy => "policy",
+            CloseReason::PeerExpired => "peer_expired",
+            CloseReason::MaxLifetime => "max_lifetime",
         }
     }
 }
@@ -90,6 +98,7 @@ pub struct Metrics {
     cert_expiration: GaugeVec,
     ready: IntGauge,
     authz_decisions: IntCounterVec,
+    cert_reloads: IntCounterVec,
     policy_reloads: IntCounterVec,
     policy_info: IntGaugeVec,
     policy_last_success: Gauge,
@@ -210,6 +219,17 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("ready metric is malformed: {e}")),
         );
+        let cert_reloads = counter_vec(
+            &registry,
+            "portcullis_cert_reloads_total",
+            "Certificate reloads: kind is identity (our SVID and key) or bundle; result is success, pending (a certificate waiting for its key) or error.",
+            &["kind", "result"],
+        );
+        for kind in ["identity", "bundle"] {
+            for result in ["success", "error"] {
+                cert_reloads.with_label_values(&[kind, result]);
+            }
+        }
         let authz_decisions = counter_vec(
             &registry,
             "portcullis_authz_decisions_total",
@@ -283,6 +303,7 @@ impl Metrics {
             cert_expiration,
             ready,
             authz_decisions,
+            cert_reloads,
             policy_reloads,
             policy_info,
             policy_last_success,
@@ -301,6 +322,10 @@ impl Metrics {
 
     pub fn policy_closed(&self, service: &str) {
         self.policy_closed.with_label_values(&[service]).inc();
+    }
+
+    pub fn cert_reload(&self, kind: &str, result: &str) {
+        self.cert_reloads.with_label_values(&[kind, result]).inc();
     }
 
     pub fn policy_reload(&self, result: &str) {

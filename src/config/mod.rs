@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::ConfigDuration;
-pub(crate) use raw::yaml_error;
+pub(crate) use raw::{Pairs, yaml_error};
 
 /// Listener and service names become metric labels and policy keys:
 /// 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit.
@@ -48,6 +48,7 @@ pub struct Config {
     pub outbound: Vec<OutboundConfig>,
     pub admin: AdminConfig,
     pub timeouts: Timeouts,
+    pub connections: ConnectionsConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
 }
@@ -59,6 +60,37 @@ pub struct IdentityConfig {
     pub trust_bundle: PathBuf,
     /// The trust domain the bundle is for; defaults to our own SVID's.
     pub trust_domain: Option<TrustDomain>,
+    /// Federation: the bundles of other trust domains. A peer is verified
+    /// only against the bundle of its own trust domain.
+    pub trust_bundles: Vec<(TrustDomain, PathBuf)>,
+    /// Warn when our leaf has less than this share of its lifetime left.
+    pub expiry_warning_fraction: f64,
+    /// How long a new certificate may wait for its matching key (issuers
+    /// write the two files at different moments) before it is an error.
+    pub key_pair_grace: ConfigDuration,
+}
+
+impl IdentityConfig {
+    /// Every file the identity is made of, for watching.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.cert.clone(),
+            self.key.clone(),
+            self.trust_bundle.clone(),
+        ];
+        files.extend(self.trust_bundles.iter().map(|(_, p)| p.clone()));
+        files
+    }
+}
+
+/// Limits on how long one connection may live.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ConnectionsConfig {
+    /// Close a connection when its peer's certificate expires (off by
+    /// default: TLS checks validity at the handshake only).
+    pub close_on_peer_expiry: bool,
+    /// Close any connection after this long, whatever it is doing.
+    pub max_lifetime: Option<ConfigDuration>,
 }
 
 /// The authorization audit log.

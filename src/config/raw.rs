@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    AdminConfig, AuditConfig, Config, ConfigDuration, ConfigError, Endpoint, IdentityConfig,
-    InboundConfig, LogConfig, LogFormat, OutboundConfig, ProbeConfig, Protocol, ReloadConfig,
-    RuntimeConfig, Timeouts,
+    AdminConfig, AuditConfig, Config, ConfigDuration, ConfigError, ConnectionsConfig, Endpoint,
+    IdentityConfig, InboundConfig, LogConfig, LogFormat, OutboundConfig, ProbeConfig, Protocol,
+    ReloadConfig, RuntimeConfig, Timeouts,
 };
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::policy::AuditSink;
@@ -30,6 +30,7 @@ struct RawConfig {
     outbound: Vec<RawOutbound>,
     admin: Option<RawAdmin>,
     timeouts: Option<RawTimeouts>,
+    connections: Option<RawConnections>,
     runtime: Option<RawRuntime>,
     log: Option<RawLog>,
 }
@@ -67,6 +68,18 @@ struct RawIdentity {
     key: Spanned<PathBuf>,
     trust_bundle: Spanned<PathBuf>,
     trust_domain: Option<TrustDomain>,
+    #[serde(default)]
+    trust_bundles: Pairs<TrustDomain, Spanned<PathBuf>>,
+    expiry_warning_fraction: Option<Spanned<f64>>,
+    key_pair_grace: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnections {
+    #[serde(default)]
+    close_on_peer_expiry: bool,
+    max_lifetime: Option<Spanned<ConfigDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +139,39 @@ struct RawLog {
     format: Option<LogFormat>,
 }
 
+/// A YAML mapping read in order as pairs, keeping each value's place
+/// (serde's maps lose order, and keys cannot carry places).
+pub(crate) struct Pairs<K, V>(pub Vec<(K, V)>);
+
+impl<K, V> Default for Pairs<K, V> {
+    fn default() -> Self {
+        Pairs(Vec::new())
+    }
+}
+
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Pairs<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<K, V> {
+            type Value = Pairs<K, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<K, V>()? {
+                    out.push(entry);
+                }
+                Ok(Pairs(out))
+            }
+        }
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
 /// Validation state: the file name and the first error found.
 struct Validator<'a> {
     file: &'a Path,
@@ -162,7 +208,44 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         key: resolve(&raw.identity.key)?,
         trust_bundle: resolve(&raw.identity.trust_bundle)?,
         trust_domain: raw.identity.trust_domain,
+        trust_bundles: Vec::with_capacity(raw.identity.trust_bundles.0.len()),
+        expiry_warning_fraction: 1.0 / 3.0,
+        key_pair_grace: ConfigDuration(std::time::Duration::from_secs(10)),
     };
+    let mut identity = identity;
+    for (td, path) in &raw.identity.trust_bundles.0 {
+        if identity.trust_bundles.iter().any(|(t, _)| t == td)
+            || identity.trust_domain.as_ref() == Some(td)
+        {
+            return Err(v.at(
+                path.referenced,
+                format!("trust domain {td} has more than one bundle"),
+            ));
+        }
+        identity.trust_bundles.push((td.clone(), resolve(path)?));
+    }
+    if let Some(f) = raw.identity.expiry_warning_fraction {
+        if !(f.value > 0.0 && f.value < 1.0) {
+            return Err(v.at(
+                f.referenced,
+                "identity.expiry_warning_fraction must be between 0 and 1 (e.g. 0.33)",
+            ));
+        }
+        identity.expiry_warning_fraction = f.value;
+    }
+    if let Some(g) = raw.identity.key_pair_grace {
+        identity.key_pair_grace = g;
+    }
+    let mut connections = ConnectionsConfig::default();
+    if let Some(c) = raw.connections {
+        connections.close_on_peer_expiry = c.close_on_peer_expiry;
+        if let Some(m) = c.max_lifetime {
+            if m.value.0.is_zero() {
+                return Err(v.at(m.referenced, "connections.max_lifetime must be more than 0"));
+            }
+            connections.max_lifetime = Some(m.value);
+        }
+    }
     let policy = raw.policy.as_ref().map(&resolve).transpose()?;
 
     let mut audit = AuditConfig::default();
@@ -388,6 +471,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         outbound,
         admin,
         timeouts,
+        connections,
         runtime,
         log,
     })

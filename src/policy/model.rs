@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Pairs};
 use crate::identity::IdPattern;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -304,39 +304,13 @@ fn deserialize_map_as_pairs(text: &str) -> Result<RawPolicy, serde_saphyr::Error
     struct Outer {
         default: Option<Action>,
         #[serde(default)]
-        services: Option<Pairs<RawService>>,
+        services: Option<Pairs<Spanned<String>, RawService>>,
     }
     let outer: Outer = serde_saphyr::from_str(text)?;
     Ok(RawPolicy {
         default: outer.default,
         services: outer.services.map(|p| p.0).unwrap_or_default(),
     })
-}
-
-/// A YAML mapping read in order, with each key's place.
-struct Pairs<V>(Vec<(Spanned<String>, V)>);
-
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for Pairs<V> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor<V>(std::marker::PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
-            type Value = Pairs<V>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a mapping of service names to their policy")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<Spanned<String>, V>()? {
-                    out.push((k, v));
-                }
-                Ok(Pairs(out))
-            }
-        }
-        d.deserialize_map(Visitor(std::marker::PhantomData))
-    }
 }
 
 /// `/exact` or `/prefix/*`; `*` nowhere else.

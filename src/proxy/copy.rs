@@ -28,6 +28,9 @@ pub enum CopyEnd {
     IdleTimeout,
     /// Closed from outside (policy change, revocation): see the registry.
     Stopped,
+    /// The connection reached its deadline (peer certificate expiry or
+    /// maximum lifetime).
+    Deadline,
     Error(io::Error),
 }
 
@@ -44,14 +47,23 @@ pub struct CopyCounters<'a> {
     pub to_downstream: &'a IntCounter,
 }
 
+/// When a copy must end besides both sides finishing.
+pub struct CopyLimits<'a> {
+    /// End when nothing moves either way for this long.
+    pub idle: Duration,
+    /// End at this instant, whatever is happening.
+    pub deadline: Option<Instant>,
+    /// End when cancelled from outside.
+    pub stop: &'a CancellationToken,
+}
+
 /// Copies `downstream` ↔ `upstream` until both directions finish, an error
-/// occurs, nothing moves for `idle`, or `stop` is cancelled.
+/// occurs, or one of `limits` is reached.
 pub async fn copy_bidirectional<D, U>(
     downstream: &mut D,
     upstream: &mut U,
-    idle: Duration,
     counters: CopyCounters<'_>,
-    stop: &CancellationToken,
+    limits: CopyLimits<'_>,
 ) -> (CopyEnd, CopyStats)
 where
     D: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -64,13 +76,22 @@ where
         down: Half::new(counters.to_downstream),
         last_activity: Instant::now(),
     };
+    let idle = limits.idle;
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
-    let stopped = stop.cancelled();
+    let stopped = limits.stop.cancelled();
     tokio::pin!(stopped);
+    let mut deadline = limits
+        .deadline
+        .map(|d| Box::pin(tokio::time::sleep_until(d)));
     let end = std::future::poll_fn(|cx| {
         if stopped.as_mut().poll(cx).is_ready() {
             return Poll::Ready(CopyEnd::Stopped);
+        }
+        if let Some(d) = deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(CopyEnd::Deadline);
         }
         if let Poll::Ready(result) = Pin::new(&mut transfer).poll(cx) {
             return Poll::Ready(match result {
@@ -230,6 +251,14 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn limits(idle: Duration, stop: &CancellationToken) -> CopyLimits<'_> {
+        CopyLimits {
+            idle,
+            deadline: None,
+            stop,
+        }
+    }
+
     fn counters() -> (IntCounter, IntCounter) {
         (
             IntCounter::new("up", "up").unwrap(),
@@ -246,12 +275,11 @@ mod tests {
             copy_bidirectional(
                 &mut proxy_down,
                 &mut proxy_up,
-                Duration::from_secs(30),
                 CopyCounters {
                     to_upstream: &up,
                     to_downstream: &down,
                 },
-                &CancellationToken::new(),
+                limits(Duration::from_secs(30), &CancellationToken::new()),
             )
             .await
         });
@@ -285,12 +313,11 @@ mod tests {
         let (end, _) = copy_bidirectional(
             &mut proxy_down,
             &mut proxy_up,
-            Duration::from_secs(5),
             CopyCounters {
                 to_upstream: &up,
                 to_downstream: &down,
             },
-            &CancellationToken::new(),
+            limits(Duration::from_secs(5), &CancellationToken::new()),
         )
         .await;
         assert!(matches!(end, CopyEnd::IdleTimeout), "{end:?}");
@@ -305,12 +332,11 @@ mod tests {
             copy_bidirectional(
                 &mut proxy_down,
                 &mut proxy_up,
-                Duration::from_secs(5),
                 CopyCounters {
                     to_upstream: &up,
                     to_downstream: &down,
                 },
-                &CancellationToken::new(),
+                limits(Duration::from_secs(5), &CancellationToken::new()),
             )
             .await
         });
@@ -340,14 +366,47 @@ mod tests {
         let (end, _) = copy_bidirectional(
             &mut proxy_down,
             &mut proxy_up,
-            Duration::from_secs(3600),
             CopyCounters {
                 to_upstream: &up,
                 to_downstream: &down,
             },
-            &stop,
+            limits(Duration::from_secs(3600), &stop),
         )
         .await;
         assert!(matches!(end, CopyEnd::Stopped), "{end:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_ends_a_busy_connection() {
+        let (mut client, mut proxy_down) = tokio::io::duplex(64);
+        let (mut proxy_up, mut server) = tokio::io::duplex(64);
+        let (up, down) = counters();
+        let proxy = tokio::spawn(async move {
+            let stop = CancellationToken::new();
+            copy_bidirectional(
+                &mut proxy_down,
+                &mut proxy_up,
+                CopyCounters {
+                    to_upstream: &up,
+                    to_downstream: &down,
+                },
+                CopyLimits {
+                    idle: Duration::from_secs(3600),
+                    deadline: Some(Instant::now() + Duration::from_secs(10)),
+                    stop: &stop,
+                },
+            )
+            .await
+        });
+        let mut b = [0u8; 1];
+        // Busy all along: only the deadline can end it.
+        while !proxy.is_finished() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if client.write_all(b"x").await.is_err() || server.read_exact(&mut b).await.is_err() {
+                break;
+            }
+        }
+        let (end, _) = proxy.await.unwrap();
+        assert!(matches!(end, CopyEnd::Deadline), "{end:?}");
     }
 }

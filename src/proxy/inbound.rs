@@ -10,11 +10,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::admission::peer_identity;
-use super::copy::{CopyCounters, CopyEnd, copy_bidirectional};
+use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::loglimit::LogLimiter;
 use super::registry::{ConnRegistry, StopReason};
-use super::{ActiveGuard, connect_with_timeout, log_copy_end};
-use crate::config::Timeouts;
+use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
+use crate::config::{ConnectionsConfig, Timeouts};
 use crate::identity::SpiffeId;
 use crate::metrics::{CloseReason, ListenerMetrics, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore};
@@ -36,6 +36,7 @@ pub struct InboundListener {
     pub tls: Arc<TlsContext>,
     pub metrics: ListenerMetrics,
     pub timeouts: Timeouts,
+    connections: ConnectionsConfig,
     authz: Arc<Authz>,
     log_limit: LogLimiter,
 }
@@ -48,6 +49,7 @@ impl InboundListener {
         authz: Arc<Authz>,
         metrics: ListenerMetrics,
         timeouts: Timeouts,
+        connections: ConnectionsConfig,
     ) -> Self {
         InboundListener {
             name: name.into(),
@@ -55,6 +57,7 @@ impl InboundListener {
             tls,
             metrics,
             timeouts,
+            connections,
             authz,
             log_limit: LogLimiter::new(20),
         }
@@ -121,15 +124,19 @@ impl InboundListener {
         };
 
         tracing::debug!(listener = %self.name, %src, peer = %peer.id, "inbound connection admitted");
+        let (deadline, deadline_reason) = connection_deadline(&self.connections, peer.not_after);
         let (end, stats) = copy_bidirectional(
             &mut tls,
             &mut app,
-            self.timeouts.idle.0,
             CopyCounters {
                 to_upstream: &m.to_upstream,
                 to_downstream: &m.to_downstream,
             },
-            registration.control.stopped(),
+            CopyLimits {
+                idle: self.timeouts.idle.0,
+                deadline,
+                stop: registration.control.stopped(),
+            },
         )
         .await;
         log_copy_end(&self.name, "inbound", &end, stats, Some(&peer.id));
@@ -137,6 +144,7 @@ impl InboundListener {
             CopyEnd::Completed => CloseReason::Completed,
             CopyEnd::IdleTimeout => CloseReason::IdleTimeout,
             CopyEnd::Error(_) => CloseReason::Error,
+            CopyEnd::Deadline => deadline_reason,
             CopyEnd::Stopped => match registration.control.reason() {
                 Some(StopReason::Policy) | None => CloseReason::Policy,
             },

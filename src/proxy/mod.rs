@@ -24,6 +24,7 @@ pub use outbound::OutboundListener;
 pub use probe::ProbeListener;
 pub use registry::{ConnRegistry, StopReason};
 
+use crate::config::ConnectionsConfig;
 use crate::identity::SpiffeId;
 use crate::metrics::CloseReason;
 use copy::{CopyEnd, CopyStats};
@@ -41,6 +42,27 @@ impl<'a> ActiveGuard<'a> {
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// When a connection must end regardless of traffic, and the reason to
+/// give then: the peer certificate's expiry (when configured) or the
+/// maximum lifetime, whichever comes first.
+fn connection_deadline(
+    limits: &ConnectionsConfig,
+    peer_not_after: i64,
+) -> (Option<tokio::time::Instant>, CloseReason) {
+    let now = tokio::time::Instant::now();
+    let expiry = limits.close_on_peer_expiry.then(|| {
+        let left = (peer_not_after - crate::tls::unix_now()).max(0) as u64;
+        now + Duration::from_secs(left)
+    });
+    let lifetime = limits.max_lifetime.map(|d| now + d.0);
+    match (expiry, lifetime) {
+        (Some(e), Some(l)) if l < e => (Some(l), CloseReason::MaxLifetime),
+        (Some(e), _) => (Some(e), CloseReason::PeerExpired),
+        (None, Some(l)) => (Some(l), CloseReason::MaxLifetime),
+        (None, None) => (None, CloseReason::MaxLifetime),
     }
 }
 
@@ -72,6 +94,9 @@ fn log_copy_end(
         }
         CopyEnd::IdleTimeout => {
             tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection idle, closed")
+        }
+        CopyEnd::Deadline => {
+            tracing::info!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed: peer certificate expired or maximum lifetime reached")
         }
         CopyEnd::Stopped => {
             tracing::info!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed: no longer allowed")

@@ -10,10 +10,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::admission::{Denial, peer_identity};
-use super::copy::{CopyCounters, CopyEnd, copy_bidirectional};
+use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::loglimit::LogLimiter;
-use super::{ActiveGuard, connect_with_timeout, log_copy_end};
-use crate::config::{Endpoint, Timeouts};
+use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
+use crate::config::{ConnectionsConfig, Endpoint, Timeouts};
 use crate::metrics::{CloseReason, ListenerMetrics};
 use crate::tls::{HandshakeFailure, OutboundTls, TlsContext};
 
@@ -26,6 +26,7 @@ pub struct OutboundListener {
     upstream: Arc<OutboundTls>,
     pub metrics: ListenerMetrics,
     pub timeouts: Timeouts,
+    connections: ConnectionsConfig,
     log_limit: LogLimiter,
     /// Never cancelled today; outbound connections have no policy yet.
     stop: tokio_util::sync::CancellationToken,
@@ -39,6 +40,7 @@ impl OutboundListener {
         upstream: Arc<OutboundTls>,
         metrics: ListenerMetrics,
         timeouts: Timeouts,
+        connections: ConnectionsConfig,
     ) -> Self {
         OutboundListener {
             name,
@@ -48,6 +50,7 @@ impl OutboundListener {
             upstream,
             metrics,
             timeouts,
+            connections,
             log_limit: LogLimiter::new(20),
             stop: Default::default(),
         }
@@ -117,15 +120,19 @@ impl OutboundListener {
         };
 
         tracing::debug!(listener = %self.name, %src, %endpoint, peer = %peer.id, "outbound connection established");
+        let (deadline, deadline_reason) = connection_deadline(&self.connections, peer.not_after);
         let (end, stats) = copy_bidirectional(
             &mut app,
             &mut tls,
-            self.timeouts.idle.0,
             CopyCounters {
                 to_upstream: &m.to_upstream,
                 to_downstream: &m.to_downstream,
             },
-            &self.stop,
+            CopyLimits {
+                idle: self.timeouts.idle.0,
+                deadline,
+                stop: &self.stop,
+            },
         )
         .await;
         log_copy_end(&self.name, "outbound", &end, stats, Some(&peer.id));
@@ -134,6 +141,7 @@ impl OutboundListener {
             CopyEnd::IdleTimeout => CloseReason::IdleTimeout,
             CopyEnd::Error(_) => CloseReason::Error,
             CopyEnd::Stopped => CloseReason::Policy,
+            CopyEnd::Deadline => deadline_reason,
         });
     }
 

@@ -17,11 +17,14 @@ use crate::identity::{
 };
 
 /// A file that could not be used, and why.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{}: {reason}", path.display())]
 pub struct LoadError {
     pub path: PathBuf,
     pub reason: String,
+    /// The key does not belong to the certificate: during a rotation this
+    /// is often a moment between two writes, not a mistake.
+    pub key_mismatch: bool,
 }
 
 impl LoadError {
@@ -29,6 +32,7 @@ impl LoadError {
         LoadError {
             path: path.to_path_buf(),
             reason: reason.into(),
+            key_mismatch: false,
         }
     }
 }
@@ -208,16 +212,20 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
         })?);
     }
 
-    let certified = CertifiedKey::from_der(chain, key, &super::provider()).map_err(|e| {
-        let why = match e {
-            rustls::Error::InconsistentKeys(_) => format!(
-                "private key does not match the certificate in {}",
-                cert_path.display()
-            ),
-            other => format!("unusable private key: {other}"),
-        };
-        LoadError::new(key_path, why)
-    })?;
+    let certified =
+        CertifiedKey::from_der(chain, key, &super::provider()).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => LoadError {
+                key_mismatch: true,
+                ..LoadError::new(
+                    key_path,
+                    format!(
+                        "private key does not match the certificate in {}",
+                        cert_path.display()
+                    ),
+                )
+            },
+            other => LoadError::new(key_path, format!("unusable private key: {other}")),
+        })?;
     Ok(LoadedIdentity {
         certified: Arc::new(certified),
         leaf,

@@ -1,0 +1,287 @@
+//! Live rotation of our identity and trust: re-read the SVID, key and
+//! bundles, validate the whole set (key matches cert, leaf is a valid SVID
+//! within its validity, our chain verifies against the new bundle), and only
+//! then swap it in. New handshakes use the new material at once; open
+//! connections keep what they were made with. A bad set is refused and the
+//! old one keeps serving.
+//!
+//! Issuers write the certificate and the key at different moments. A
+//! certificate whose key has not arrived yet is *pending*, retried shortly,
+//! and only reported as an error once `identity.key_pair_grace` has passed:
+//! a new certificate is never paired with an old key.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::app::load_tls;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::tls::{LoadError, TlsContext, fmt_time, unix_now};
+
+/// What one credentials reload did.
+#[derive(Debug, Clone)]
+pub enum CredOutcome {
+    Applied {
+        identity_changed: bool,
+        bundle_changed: bool,
+        serial: String,
+    },
+    Unchanged,
+    /// A certificate waits for its key; retry after the given delay.
+    Pending(LoadError, Duration),
+    Failed(LoadError),
+}
+
+impl CredOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CredOutcome::Applied { .. } => "success",
+            CredOutcome::Unchanged => "unchanged",
+            CredOutcome::Pending(..) => "pending",
+            CredOutcome::Failed(_) => "error",
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            CredOutcome::Applied {
+                identity_changed,
+                bundle_changed,
+                serial,
+            } => serde_json::json!({
+                "result": "success",
+                "identity_changed": identity_changed,
+                "bundle_changed": bundle_changed,
+                "serial": serial,
+            }),
+            CredOutcome::Unchanged => serde_json::json!({ "result": "unchanged" }),
+            CredOutcome::Pending(e, _) => {
+                serde_json::json!({ "result": "pending", "waiting_for": e.to_string() })
+            }
+            CredOutcome::Failed(e) => {
+                serde_json::json!({ "result": "error", "error": e.to_string() })
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tracked {
+    /// Content hashes of the identity files and of the bundle files that
+    /// are being served.
+    identity_sha: String,
+    bundle_sha: String,
+    /// When a certificate/key mismatch was first seen.
+    mismatch_since: Option<Instant>,
+    /// The serial we last warned about, so each leaf warns once.
+    warned_serial: Option<String>,
+    expired_logged: bool,
+}
+
+pub struct Credentials {
+    config: Config,
+    tls: Arc<TlsContext>,
+    metrics: Arc<Metrics>,
+    tracked: Mutex<Tracked>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+fn hash_files(paths: &[&Path]) -> String {
+    let mut h = Sha256::new();
+    for p in paths {
+        h.update(p.as_os_str().as_encoded_bytes());
+        match std::fs::read(p) {
+            Ok(bytes) => {
+                h.update((bytes.len() as u64).to_be_bytes());
+                h.update(&bytes);
+            }
+            Err(e) => h.update(format!("unreadable: {e}").as_bytes()),
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+fn hashes(config: &Config) -> (String, String) {
+    let ic = &config.identity;
+    let identity = hash_files(&[&ic.cert, &ic.key]);
+    let mut bundle_paths: Vec<&Path> = vec![&ic.trust_bundle];
+    bundle_paths.extend(ic.trust_bundles.iter().map(|(_, p)| p.as_path()));
+    (identity, hash_files(&bundle_paths))
+}
+
+impl Credentials {
+    /// Starts tracking the material `tls` was built from.
+    pub fn new(config: Config, tls: Arc<TlsContext>, metrics: Arc<Metrics>) -> Self {
+        let (identity_sha, bundle_sha) = hashes(&config);
+        let c = Credentials {
+            config,
+            tls,
+            metrics,
+            tracked: Mutex::new(Tracked {
+                identity_sha,
+                bundle_sha,
+                ..Default::default()
+            }),
+            reloading: tokio::sync::Mutex::new(()),
+        };
+        c.export_certificates();
+        c
+    }
+
+    fn tracked(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the expiry series to exactly the certificates now loaded.
+    fn export_certificates(&self) {
+        let identity = self.tls.identity().current();
+        let trust = self.tls.trust();
+        self.metrics.set_certificates(
+            identity
+                .chain
+                .iter()
+                .chain(trust.bundles().flat_map(|b| b.roots.iter())),
+        );
+    }
+
+    /// Re-reads and, if it changed and is valid, swaps in our identity
+    /// and trust.
+    pub async fn reload(&self, trigger: &str) -> CredOutcome {
+        let _one = self.reloading.lock().await;
+        let config = self.config.clone();
+        let read = tokio::task::spawn_blocking(move || (hashes(&config), load_tls(&config))).await;
+        let ((identity_sha, bundle_sha), loaded) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                return CredOutcome::Failed(LoadError::new(
+                    &self.config.identity.cert,
+                    format!("reload task failed: {e}"),
+                ));
+            }
+        };
+        let (identity_changed, bundle_changed) = {
+            let t = self.tracked();
+            (t.identity_sha != identity_sha, t.bundle_sha != bundle_sha)
+        };
+        if !identity_changed && !bundle_changed {
+            self.tracked().mismatch_since = None;
+            return CredOutcome::Unchanged;
+        }
+        let kind = if identity_changed {
+            "identity"
+        } else {
+            "bundle"
+        };
+        match loaded {
+            Ok((identity, trust)) => {
+                if bundle_changed && let Err(e) = self.tls.set_trust(trust) {
+                    let err = LoadError::new(
+                        &self.config.identity.trust_bundle,
+                        format!("cannot build TLS configs: {e}"),
+                    );
+                    self.metrics.cert_reload("bundle", "error");
+                    tracing::error!(trigger, error = %err, "trust bundle refused; the previous one keeps serving");
+                    return CredOutcome::Failed(err);
+                }
+                let serial = identity.leaf.serial.clone();
+                if identity_changed {
+                    tracing::info!(
+                        trigger,
+                        spiffe_id = %identity.leaf.id,
+                        serial = %serial,
+                        not_after = %fmt_time(identity.leaf.not_after),
+                        "new SVID in use for new handshakes"
+                    );
+                    self.tls.identity().swap(identity);
+                    self.metrics.cert_reload("identity", "success");
+                }
+                if bundle_changed {
+                    let tds: Vec<String> = self
+                        .tls
+                        .trust()
+                        .bundles()
+                        .map(|b| format!("{} ({} roots)", b.trust_domain, b.roots.len()))
+                        .collect();
+                    tracing::info!(trigger, bundles = ?tds, "new trust bundle in use for new handshakes");
+                    self.metrics.cert_reload("bundle", "success");
+                }
+                {
+                    let mut t = self.tracked();
+                    t.identity_sha = identity_sha;
+                    t.bundle_sha = bundle_sha;
+                    t.mismatch_since = None;
+                    t.expired_logged = false;
+                }
+                self.export_certificates();
+                CredOutcome::Applied {
+                    identity_changed,
+                    bundle_changed,
+                    serial,
+                }
+            }
+            Err(e) if e.key_mismatch => {
+                let grace = self.config.identity.key_pair_grace.0;
+                let since = *self
+                    .tracked()
+                    .mismatch_since
+                    .get_or_insert_with(Instant::now);
+                if since.elapsed() < grace {
+                    self.metrics.cert_reload("identity", "pending");
+                    tracing::info!(trigger, error = %e, "certificate and key do not match yet; waiting for the other file");
+                    CredOutcome::Pending(
+                        e,
+                        (grace / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+                    )
+                } else {
+                    self.metrics.cert_reload("identity", "error");
+                    tracing::error!(trigger, error = %e, waited = ?grace, "certificate and key still do not match; the previous identity keeps serving");
+                    CredOutcome::Failed(e)
+                }
+            }
+            Err(e) => {
+                let ic = &self.config.identity;
+                let bundle_file =
+                    e.path == ic.trust_bundle || ic.trust_bundles.iter().any(|(_, p)| *p == e.path);
+                let kind = if bundle_file { "bundle" } else { kind };
+                self.metrics.cert_reload(kind, "error");
+                tracing::error!(trigger, error = %e, "new {kind} refused; the previous one keeps serving");
+                CredOutcome::Failed(e)
+            }
+        }
+    }
+
+    /// Checks our leaf's remaining lifetime: warns once per leaf when less
+    /// than `identity.expiry_warning_fraction` is left; returns whether it
+    /// has expired.
+    pub fn check_expiry(&self) -> bool {
+        let identity = self.tls.identity().current();
+        let leaf = &identity.leaf;
+        let now = unix_now();
+        let mut t = self.tracked();
+        if now >= leaf.not_after {
+            if !t.expired_logged {
+                t.expired_logged = true;
+                tracing::error!(serial = %leaf.serial, not_after = %fmt_time(leaf.not_after), "our SVID has expired: not ready until a new one is loaded");
+            }
+            return true;
+        }
+        let lifetime = (leaf.not_after - leaf.not_before).max(1) as f64;
+        let left = (leaf.not_after - now) as f64;
+        if left / lifetime < self.config.identity.expiry_warning_fraction
+            && t.warned_serial.as_deref() != Some(leaf.serial.as_str())
+        {
+            t.warned_serial = Some(leaf.serial.clone());
+            tracing::warn!(
+                serial = %leaf.serial,
+                not_after = %fmt_time(leaf.not_after),
+                left_seconds = left as i64,
+                "our SVID is past its renewal point and has not been replaced"
+            );
+        }
+        false
+    }
+}
