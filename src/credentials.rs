@@ -269,19 +269,42 @@ impl Credentials {
             }
             return true;
         }
-        let lifetime = (leaf.not_after - leaf.not_before).max(1) as f64;
-        let left = (leaf.not_after - now) as f64;
-        if left / lifetime < self.config.identity.expiry_warning_fraction
+        let fraction = self.config.identity.expiry_warning_fraction;
+        if past_renewal_point(leaf.not_before, leaf.not_after, now, fraction)
             && t.warned_serial.as_deref() != Some(leaf.serial.as_str())
         {
+            let left = leaf.not_after - now;
             t.warned_serial = Some(leaf.serial.clone());
             tracing::warn!(
                 serial = %leaf.serial,
                 not_after = %fmt_time(leaf.not_after),
-                left_seconds = left as i64,
+                left_seconds = left,
                 "our SVID is past its renewal point and has not been replaced"
             );
         }
         false
+    }
+}
+
+/// Whether less than `fraction` of the lifetime from `not_before` to
+/// `not_after` is left at `now`.
+fn past_renewal_point(not_before: i64, not_after: i64, now: i64, fraction: f64) -> bool {
+    let lifetime = (not_after - not_before).max(1) as f64;
+    ((not_after - now) as f64) / lifetime < fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_point_is_a_share_of_the_lifetime() {
+        // A 24 h certificate with the default third: warn in its last 8 h.
+        let (nb, na) = (0, 24 * 3600);
+        assert!(!past_renewal_point(nb, na, 15 * 3600, 1.0 / 3.0));
+        assert!(!past_renewal_point(nb, na, 16 * 3600 - 1, 1.0 / 3.0));
+        assert!(past_renewal_point(nb, na, 16 * 3600 + 1, 1.0 / 3.0));
+        assert!(past_renewal_point(nb, na, 23 * 3600, 1.0 / 3.0));
+        assert!(!past_renewal_point(nb, na, 23 * 3600, 0.01));
     }
 }
