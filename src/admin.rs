@@ -2,7 +2,6 @@
 //! effective config, the loaded certificates, and `POST /reload`. It binds to loopback
 //! unless the config explicitly allows otherwise, and never shows a key.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,7 +9,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,31 +16,11 @@ use crate::app::State;
 
 /// Serves the admin API on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    crate::http_server::serve(listener, shutdown, "admin", move |req| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection error");
-            }
-        });
-    }
+        async move { route(&state, req).await }
+    })
+    .await
 }
 
 async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -45,35 +45,6 @@ async fn server(pki: &Pki, app: SocketAddr, policy_path: &Path, extra: &str) -> 
         .unwrap_or_else(|e| panic!("server: {e}"))
 }
 
-/// Whether `peer`'s SVID gets an echo through `addr` right now.
-async fn admitted(pki: &Pki, peer: &str, addr: SocketAddr) -> bool {
-    let io = async {
-        let mut s = tls_connect(addr, pki.client_tls(peer, SERVER_ID)).await?;
-        s.write_all(b"x").await?;
-        let mut b = [0u8; 1];
-        let n = s.read(&mut b).await?;
-        Ok::<_, std::io::Error>(n == 1)
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(10), io).await,
-        Ok(Ok(true))
-    )
-}
-
-async fn post_reload(admin: SocketAddr) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    s.write_all(
-        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").unwrap().1;
-    (status, serde_json::from_str(body).unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_and_open_connections_follow_each_reload() {
     let pki = Pki::new();
@@ -91,8 +62,8 @@ async fn new_and_open_connections_follow_each_reload() {
     )
     .await;
     let addr = s.inbound_addr("orders").unwrap();
-    assert!(admitted(&pki, "frontend", addr).await);
-    assert!(admitted(&pki, "batch", addr).await);
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
+    assert!(echoes(&pki, "batch", SERVER_ID, addr).await);
 
     // Two long-lived connections, one per identity.
     let mut fe = tls_connect(addr, pki.client_tls("frontend", SERVER_ID))
@@ -121,8 +92,8 @@ async fn new_and_open_connections_follow_each_reload() {
     fe.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"ok");
     // New connections follow the new policy.
-    assert!(admitted(&pki, "frontend", addr).await);
-    assert!(!admitted(&pki, "batch", addr).await);
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
+    assert!(!echoes(&pki, "batch", SERVER_ID, addr).await);
 
     let m = s.metrics().encode();
     assert_eq!(
@@ -202,7 +173,7 @@ async fn an_invalid_policy_is_refused_and_the_old_one_keeps_serving() {
     assert!(error.contains("allwo"), "{error}");
 
     assert!(
-        admitted(&pki, "frontend", addr).await,
+        echoes(&pki, "frontend", SERVER_ID, addr).await,
         "the old policy keeps serving"
     );
     let m = s.metrics().encode();
@@ -240,7 +211,7 @@ async fn file_changes_and_kubernetes_symlink_swaps_reload_by_themselves() {
     )
     .await;
     let addr = s.inbound_addr("orders").unwrap();
-    assert!(!admitted(&pki, "batch", addr).await);
+    assert!(!echoes(&pki, "batch", SERVER_ID, addr).await);
 
     // Kubelet's update: write ..v2, point a temp link at it, rename over ..data.
     std::fs::create_dir_all(vol.join("..v2")).unwrap();
@@ -255,7 +226,7 @@ async fn file_changes_and_kubernetes_symlink_swaps_reload_by_themselves() {
         1.0,
     )
     .await;
-    assert!(admitted(&pki, "batch", addr).await);
+    assert!(echoes(&pki, "batch", SERVER_ID, addr).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +245,7 @@ async fn a_file_rewritten_in_place_reloads_by_itself() {
     )
     .await;
     let addr = s.inbound_addr("orders").unwrap();
-    assert!(admitted(&pki, "frontend", addr).await);
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
     std::fs::write(&policy, allow(&[BATCH])).unwrap();
     wait_metric(
         &s,
@@ -283,8 +254,8 @@ async fn a_file_rewritten_in_place_reloads_by_itself() {
         1.0,
     )
     .await;
-    assert!(!admitted(&pki, "frontend", addr).await);
-    assert!(admitted(&pki, "batch", addr).await);
+    assert!(!echoes(&pki, "frontend", SERVER_ID, addr).await);
+    assert!(echoes(&pki, "batch", SERVER_ID, addr).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,10 +280,10 @@ async fn audit_mode_lets_denials_through_and_logs_them() {
     .await;
     let addr = s.inbound_addr("orders").unwrap();
     assert!(
-        admitted(&pki, "batch", addr).await,
+        echoes(&pki, "batch", SERVER_ID, addr).await,
         "audit mode lets a would-be denial through"
     );
-    assert!(admitted(&pki, "frontend", addr).await);
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
     wait_metric(
         &s,
         "portcullis_authz_decisions_total",
@@ -365,14 +336,14 @@ async fn rate_limits_refuse_the_excess_per_identity() {
     .unwrap();
     let s = server(&pki, app, &policy, "").await;
     let addr = s.inbound_addr("orders").unwrap();
-    assert!(admitted(&pki, "frontend", addr).await);
-    assert!(admitted(&pki, "frontend", addr).await);
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
     assert!(
-        !admitted(&pki, "frontend", addr).await,
+        !echoes(&pki, "frontend", SERVER_ID, addr).await,
         "third connection in the burst window"
     );
     assert!(
-        admitted(&pki, "batch", addr).await,
+        echoes(&pki, "batch", SERVER_ID, addr).await,
         "another identity has its own bucket"
     );
     wait_metric(
@@ -471,7 +442,13 @@ async fn probes_reach_the_app_under_default_deny_and_nothing_else_does() {
     let probe = s.probe_addr().unwrap();
 
     assert!(
-        !admitted(&pki, "frontend", s.inbound_addr("orders").unwrap()).await,
+        !echoes(
+            &pki,
+            "frontend",
+            SERVER_ID,
+            s.inbound_addr("orders").unwrap()
+        )
+        .await,
         "default deny"
     );
     let (status, body) = http_get(probe, "/healthz").await.unwrap();

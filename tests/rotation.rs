@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +16,6 @@ use portcullis::app::{Sidecar, start};
 use portcullis::identity::TrustDomain;
 use portcullis::pki::{Ca, Issued, LeafSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
 const CLIENT_ID: &str = "spiffe://prod.example.org/ns/web/sa/frontend";
@@ -238,35 +236,6 @@ async fn svid_and_ca_rotation_under_traffic_drop_nothing() {
     assert!(!m.contains(&format!("serial=\"{ca1_serial}\"")));
 }
 
-async fn post_reload(admin: SocketAddr) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    s.write_all(
-        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(buf.split_once("\r\n\r\n").unwrap().1).unwrap(),
-    )
-}
-
-async fn echoes(pki: &Pki, peer: &str, addr: SocketAddr) -> bool {
-    let io = async {
-        let mut s = tls_connect(addr, pki.client_tls(peer, SERVER_ID)).await?;
-        s.write_all(b"x").await?;
-        let mut b = [0u8; 1];
-        Ok::<_, std::io::Error>(s.read(&mut b).await? == 1)
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(10), io).await,
-        Ok(Ok(true))
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pairs_are_refused_and_the_old_identity_keeps_serving() {
     let pki = Pki::new();
@@ -317,7 +286,7 @@ async fn bad_pairs_are_refused_and_the_old_identity_keeps_serving() {
         "{reply}"
     );
     assert!(
-        echoes(&pki, "peer", addr).await,
+        echoes(&pki, "peer", SERVER_ID, addr).await,
         "the old identity keeps serving"
     );
     assert!(serial_served(&server, &original).await);
@@ -329,7 +298,7 @@ async fn bad_pairs_are_refused_and_the_old_identity_keeps_serving() {
     assert_eq!(status, 400, "{reply}");
     let err = reply["identity"]["error"].as_str().unwrap();
     assert!(err.contains("srv.pem"), "{err}");
-    assert!(echoes(&pki, "peer", addr).await);
+    assert!(echoes(&pki, "peer", SERVER_ID, addr).await);
     assert_eq!(
         server.state().tls.identity().current().leaf.serial,
         original
@@ -366,7 +335,7 @@ async fn bad_pairs_are_refused_and_the_old_identity_keeps_serving() {
             .contains("does not verify against the trust bundle"),
         "{reply}"
     );
-    assert!(echoes(&pki, "peer", addr).await);
+    assert!(echoes(&pki, "peer", SERVER_ID, addr).await);
 
     // Finally a good pair goes in.
     install(&pki, "srv", &next);
@@ -374,7 +343,7 @@ async fn bad_pairs_are_refused_and_the_old_identity_keeps_serving() {
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["identity"]["result"], "success");
     assert_eq!(reply["identity"]["serial"], next.serial.as_str());
-    assert!(echoes(&pki, "peer", addr).await);
+    assert!(echoes(&pki, "peer", SERVER_ID, addr).await);
     let (_, certs) = http_get(server.admin_addr(), "/certs").await.unwrap();
     assert!(certs.contains(&next.serial) && !certs.contains(&original));
 }
@@ -417,7 +386,15 @@ async fn a_kubernetes_secret_symlink_swap_rotates_the_svid() {
     std::fs::remove_dir_all(secret.join("..v1")).unwrap();
     wait_serial(&server, &second.serial).await;
     assert!(!serial_served(&server, &first.serial).await);
-    assert!(echoes(&pki, "peer", server.inbound_addr("orders").unwrap()).await);
+    assert!(
+        echoes(
+            &pki,
+            "peer",
+            SERVER_ID,
+            server.inbound_addr("orders").unwrap()
+        )
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,10 +420,10 @@ async fn federated_peers_are_verified_against_their_own_bundle() {
         .issue_svid(&id("spiffe://partner.example.com/billing"), DAY)
         .unwrap();
     pki.write("partner-peer", &p);
-    assert!(echoes(&pki, "partner-peer", addr).await);
+    assert!(echoes(&pki, "partner-peer", SERVER_ID, addr).await);
     // A partner ID signed by *our* CA: refused, only partner roots count for it.
     pki.svid("forged", "spiffe://partner.example.com/billing");
-    assert!(!echoes(&pki, "forged", addr).await);
+    assert!(!echoes(&pki, "forged", SERVER_ID, addr).await);
     wait_metric(
         &server,
         "portcullis_tls_handshakes_total",

@@ -159,6 +159,23 @@ struct ServiceTable {
     rate_limit: Option<RateLimitSpec>,
 }
 
+impl ServiceTable {
+    /// Calls `f` with the index of every rule whose `from` matches `peer`
+    /// (a rule may come up more than once).
+    fn for_each_match(&self, peer: &SpiffeId, mut f: impl FnMut(u32)) {
+        let Some(domain) = self.domains.get(peer.trust_domain_name()) else {
+            return;
+        };
+        domain.whole.iter().for_each(|i| f(*i));
+        let path = peer.path();
+        if path.is_empty() {
+            domain.root.here.iter().for_each(|i| f(*i));
+        } else {
+            domain.root.visit(path[1..].split('/'), &mut f);
+        }
+    }
+}
+
 /// The compiled, immutable policy. Swapped whole on reload.
 pub struct PolicyTable {
     default: Action,
@@ -230,25 +247,16 @@ impl PolicyTable {
         };
         let mut first_deny = u32::MAX;
         let mut first_allow = u32::MAX;
-        if let Some(domain) = svc.domains.get(peer.trust_domain_name()) {
-            let mut consider = |i: u32| {
-                let rule = &svc.rules[i as usize];
-                if rule.applies(request) {
-                    let slot = match rule.action {
-                        Action::Deny => &mut first_deny,
-                        Action::Allow => &mut first_allow,
-                    };
-                    *slot = (*slot).min(i);
-                }
-            };
-            domain.whole.iter().for_each(|i| consider(*i));
-            let path = peer.path();
-            if path.is_empty() {
-                domain.root.here.iter().for_each(|i| consider(*i));
-            } else {
-                domain.root.visit(path[1..].split('/'), &mut consider);
+        svc.for_each_match(peer, |i| {
+            let rule = &svc.rules[i as usize];
+            if rule.applies(request) {
+                let slot = match rule.action {
+                    Action::Deny => &mut first_deny,
+                    Action::Allow => &mut first_allow,
+                };
+                *slot = (*slot).min(i);
             }
-        }
+        });
         let (action, rule) = if first_deny != u32::MAX {
             (Action::Deny, svc.rules[first_deny as usize].name.clone())
         } else if first_allow != u32::MAX {
@@ -273,16 +281,9 @@ impl PolicyTable {
             return true;
         }
         let mut any_allow = false;
-        if let Some(domain) = svc.domains.get(peer.trust_domain_name()) {
-            let mut consider = |i: u32| any_allow |= svc.rules[i as usize].action == Action::Allow;
-            domain.whole.iter().for_each(|i| consider(*i));
-            let path = peer.path();
-            if path.is_empty() {
-                domain.root.here.iter().for_each(|i| consider(*i));
-            } else {
-                domain.root.visit(path[1..].split('/'), &mut consider);
-            }
-        }
+        svc.for_each_match(peer, |i| {
+            any_allow |= svc.rules[i as usize].action == Action::Allow
+        });
         any_allow
     }
 }

@@ -3,7 +3,6 @@
 //! paths, and nothing else, to the app, so operators need not open a hole
 //! in the policy (or bypass the sidecar) for them.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,29 +27,11 @@ pub struct ProbeListener {
 
 impl ProbeListener {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "probe accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        crate::http_server::serve(listener, shutdown, "probe", move |req| {
             let this = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { this.handle(req).await }
+        })
+        .await
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -250,3 +250,40 @@ pub async fn tls_connect(
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Whether `peer`'s SVID gets an echo from the server at `addr` (which
+/// presents `server_id`) right now.
+pub async fn echoes(pki: &Pki, peer: &str, server_id: &str, addr: SocketAddr) -> bool {
+    let io = async {
+        let mut s = tls_connect(addr, pki.client_tls(peer, server_id)).await?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        Ok::<_, std::io::Error>(s.read(&mut b).await? == 1)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), io).await,
+        Ok(Ok(true))
+    )
+}
+
+/// `POST /reload` on an admin server: (status, JSON reply).
+pub async fn post_reload(admin: SocketAddr) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(
+        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
