@@ -91,7 +91,12 @@ impl State {
                     state.after_identity_reload(&outcome);
                 });
             }
-            CredOutcome::Applied { .. } => self.refresh_ready(),
+            CredOutcome::Applied { bundle_changed, .. } => {
+                self.refresh_ready();
+                if *bundle_changed {
+                    self.enforce_revocation();
+                }
+            }
             CredOutcome::Unchanged | CredOutcome::Failed(_) => {}
         }
     }
@@ -130,6 +135,25 @@ impl State {
             ReloadOutcome::NotConfigured => {}
         }
         outcome
+    }
+
+    /// Closes open connections whose peer certificate the current CRLs revoke.
+    fn enforce_revocation(&self) {
+        let trust = self.tls.trust();
+        let Some(crls) = trust.revocation() else {
+            return;
+        };
+        let closed = self.registry.enforce(
+            StopReason::Revoked,
+            |c| !crls.is_revoked(&c.issuer_raw, &c.serial_raw),
+            |c| {
+                tracing::warn!(service = %c.service, peer = %c.peer, src = %c.src, "closing open connection: the peer certificate is now revoked");
+                self.metrics.revoked_closed();
+            },
+        );
+        if closed > 0 {
+            tracing::info!(closed, "open connections closed after the CRL reload");
+        }
     }
 
     /// Closes open connections whose peer the active policy no longer admits.
@@ -246,7 +270,11 @@ pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadErr
         }
         bundles.push(load_bundle(path, other_td)?);
     }
-    let trust = TrustStore::new(bundles);
+    let mut trust = TrustStore::new(bundles);
+    if let Some(r) = &config.revocation {
+        let crls = crate::revocation::load_crls(&r.crls, &trust, r.policy)?;
+        trust = trust.with_revocation(crls);
+    }
 
     let verifier = SvidVerifier::new(Arc::new(trust.clone()));
     let chain = &identity.certified.cert;
@@ -350,7 +378,11 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         not_after = %crate::tls::fmt_time(identity.leaf.not_after),
         "identity loaded"
     );
-    let tls = Arc::new(TlsContext::new(identity, trust)?);
+    let counters = config
+        .revocation
+        .as_ref()
+        .map(|_| metrics.revocation_counters());
+    let tls = Arc::new(TlsContext::with_counters(identity, trust, counters)?);
     let state = Arc::new(State {
         config: config.clone(),
         metrics: metrics.clone(),
@@ -445,10 +477,8 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         ));
     }
 
-    let mut watched = config.identity.files();
-    watched.extend(state.policy.path().map(|p| p.to_path_buf()));
     crate::reload::spawn(
-        watched,
+        config.watched_files(),
         config.reload.watch,
         config.reload.debounce.0,
         config.reload.interval.0,

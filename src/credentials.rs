@@ -110,6 +110,9 @@ fn hashes(config: &Config) -> (String, String) {
     let identity = hash_files(&[&ic.cert, &ic.key]);
     let mut bundle_paths: Vec<&Path> = vec![&ic.trust_bundle];
     bundle_paths.extend(ic.trust_bundles.iter().map(|(_, p)| p.as_path()));
+    if let Some(r) = &config.revocation {
+        bundle_paths.extend(r.crls.iter().map(|p| p.as_path()));
+    }
     (identity, hash_files(&bundle_paths))
 }
 
@@ -146,6 +149,8 @@ impl Credentials {
                 .iter()
                 .chain(trust.bundles().flat_map(|b| b.roots.iter())),
         );
+        self.metrics
+            .set_crls(trust.revocation().map(|r| r.info.as_slice()).unwrap_or(&[]));
     }
 
     /// Re-reads and, if it changed and is valid, swaps in our identity

@@ -16,5 +16,6 @@ pub mod pki;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod revocation;
 pub mod runtime;
 pub mod tls;

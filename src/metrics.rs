@@ -54,10 +54,12 @@ pub enum CloseReason {
     PeerExpired,
     /// The connection reached `connections.max_lifetime`.
     MaxLifetime,
+    /// A new CRL revoked the peer's certificate.
+    Revoked,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::HandshakeFailed,
@@ -69,6 +71,7 @@ impl CloseReason {
         CloseReason::Policy,
         CloseReason::PeerExpired,
         CloseReason::MaxLifetime,
+        CloseReason::Revoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +87,7 @@ impl CloseReason {
             CloseReason::Policy => "policy",
             CloseReason::PeerExpired => "peer_expired",
             CloseReason::MaxLifetime => "max_lifetime",
+            CloseReason::Revoked => "revoked",
         }
     }
 }
@@ -99,6 +103,10 @@ pub struct Metrics {
     ready: IntGauge,
     authz_decisions: IntCounterVec,
     cert_reloads: IntCounterVec,
+    revocation_checks: IntCounterVec,
+    crl_next_update: GaugeVec,
+    crl_entries: IntGaugeVec,
+    revoked_closed: IntCounter,
     policy_reloads: IntCounterVec,
     policy_info: IntGaugeVec,
     policy_last_success: Gauge,
@@ -230,6 +238,37 @@ impl Metrics {
                 cert_reloads.with_label_values(&[kind, result]);
             }
         }
+        let revocation_checks = counter_vec(
+            &registry,
+            "portcullis_revocation_checks_total",
+            "Revocation checks of peer certificates at the handshake, by method and result (good, revoked, unknown).",
+            &["method", "result"],
+        );
+        let crl_next_update = register(
+            &registry,
+            GaugeVec::new(
+                opts(
+                    "portcullis_crl_next_update_timestamp_seconds",
+                    "nextUpdate of each loaded CRL, as a Unix timestamp.",
+                ),
+                &["issuer"],
+            )
+            .unwrap_or_else(|e| panic!("CRL metric is malformed: {e}")),
+        );
+        let crl_entries = gauge_vec(
+            &registry,
+            "portcullis_crl_entries",
+            "Revoked certificates listed by each loaded CRL.",
+            &["issuer"],
+        );
+        let revoked_closed = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_revoked_connections_closed_total",
+                "Open connections closed because a new CRL revoked their peer.",
+            )
+            .unwrap_or_else(|e| panic!("revocation metric is malformed: {e}")),
+        );
         let authz_decisions = counter_vec(
             &registry,
             "portcullis_authz_decisions_total",
@@ -304,6 +343,10 @@ impl Metrics {
             ready,
             authz_decisions,
             cert_reloads,
+            revocation_checks,
+            crl_next_update,
+            crl_entries,
+            revoked_closed,
             policy_reloads,
             policy_info,
             policy_last_success,
@@ -322,6 +365,39 @@ impl Metrics {
 
     pub fn policy_closed(&self, service: &str) {
         self.policy_closed.with_label_values(&[service]).inc();
+    }
+
+    /// Counters for the verifiers, resolved once.
+    pub fn revocation_counters(&self) -> crate::tls::RevocationCounters {
+        crate::tls::RevocationCounters {
+            good: self.revocation_checks.with_label_values(&["crl", "good"]),
+            revoked: self
+                .revocation_checks
+                .with_label_values(&["crl", "revoked"]),
+            unknown: self
+                .revocation_checks
+                .with_label_values(&["crl", "unknown"]),
+        }
+    }
+
+    /// Replaces the CRL series with exactly these lists.
+    pub fn set_crls(&self, crls: &[crate::revocation::CrlInfo]) {
+        self.crl_next_update.reset();
+        self.crl_entries.reset();
+        for c in crls {
+            if let Some(nu) = c.next_update {
+                self.crl_next_update
+                    .with_label_values(&[&c.issuer])
+                    .set(nu as f64);
+            }
+            self.crl_entries
+                .with_label_values(&[&c.issuer])
+                .set(c.entries as i64);
+        }
+    }
+
+    pub fn revoked_closed(&self) {
+        self.revoked_closed.inc();
     }
 
     pub fn cert_reload(&self, kind: &str, result: &str) {

@@ -49,6 +49,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub timeouts: Timeouts,
     pub connections: ConnectionsConfig,
+    /// Revocation checking; `None`: no revocation checks.
+    pub revocation: Option<RevocationConfig>,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
 }
@@ -71,7 +73,7 @@ pub struct IdentityConfig {
 }
 
 impl IdentityConfig {
-    /// Every file the identity is made of, for watching.
+    /// Every file the identity and trust are made of, for watching.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files = vec![
             self.cert.clone(),
@@ -81,6 +83,14 @@ impl IdentityConfig {
         files.extend(self.trust_bundles.iter().map(|(_, p)| p.clone()));
         files
     }
+}
+
+/// Certificate revocation lists and how they are applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RevocationConfig {
+    /// CRL files (PEM or DER), one or more per CA; reloaded like certificates.
+    pub crls: Vec<PathBuf>,
+    pub policy: crate::revocation::RevocationPolicy,
 }
 
 /// Limits on how long one connection may live.
@@ -340,6 +350,16 @@ impl Config {
     /// Parses and validates YAML text as if it were read from `path`.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         raw::parse(text, path)
+    }
+
+    /// Every file whose change should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = self.identity.files();
+        if let Some(r) = &self.revocation {
+            files.extend(r.crls.iter().cloned());
+        }
+        files.extend(self.policy.iter().cloned());
+        files
     }
 
     /// Inbound listener and outbound listener names, for lookups.

@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 use super::{
     AdminConfig, AuditConfig, Config, ConfigDuration, ConfigError, ConnectionsConfig, Endpoint,
     IdentityConfig, InboundConfig, LogConfig, LogFormat, OutboundConfig, ProbeConfig, Protocol,
-    ReloadConfig, RuntimeConfig, Timeouts,
+    ReloadConfig, RevocationConfig, RuntimeConfig, Timeouts,
 };
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::policy::AuditSink;
@@ -31,6 +31,7 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     timeouts: Option<RawTimeouts>,
     connections: Option<RawConnections>,
+    revocation: Option<RawRevocation>,
     runtime: Option<RawRuntime>,
     log: Option<RawLog>,
 }
@@ -72,6 +73,45 @@ struct RawIdentity {
     trust_bundles: Pairs<TrustDomain, Spanned<PathBuf>>,
     expiry_warning_fraction: Option<Spanned<f64>>,
     key_pair_grace: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    crls: Spanned<Vec<Spanned<PathBuf>>>,
+    /// chain | leaf
+    #[serde(default)]
+    check: RevocationDepth,
+    /// unknown | ignore: what a CRL past its nextUpdate means.
+    #[serde(default)]
+    expired_crl: ExpiredCrl,
+    /// closed | open: what an unknown status means.
+    #[serde(default)]
+    failure: FailurePolicy,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RevocationDepth {
+    #[default]
+    Chain,
+    Leaf,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ExpiredCrl {
+    #[default]
+    Unknown,
+    Ignore,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum FailurePolicy {
+    #[default]
+    Closed,
+    Open,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +276,29 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     if let Some(g) = raw.identity.key_pair_grace {
         identity.key_pair_grace = g;
     }
+    let revocation = match raw.revocation {
+        None => None,
+        Some(r) => {
+            if r.crls.value.is_empty() {
+                return Err(v.at(
+                    r.crls.referenced,
+                    "revocation.crls must list at least one CRL file",
+                ));
+            }
+            let mut crls = Vec::with_capacity(r.crls.value.len());
+            for c in &r.crls.value {
+                crls.push(resolve(c)?);
+            }
+            Some(RevocationConfig {
+                crls,
+                policy: crate::revocation::RevocationPolicy {
+                    whole_chain: r.check == RevocationDepth::Chain,
+                    expired_is_unknown: r.expired_crl == ExpiredCrl::Unknown,
+                    fail_open: r.failure == FailurePolicy::Open,
+                },
+            })
+        }
+    };
     let mut connections = ConnectionsConfig::default();
     if let Some(c) = raw.connections {
         connections.close_on_peer_expiry = c.close_on_peer_expiry;
@@ -472,6 +535,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         admin,
         timeouts,
         connections,
+        revocation,
         runtime,
         log,
     })

@@ -20,6 +20,9 @@ pub struct PeerIdentity {
     pub serial: String,
     /// The leaf's notAfter, Unix seconds.
     pub not_after: i64,
+    /// The leaf's issuer name and serial as DER, for CRL lookups.
+    pub issuer_raw: Box<[u8]>,
+    pub serial_raw: Box<[u8]>,
 }
 
 /// Why admission refused a connection.
@@ -33,6 +36,8 @@ pub enum Denial {
     UntrustedDomain(String),
     #[error("peer certificate expired")]
     Expired,
+    #[error("peer certificate is revoked")]
+    Revoked,
     #[error("peer is {got}, expected {expected}")]
     WrongIdentity { expected: SpiffeId, got: SpiffeId },
 }
@@ -45,6 +50,7 @@ impl Denial {
             Denial::Svid(_) => "bad_svid",
             Denial::UntrustedDomain(_) => "untrusted_domain",
             Denial::Expired => "expired",
+            Denial::Revoked => "revoked",
             Denial::WrongIdentity { .. } => "wrong_identity",
         }
     }
@@ -69,9 +75,18 @@ pub fn peer_identity(
     if not_after < now_unix {
         return Err(Denial::Expired);
     }
+    // Resumed sessions skip the verifier; a CRL that arrived since the
+    // session was made still applies.
+    if let Some(crls) = trust.revocation()
+        && crls.is_revoked(cert.issuer().as_raw(), cert.raw_serial())
+    {
+        return Err(Denial::Revoked);
+    }
     Ok(PeerIdentity {
         id,
         serial: serial_hex(cert.raw_serial()),
         not_after,
+        issuer_raw: cert.issuer().as_raw().into(),
+        serial_raw: cert.raw_serial().into(),
     })
 }

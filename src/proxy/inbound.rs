@@ -104,10 +104,7 @@ impl InboundListener {
 
         // Registered before the policy is read: a reload that lands after
         // this decision will find the connection and judge it again.
-        let registration = self
-            .authz
-            .registry
-            .register(self.name.clone(), peer.id.clone(), src);
+        let registration = self.authz.registry.register(self.name.clone(), &peer, src);
         if !self.authorize(&peer.id, src) {
             return;
         }
@@ -146,6 +143,7 @@ impl InboundListener {
             CopyEnd::Error(_) => CloseReason::Error,
             CopyEnd::Deadline => deadline_reason,
             CopyEnd::Stopped => match registration.control.reason() {
+                Some(StopReason::Revoked) => CloseReason::Revoked,
                 Some(StopReason::Policy) | None => CloseReason::Policy,
             },
         });

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use super::admission::PeerIdentity;
 use crate::identity::SpiffeId;
 
 /// Why a live connection was closed from outside its own task.
@@ -20,6 +21,8 @@ use crate::identity::SpiffeId;
 pub enum StopReason {
     /// A policy reload no longer allows the peer.
     Policy = 1,
+    /// A new CRL revokes the peer's certificate.
+    Revoked = 2,
 }
 
 /// The handle a connection task watches.
@@ -36,6 +39,7 @@ impl ConnControl {
     pub fn reason(&self) -> Option<StopReason> {
         match self.reason.load(Ordering::Acquire) {
             1 => Some(StopReason::Policy),
+            2 => Some(StopReason::Revoked),
             _ => None,
         }
     }
@@ -51,6 +55,9 @@ pub struct ConnInfo {
     pub service: Arc<str>,
     pub peer: SpiffeId,
     pub src: SocketAddr,
+    /// The peer leaf's issuer name and serial (DER), for CRL checks.
+    pub issuer_raw: Box<[u8]>,
+    pub serial_raw: Box<[u8]>,
     control: Arc<ConnControl>,
 }
 
@@ -78,7 +85,12 @@ impl Drop for Registration<'_> {
 }
 
 impl ConnRegistry {
-    pub fn register(&self, service: Arc<str>, peer: SpiffeId, src: SocketAddr) -> Registration<'_> {
+    pub fn register(
+        &self,
+        service: Arc<str>,
+        peer: &PeerIdentity,
+        src: SocketAddr,
+    ) -> Registration<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(ConnControl {
             token: CancellationToken::new(),
@@ -88,8 +100,10 @@ impl ConnRegistry {
             id,
             ConnInfo {
                 service,
-                peer,
+                peer: peer.id.clone(),
                 src,
+                issuer_raw: peer.issuer_raw.clone(),
+                serial_raw: peer.serial_raw.clone(),
                 control: control.clone(),
             },
         );

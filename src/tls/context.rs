@@ -13,7 +13,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 use super::material::{LoadedIdentity, TrustStore};
 use super::store::IdentityStore;
-use super::verifier::{InboundVerifier, OutboundVerifier};
+use super::verifier::{InboundVerifier, OutboundVerifier, RevocationCounters};
 use crate::identity::SpiffeId;
 
 /// Everything TLS the listeners need, shared by all of them.
@@ -24,6 +24,7 @@ pub struct TlsContext {
     /// Outbound configs, one per expected upstream identity, rebuilt when
     /// trust changes. Touched only at setup and reload, never per connection.
     outbound: Mutex<Vec<Weak<OutboundTls>>>,
+    counters: Option<RevocationCounters>,
 }
 
 /// The client config for one outbound upstream.
@@ -44,14 +45,24 @@ impl OutboundTls {
 
 impl TlsContext {
     pub fn new(identity: LoadedIdentity, trust: TrustStore) -> Result<Self, rustls::Error> {
+        Self::with_counters(identity, trust, None)
+    }
+
+    /// As [`TlsContext::new`], counting revocation check results.
+    pub fn with_counters(
+        identity: LoadedIdentity,
+        trust: TrustStore,
+        counters: Option<RevocationCounters>,
+    ) -> Result<Self, rustls::Error> {
         let identity = Arc::new(IdentityStore::new(identity));
         let trust = Arc::new(trust);
-        let server = build_server(&identity, &trust)?;
+        let server = build_server(&identity, &trust, &counters)?;
         Ok(TlsContext {
             identity,
             trust: ArcSwap::new(trust),
             server: ArcSwap::from_pointee(server),
             outbound: Mutex::new(Vec::new()),
+            counters,
         })
     }
 
@@ -70,7 +81,12 @@ impl TlsContext {
 
     /// Registers an upstream identity and returns its client config holder.
     pub fn outbound(&self, expected: SpiffeId) -> Result<Arc<OutboundTls>, rustls::Error> {
-        let config = build_client(&self.identity, &self.trust.load_full(), &expected)?;
+        let config = build_client(
+            &self.identity,
+            &self.trust.load_full(),
+            &expected,
+            &self.counters,
+        )?;
         let out = Arc::new(OutboundTls {
             expected,
             config: ArcSwap::from_pointee(config),
@@ -85,11 +101,11 @@ impl TlsContext {
     /// connections are untouched; new handshakes use the new trust at once.
     pub fn set_trust(&self, trust: TrustStore) -> Result<(), rustls::Error> {
         let trust = Arc::new(trust);
-        let server = build_server(&self.identity, &trust)?;
+        let server = build_server(&self.identity, &trust, &self.counters)?;
         let registry = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
         let mut clients = Vec::with_capacity(registry.len());
         for out in registry.iter().filter_map(Weak::upgrade) {
-            let config = build_client(&self.identity, &trust, &out.expected)?;
+            let config = build_client(&self.identity, &trust, &out.expected, &self.counters)?;
             clients.push((out, config));
         }
         // Build everything first, then swap, so a failure changes nothing.
@@ -105,8 +121,9 @@ impl TlsContext {
 fn build_server(
     identity: &Arc<IdentityStore>,
     trust: &Arc<TrustStore>,
+    counters: &Option<RevocationCounters>,
 ) -> Result<ServerConfig, rustls::Error> {
-    let verifier = Arc::new(InboundVerifier::new(trust.clone()));
+    let verifier = Arc::new(InboundVerifier::new(trust.clone(), counters.clone()));
     let config = ServerConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -118,8 +135,13 @@ fn build_client(
     identity: &Arc<IdentityStore>,
     trust: &Arc<TrustStore>,
     expected: &SpiffeId,
+    counters: &Option<RevocationCounters>,
 ) -> Result<ClientConfig, rustls::Error> {
-    let verifier = Arc::new(OutboundVerifier::new(trust.clone(), expected.clone()));
+    let verifier = Arc::new(OutboundVerifier::new(
+        trust.clone(),
+        expected.clone(),
+        counters.clone(),
+    ));
     let config = ClientConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

@@ -24,6 +24,9 @@ pub enum HandshakeFailure {
     NoClientCert,
     BadSignature,
     Revoked,
+    /// Revocation status could not be established (no CRL for the
+    /// issuer, or an expired one) and revocation fails closed.
+    RevocationUnknown,
     /// Some other certificate problem (bad encoding, unhandled extension).
     BadCertificate,
     /// The peer refused us with an alert (e.g. it does not trust our SVID).
@@ -38,7 +41,7 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 15] = [
+    pub const ALL: [HandshakeFailure; 16] = [
         Self::UnknownCa,
         Self::Expired,
         Self::NotYetValid,
@@ -48,6 +51,7 @@ impl HandshakeFailure {
         Self::NoClientCert,
         Self::BadSignature,
         Self::Revoked,
+        Self::RevocationUnknown,
         Self::BadCertificate,
         Self::PeerRejected,
         Self::NotTls,
@@ -67,6 +71,7 @@ impl HandshakeFailure {
             Self::NoClientCert => "no_client_cert",
             Self::BadSignature => "bad_signature",
             Self::Revoked => "revoked",
+            Self::RevocationUnknown => "revocation_unknown",
             Self::BadCertificate => "bad_certificate",
             Self::PeerRejected => "peer_rejected",
             Self::NotTls => "not_tls",
@@ -107,6 +112,9 @@ impl HandshakeFailure {
             C::NotValidYet | C::NotValidYetContext { .. } => Self::NotYetValid,
             C::BadSignature => Self::BadSignature,
             C::Revoked => Self::Revoked,
+            C::UnknownRevocationStatus
+            | C::ExpiredRevocationList
+            | C::ExpiredRevocationListContext { .. } => Self::RevocationUnknown,
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => Self::BadSvid,
             C::Other(other) => match other.0.downcast_ref::<VerifyError>() {
                 Some(VerifyError::Svid(_)) => Self::BadSvid,

@@ -101,13 +101,17 @@ pub struct TrustBundle {
     pub trust_domain: TrustDomain,
     pub anchors: Vec<TrustAnchor<'static>>,
     pub roots: Vec<CertSummary>,
+    /// The roots themselves, to verify CRL signatures with.
+    pub certs: Vec<CertificateDer<'static>>,
 }
 
 /// Trust bundles by trust domain: a peer is only ever verified against the
-/// roots of the trust domain in its own SPIFFE ID.
+/// roots of the trust domain in its own SPIFFE ID. Revocation lists travel
+/// with the trust they qualify.
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
     bundles: HashMap<TrustDomain, Arc<TrustBundle>>,
+    revocation: Option<Arc<crate::revocation::CrlSet>>,
 }
 
 impl TrustStore {
@@ -117,7 +121,18 @@ impl TrustStore {
                 .into_iter()
                 .map(|b| (b.trust_domain.clone(), Arc::new(b)))
                 .collect(),
+            revocation: None,
         }
+    }
+
+    /// Adds CRL checking to this trust.
+    pub fn with_revocation(mut self, crls: crate::revocation::CrlSet) -> Self {
+        self.revocation = Some(Arc::new(crls));
+        self
+    }
+
+    pub fn revocation(&self) -> Option<&crate::revocation::CrlSet> {
+        self.revocation.as_deref()
     }
 
     /// The bundle for a trust domain name, if we trust it at all.
@@ -283,6 +298,7 @@ pub fn load_bundle(path: &Path, trust_domain: &TrustDomain) -> Result<TrustBundl
         trust_domain: trust_domain.clone(),
         anchors,
         roots,
+        certs,
     })
 }
 

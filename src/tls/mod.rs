@@ -18,4 +18,6 @@ pub use material::{
 pub use material::{fmt_time, unix_now};
 pub use provider::provider;
 pub use store::IdentityStore;
-pub use verifier::{InboundVerifier, OutboundVerifier, SvidVerifier, VerifyError};
+pub use verifier::{
+    InboundVerifier, OutboundVerifier, RevocationCounters, SvidVerifier, VerifyError,
+};

@@ -49,6 +49,8 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         W::CertExpired { .. } => CertificateError::Expired,
         W::CertNotValidYet { .. } => CertificateError::NotValidYet,
         W::CertRevoked => CertificateError::Revoked,
+        W::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+        W::CrlExpired { .. } => CertificateError::ExpiredRevocationList,
         // During path building a signature that does not verify means the
         // issuer with that name is not the one we trust: typically another
         // CA for the same trust domain with the same subject name.
@@ -63,11 +65,20 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
     rustls::Error::InvalidCertificate(ce)
 }
 
+/// Counters of revocation check results (`portcullis_revocation_checks_total`).
+#[derive(Debug, Clone)]
+pub struct RevocationCounters {
+    pub good: prometheus::IntCounter,
+    pub revoked: prometheus::IntCounter,
+    pub unknown: prometheus::IntCounter,
+}
+
 /// Chain and SVID verification against a [`TrustStore`].
 #[derive(Debug)]
 pub struct SvidVerifier {
     trust: Arc<TrustStore>,
     algs: WebPkiSupportedAlgorithms,
+    counters: Option<RevocationCounters>,
 }
 
 impl SvidVerifier {
@@ -75,7 +86,13 @@ impl SvidVerifier {
         SvidVerifier {
             trust,
             algs: super::provider().signature_verification_algorithms,
+            counters: None,
         }
+    }
+
+    pub fn with_counters(mut self, counters: Option<RevocationCounters>) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// Verifies `end_entity` (with `intermediates`) as a peer acting in `role`.
@@ -100,16 +117,65 @@ impl SvidVerifier {
             Role::Client => webpki::KeyUsage::client_auth(),
             Role::Server => webpki::KeyUsage::server_auth(),
         };
-        ee.verify_for_usage(
-            self.algs.all,
-            &bundle.anchors,
-            intermediates,
-            now,
-            usage,
-            None,
-            None,
-        )
-        .map_err(pki_error)?;
+        let verify = |revocation| {
+            ee.verify_for_usage(
+                self.algs.all,
+                &bundle.anchors,
+                intermediates,
+                now,
+                usage,
+                revocation,
+                None,
+            )
+            .map(|_| ())
+        };
+        match self.trust.revocation() {
+            None => verify(None).map_err(pki_error)?,
+            Some(crls) => {
+                let lists = crls.lists();
+                let policy = crls.policy;
+                let options = webpki::RevocationOptionsBuilder::new(&lists).map(|b| {
+                    b.with_depth(if policy.whole_chain {
+                        webpki::RevocationCheckDepth::Chain
+                    } else {
+                        webpki::RevocationCheckDepth::EndEntity
+                    })
+                    .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+                    .with_expiration_policy(if policy.expired_is_unknown {
+                        webpki::ExpirationPolicy::Enforce
+                    } else {
+                        webpki::ExpirationPolicy::Ignore
+                    })
+                    .build()
+                });
+                let count = |c: fn(&RevocationCounters) -> &prometheus::IntCounter| {
+                    if let Some(counters) = &self.counters {
+                        c(counters).inc();
+                    }
+                };
+                match verify(options.ok()) {
+                    Ok(()) => count(|c| &c.good),
+                    Err(webpki::Error::CertRevoked) => {
+                        count(|c| &c.revoked);
+                        return Err(pki_error(webpki::Error::CertRevoked));
+                    }
+                    Err(
+                        e @ (webpki::Error::UnknownRevocationStatus
+                        | webpki::Error::CrlExpired { .. }),
+                    ) => {
+                        count(|c| &c.unknown);
+                        if !policy.fail_open {
+                            return Err(pki_error(e));
+                        }
+                        // Failing open: the chain must still verify without
+                        // revocation; the unknown status is counted.
+                        verify(None).map_err(pki_error)?;
+                        tracing::info!(peer = %id, "revocation status unknown; admitted (revocation.failure: open)");
+                    }
+                    Err(other) => return Err(pki_error(other)),
+                }
+            }
+        }
         check_parsed_leaf(&cert, Some(role)).map_err(|e| cert_error(e.into()))
     }
 
@@ -140,9 +206,9 @@ pub struct InboundVerifier {
 }
 
 impl InboundVerifier {
-    pub fn new(trust: Arc<TrustStore>) -> Self {
+    pub fn new(trust: Arc<TrustStore>, counters: Option<RevocationCounters>) -> Self {
         InboundVerifier {
-            inner: SvidVerifier::new(trust),
+            inner: SvidVerifier::new(trust).with_counters(counters),
         }
     }
 }
@@ -203,9 +269,13 @@ pub struct OutboundVerifier {
 }
 
 impl OutboundVerifier {
-    pub fn new(trust: Arc<TrustStore>, expected: SpiffeId) -> Self {
+    pub fn new(
+        trust: Arc<TrustStore>,
+        expected: SpiffeId,
+        counters: Option<RevocationCounters>,
+    ) -> Self {
         OutboundVerifier {
-            inner: SvidVerifier::new(trust),
+            inner: SvidVerifier::new(trust).with_counters(counters),
             expected,
         }
     }
