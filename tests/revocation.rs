@@ -1,0 +1,327 @@
+//! CRLs made by real tools — `openssl ca -gencrl` and `portcullis cert
+//! revoke` — enforced on live sidecars: revoked clients and servers are
+//! refused, unrevoked ones pass, a CRL with a bad signature is refused at
+//! load, unknown status fails closed (or open, counted), and an open
+//! connection is cut when a reloaded CRL revokes its peer.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use portcullis::app::{Sidecar, start};
+use portcullis::identity::TrustDomain;
+use portcullis::pki::Ca;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+const CLIENT_ID: &str = "spiffe://prod.example.org/ns/web/sa/frontend";
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Writes the CA's files and an `openssl ca` config beside them.
+fn openssl_ca(pki: &Pki) {
+    let d = pki.dir.path();
+    std::fs::write(d.join("ca.pem"), pki.ca.cert_pem()).unwrap();
+    std::fs::write(d.join("ca-key.pem"), pki.ca.key_pem()).unwrap();
+    std::fs::write(d.join("index.txt"), "").unwrap();
+    std::fs::write(d.join("crlnumber"), "01\n").unwrap();
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ ca ]\ndefault_ca = CA_default\n[ CA_default ]\ndatabase = ./index.txt\ncrlnumber = ./crlnumber\n\
+         certificate = ./ca.pem\nprivate_key = ./ca-key.pem\ndefault_md = sha256\ndefault_crl_days = 7\n",
+    )
+    .unwrap();
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn portcullis(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+async fn server_with_crl(pki: &Pki, crl: &str, extra: &str) -> Sidecar {
+    let app = echo_app().await;
+    pki.svid("srv", SERVER_ID);
+    start(pki.config(
+        "srv.yaml",
+        &format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n{extra}\
+             revocation:\n  crls: [{crl}]\n\
+             reload:\n  debounce: 50ms\n  interval: 1h\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("server: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openssl_ca_crl_refuses_the_revoked_client_only() {
+    if !have_tool(
+        "openssl",
+        "an_openssl_ca_crl_refuses_the_revoked_client_only",
+    ) {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("good", CLIENT_ID);
+    pki.svid("bad", "spiffe://prod.example.org/ns/web/sa/stolen");
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "bad.pem"]);
+    openssl(d, &["ca", "-config", "ca.cnf", "-gencrl", "-out", "ca.crl"]);
+
+    let server = server_with_crl(&pki, "ca.crl", "").await;
+    let addr = server.inbound_addr("orders").unwrap();
+    assert!(
+        echoes(&pki, "good", SERVER_ID, addr).await,
+        "an unrevoked client passes"
+    );
+    assert!(
+        !echoes(&pki, "bad", SERVER_ID, addr).await,
+        "a revoked client is refused"
+    );
+    wait_metric(
+        &server,
+        "portcullis_tls_handshakes_total",
+        &[("result", "revoked")],
+        1.0,
+    )
+    .await;
+    let m = server.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "crl"), ("result", "revoked")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "crl"), ("result", "good")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(metric(&m, "portcullis_crl_entries", &[]), Some(1.0));
+    let next = metric(&m, "portcullis_crl_next_update_timestamp_seconds", &[]).unwrap();
+    assert!(next > portcullis::tls::unix_now() as f64 + 6.0 * 86400.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portcullis_crl_refuses_a_revoked_server() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    std::fs::write(d.join("ca.pem"), pki.ca.cert_pem()).unwrap();
+    std::fs::write(d.join("ca-key.pem"), pki.ca.key_pem()).unwrap();
+    let app = echo_app().await;
+    let server = server_sidecar(&pki, "orders", SERVER_ID, app).await;
+    // Revoke the server's SVID with `portcullis cert revoke`.
+    let o = portcullis(
+        d,
+        &[
+            "cert",
+            "revoke",
+            "--cert",
+            "orders-svid.pem",
+            "--crl",
+            "ca.crl",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    pki.svid("cli", CLIENT_ID);
+    let client = start(pki.config(
+        "cli.yaml",
+        &format!(
+            "identity:\n  cert: cli.pem\n  key: cli-key.pem\n  trust_bundle: bundle.pem\nrevocation:\n  crls: [ca.crl]\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{}]\n    identity: {SERVER_ID}\nadmin:\n  listen: 127.0.0.1:0\n",
+            server.inbound_addr("orders").unwrap()
+        ),
+    ))
+    .await
+    .unwrap();
+    let back = round_trip(client.outbound_addr("orders").unwrap(), b"hello").await;
+    assert!(
+        back.map(|b| b.is_empty()).unwrap_or(true),
+        "a revoked server is refused"
+    );
+    wait_metric(
+        &client,
+        "portcullis_tls_handshakes_total",
+        &[("direction", "outbound"), ("result", "revoked")],
+        1.0,
+    )
+    .await;
+}
+
+#[test]
+fn a_crl_with_a_bad_signature_is_refused_at_load() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    pki.svid("srv", SERVER_ID);
+    // Same issuer name, different key: the signature cannot verify.
+    let impostor = Ca::generate(&TrustDomain::parse(TD).unwrap(), DAY).unwrap();
+    std::fs::write(d.join("forged.crl"), impostor.crl(&[], 1, DAY).unwrap()).unwrap();
+    std::fs::write(
+        d.join("portcullis.yaml"),
+        "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\nrevocation:\n  crls: [forged.crl]\n\
+         inbound:\n  - name: orders\n    listen: 127.0.0.1:15006\n    forward: 127.0.0.1:8080\n",
+    )
+    .unwrap();
+    let o = portcullis(d, &["check", "--config", "portcullis.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("forged.crl: CRL signature does not verify"),
+        "{err}"
+    );
+    // A good one passes.
+    std::fs::write(d.join("forged.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
+    let o = portcullis(d, &["check", "--config", "portcullis.yaml"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_status_fails_closed_by_default_and_open_on_request() {
+    let pki = Pki::new();
+    std::fs::write(pki.path("ca.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
+    // A federated partner whose CA has no CRL here: status unknown.
+    let partner = Ca::generate(&TrustDomain::parse("partner.example.com").unwrap(), DAY).unwrap();
+    std::fs::write(pki.path("partner.pem"), partner.cert_pem()).unwrap();
+    pki.write(
+        "partner-peer",
+        &partner
+            .issue_svid(&id("spiffe://partner.example.com/billing"), DAY)
+            .unwrap(),
+    );
+    pki.svid("good", CLIENT_ID);
+    let federation = "  trust_bundles:\n    partner.example.com: partner.pem\n";
+
+    let closed = server_with_crl(&pki, "ca.crl", federation).await;
+    let addr = closed.inbound_addr("orders").unwrap();
+    assert!(echoes(&pki, "good", SERVER_ID, addr).await);
+    assert!(
+        !echoes(&pki, "partner-peer", SERVER_ID, addr).await,
+        "unknown status fails closed"
+    );
+    wait_metric(
+        &closed,
+        "portcullis_tls_handshakes_total",
+        &[("result", "revocation_unknown")],
+        1.0,
+    )
+    .await;
+
+    let app = echo_app().await;
+    let open = start(pki.config(
+        "open.yaml",
+        &format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n{federation}\
+             revocation:\n  crls: [ca.crl]\n  failure: open\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        echoes(
+            &pki,
+            "partner-peer",
+            SERVER_ID,
+            open.inbound_addr("orders").unwrap()
+        )
+        .await,
+        "failure: open admits"
+    );
+    wait_metric(
+        &open,
+        "portcullis_revocation_checks_total",
+        &[("method", "crl"), ("result", "unknown")],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_is_cut_when_a_new_crl_revokes_its_peer() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    std::fs::write(d.join("ca.pem"), pki.ca.cert_pem()).unwrap();
+    std::fs::write(d.join("ca-key.pem"), pki.ca.key_pem()).unwrap();
+    std::fs::write(pki.path("ca.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
+    pki.svid("victim", CLIENT_ID);
+    pki.svid("bystander", "spiffe://prod.example.org/ns/web/sa/other");
+    let server = server_with_crl(&pki, "ca.crl", "").await;
+    let addr = server.inbound_addr("orders").unwrap();
+    let mut victim = tls_connect(addr, pki.client_tls("victim", SERVER_ID))
+        .await
+        .unwrap();
+    let mut bystander = tls_connect(addr, pki.client_tls("bystander", SERVER_ID))
+        .await
+        .unwrap();
+    let mut b = [0u8; 2];
+    for c in [&mut victim, &mut bystander] {
+        c.write_all(b"hi").await.unwrap();
+        c.read_exact(&mut b).await.unwrap();
+    }
+
+    let o = portcullis(
+        d,
+        &["cert", "revoke", "--cert", "victim.pem", "--crl", "ca.crl"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), victim.read_to_end(&mut rest))
+        .await
+        .expect("the revoked peer's connection must be cut")
+        .ok();
+    wait_metric(
+        &server,
+        "portcullis_revoked_connections_closed_total",
+        &[],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &server,
+        "portcullis_connections_closed_total",
+        &[("reason", "revoked")],
+        1.0,
+    )
+    .await;
+    bystander.write_all(b"ok").await.unwrap();
+    bystander.read_exact(&mut b).await.unwrap();
+    assert!(
+        !echoes(&pki, "victim", SERVER_ID, addr).await,
+        "and new connections are refused"
+    );
+    let m = server.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_cert_reloads_total",
+            &[("kind", "bundle"), ("result", "success")]
+        ),
+        Some(1.0)
+    );
+}
