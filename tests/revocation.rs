@@ -20,34 +20,6 @@ const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
 const CLIENT_ID: &str = "spiffe://prod.example.org/ns/web/sa/frontend";
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-/// Writes the CA's files and an `openssl ca` config beside them.
-fn openssl_ca(pki: &Pki) {
-    let d = pki.dir.path();
-    std::fs::write(d.join("ca.pem"), pki.ca.cert_pem()).unwrap();
-    std::fs::write(d.join("ca-key.pem"), pki.ca.key_pem()).unwrap();
-    std::fs::write(d.join("index.txt"), "").unwrap();
-    std::fs::write(d.join("crlnumber"), "01\n").unwrap();
-    std::fs::write(
-        d.join("ca.cnf"),
-        "[ ca ]\ndefault_ca = CA_default\n[ CA_default ]\ndatabase = ./index.txt\ncrlnumber = ./crlnumber\n\
-         certificate = ./ca.pem\nprivate_key = ./ca-key.pem\ndefault_md = sha256\ndefault_crl_days = 7\n",
-    )
-    .unwrap();
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn portcullis(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .current_dir(dir)

@@ -1,7 +1,9 @@
 //! Revocation: certificate revocation lists, loaded from files, verified
 //! against their issuer before use, enforced in every handshake (through
-//! rustls-webpki) and on open connections when a new list arrives.
+//! rustls-webpki) and on open connections when a new list arrives; and
+//! the OCSP protocol core (`ocsp`).
 
 mod crl;
+pub mod ocsp;
 
 pub use crl::{CrlInfo, CrlSet, RevocationPolicy, load_crls};

@@ -1,0 +1,399 @@
+//! OCSP (RFC 6960): building a request for one certificate, asking a
+//! responder over HTTP, and verifying the answer ourselves, since no crate
+//! does: the response must be signed by the issuer, or by a delegated
+//! responder certificate that the issuer signed for id-kp-OCSPSigning; its
+//! CertID must match the certificate asked about; thisUpdate must not be in
+//! the future and nextUpdate must not have passed.
+//!
+//! Wiring into admission (cache, coalescing, failure policy) and our own
+//! stapling build on this module.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use sha1::{Digest, Sha1};
+use x509_cert::der::asn1::{Null, ObjectIdentifier, OctetString};
+use x509_cert::der::{Decode, Encode};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::AlgorithmIdentifierOwned;
+use x509_ocsp::{
+    BasicOcspResponse, CertId, CertStatus, OcspRequest, OcspResponse, OcspResponseStatus, Request,
+    ResponderId, TbsRequest,
+};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// id-sha1, the hash OCSP CertIDs use in practice (RFC 5019).
+const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+/// id-pkix-ocsp-basic.
+const ID_OCSP_BASIC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
+/// Responses larger than this are not OCSP responses.
+const MAX_RESPONSE: usize = 64 * 1024;
+/// Clock skew tolerated on thisUpdate.
+const SKEW_SECS: i64 = 300;
+
+/// What a verified response says about the certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcspStatus {
+    Good,
+    Revoked,
+    Unknown,
+}
+
+/// A verified answer and how long it may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OcspAnswer {
+    pub status: OcspStatus,
+    pub this_update: i64,
+    /// `None` when the responder gave no nextUpdate.
+    pub next_update: Option<i64>,
+}
+
+/// Why a query or a response failed; every such failure is "unknown
+/// status" to the failure policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OcspError {
+    #[error("certificate cannot be parsed: {0}")]
+    Certificate(String),
+    #[error("responder unreachable: {0}")]
+    Unreachable(String),
+    #[error("responder answered HTTP {0}")]
+    Http(u16),
+    #[error("response is malformed: {0}")]
+    Malformed(String),
+    #[error("responder refused the request: {0}")]
+    Refused(String),
+    #[error("response is not signed by the issuer or a responder it authorized: {0}")]
+    BadSigner(String),
+    #[error("response signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("response does not answer for this certificate")]
+    WrongCertificate,
+    #[error("response is not yet valid (thisUpdate in the future)")]
+    NotYetValid,
+    #[error("response has expired (nextUpdate passed)")]
+    Expired,
+    #[error("responder timed out")]
+    Timeout,
+}
+
+fn malformed(e: impl std::fmt::Display) -> OcspError {
+    OcspError::Malformed(e.to_string())
+}
+
+/// The CertID of `leaf` as issued by `issuer` (SHA-1, as responders expect).
+pub fn cert_id(leaf_der: &[u8], issuer_der: &[u8]) -> Result<CertId, OcspError> {
+    let (_, leaf) =
+        X509Certificate::from_der(leaf_der).map_err(|e| OcspError::Certificate(e.to_string()))?;
+    let (_, issuer) =
+        X509Certificate::from_der(issuer_der).map_err(|e| OcspError::Certificate(e.to_string()))?;
+    let name_hash = Sha1::digest(issuer.subject().as_raw());
+    let key_hash = Sha1::digest(&issuer.public_key().subject_public_key.data);
+    Ok(CertId {
+        hash_algorithm: AlgorithmIdentifierOwned {
+            oid: ID_SHA1,
+            parameters: Some(Null.into()),
+        },
+        issuer_name_hash: OctetString::new(name_hash.to_vec()).map_err(malformed)?,
+        issuer_key_hash: OctetString::new(key_hash.to_vec()).map_err(malformed)?,
+        serial_number: SerialNumber::new(leaf.raw_serial()).map_err(malformed)?,
+    })
+}
+
+/// A DER OCSP request for `leaf`.
+pub fn request(leaf_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>, OcspError> {
+    let req = OcspRequest {
+        tbs_request: TbsRequest {
+            version: Default::default(),
+            requestor_name: None,
+            request_list: vec![Request {
+                req_cert: cert_id(leaf_der, issuer_der)?,
+                single_request_extensions: None,
+            }],
+            request_extensions: None,
+        },
+        optional_signature: None,
+    };
+    req.to_der().map_err(malformed)
+}
+
+/// The OCSP responder URL in the certificate's Authority Information Access.
+pub fn responder_url(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityInfoAccess(aia) => aia.accessdescs.iter().find_map(|d| {
+                // id-ad-ocsp
+                (d.access_method.to_id_string() == "1.3.6.1.5.5.7.48.1")
+                    .then_some(&d.access_location)
+                    .and_then(|l| match l {
+                        GeneralName::URI(u) => Some(u.to_string()),
+                        _ => None,
+                    })
+            }),
+            _ => None,
+        })
+}
+
+/// POSTs `request` to an `http://` responder and returns the raw answer.
+pub async fn query(url: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, OcspError> {
+    let io = async {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| OcspError::Unreachable(format!("bad URL {url:?}: {e}")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(OcspError::Unreachable(format!(
+                "{url}: only http:// responders are supported"
+            )));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| OcspError::Unreachable(format!("{url}: no host")))?
+            .to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| OcspError::Unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| OcspError::Unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::CONTENT_TYPE, "application/ocsp-request")
+            .body(Full::new(Bytes::from(request)))
+            .map_err(|e| OcspError::Unreachable(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| OcspError::Unreachable(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(OcspError::Http(resp.status().as_u16()));
+        }
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| OcspError::Malformed(format!("reading the body: {e}")))?;
+        Ok(body.to_bytes().to_vec())
+    };
+    tokio::time::timeout(timeout, io)
+        .await
+        .map_err(|_| OcspError::Timeout)?
+}
+
+/// Verifies a DER OCSP response for `leaf` issued by `issuer` at `now`
+/// (Unix seconds).
+pub fn verify(
+    response: &[u8],
+    leaf_der: &[u8],
+    issuer_der: &[u8],
+    now: i64,
+) -> Result<OcspAnswer, OcspError> {
+    let outer = OcspResponse::from_der(response).map_err(malformed)?;
+    if outer.response_status != OcspResponseStatus::Successful {
+        return Err(OcspError::Refused(format!("{:?}", outer.response_status)));
+    }
+    let bytes = outer
+        .response_bytes
+        .ok_or_else(|| malformed("no responseBytes"))?;
+    if bytes.response_type != ID_OCSP_BASIC {
+        return Err(malformed(format!(
+            "unsupported response type {}",
+            bytes.response_type
+        )));
+    }
+    let basic_der = bytes.response.as_bytes();
+    let basic = BasicOcspResponse::from_der(basic_der).map_err(malformed)?;
+    let (_, issuer) =
+        X509Certificate::from_der(issuer_der).map_err(|e| OcspError::Certificate(e.to_string()))?;
+
+    // Who signed: the issuer itself, or a delegated responder it certified.
+    let delegated: Vec<Vec<u8>> = basic
+        .certs
+        .iter()
+        .flatten()
+        .filter_map(|c| c.to_der().ok())
+        .collect();
+    let signer_spki_der = signer_key(
+        &basic.tbs_response_data.responder_id,
+        &issuer,
+        &delegated,
+        now,
+    )?;
+    let (_, signer_spki) =
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(&signer_spki_der).map_err(malformed)?;
+
+    // The signature covers the tbsResponseData exactly as sent.
+    let tbs = first_element(basic_der).ok_or_else(|| malformed("cannot find tbsResponseData"))?;
+    let alg_der = basic.signature_algorithm.to_der().map_err(malformed)?;
+    let (_, alg) = x509_parser::x509::AlgorithmIdentifier::from_der(&alg_der).map_err(malformed)?;
+    let sig_der = basic.signature.to_der().map_err(malformed)?;
+    let (_, sig) = <x509_parser::asn1_rs::BitString as x509_parser::asn1_rs::FromDer<
+        '_,
+        x509_parser::asn1_rs::Error,
+    >>::from_der(&sig_der)
+    .map_err(malformed)?;
+    x509_parser::verify::verify_signature(&signer_spki, &alg, &sig, tbs)
+        .map_err(|e| OcspError::BadSignature(e.to_string()))?;
+
+    let want = cert_id(leaf_der, issuer_der)?;
+    let single = basic
+        .tbs_response_data
+        .responses
+        .iter()
+        .find(|r| same_cert(&r.cert_id, &want))
+        .ok_or(OcspError::WrongCertificate)?;
+    let this_update = unix(&single.this_update);
+    if this_update > now + SKEW_SECS {
+        return Err(OcspError::NotYetValid);
+    }
+    let next_update = single.next_update.as_ref().map(unix);
+    if let Some(nu) = next_update
+        && nu < now
+    {
+        return Err(OcspError::Expired);
+    }
+    let status = match single.cert_status {
+        CertStatus::Good(_) => OcspStatus::Good,
+        CertStatus::Revoked(_) => OcspStatus::Revoked,
+        CertStatus::Unknown(_) => OcspStatus::Unknown,
+    };
+    Ok(OcspAnswer {
+        status,
+        this_update,
+        next_update,
+    })
+}
+
+/// The DER SubjectPublicKeyInfo that must have signed the response.
+fn signer_key(
+    responder: &ResponderId,
+    issuer: &X509Certificate<'_>,
+    delegated: &[Vec<u8>],
+    now: i64,
+) -> Result<Vec<u8>, OcspError> {
+    let names = |c: &X509Certificate<'_>| -> bool {
+        match responder {
+            ResponderId::ByName(name) => name.to_der().is_ok_and(|n| n == c.subject().as_raw()),
+            ResponderId::ByKey(hash) => {
+                hash.as_bytes() == Sha1::digest(&c.public_key().subject_public_key.data).as_slice()
+            }
+        }
+    };
+    if names(issuer) {
+        return Ok(issuer.public_key().raw.to_vec());
+    }
+    for der in delegated {
+        let Ok((_, cert)) = X509Certificate::from_der(der) else {
+            continue;
+        };
+        if !names(&cert) {
+            continue;
+        }
+        if cert.issuer().as_raw() != issuer.subject().as_raw() {
+            return Err(OcspError::BadSigner(format!(
+                "responder {} was not issued by {}",
+                cert.subject(),
+                issuer.subject()
+            )));
+        }
+        cert.verify_signature(Some(issuer.public_key()))
+            .map_err(|e| {
+                OcspError::BadSigner(format!(
+                    "responder certificate is not signed by the issuer: {e}"
+                ))
+            })?;
+        let eku_ok = cert
+            .extended_key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.value.ocsp_signing);
+        if !eku_ok {
+            return Err(OcspError::BadSigner(
+                "responder certificate lacks id-kp-OCSPSigning".into(),
+            ));
+        }
+        let v = cert.validity();
+        if now < v.not_before.timestamp() || now > v.not_after.timestamp() {
+            return Err(OcspError::BadSigner(
+                "responder certificate is outside its validity".into(),
+            ));
+        }
+        return Ok(cert.public_key().raw.to_vec());
+    }
+    Err(OcspError::BadSigner(
+        "the responder named in the response is neither the issuer nor a certificate it carries"
+            .into(),
+    ))
+}
+
+fn same_cert(a: &CertId, b: &CertId) -> bool {
+    a.hash_algorithm.oid == b.hash_algorithm.oid
+        && a.issuer_name_hash == b.issuer_name_hash
+        && a.issuer_key_hash == b.issuer_key_hash
+        && a.serial_number == b.serial_number
+}
+
+fn unix(t: &x509_ocsp::OcspGeneralizedTime) -> i64 {
+    t.0.to_unix_duration().as_secs() as i64
+}
+
+/// The raw bytes (tag, length, value) of the first element inside the DER
+/// SEQUENCE `der`.
+fn first_element(der: &[u8]) -> Option<&[u8]> {
+    let (_, inner) = split_tlv(der)?;
+    let (len, _) = split_tlv(inner)?;
+    inner.get(..len)
+}
+
+/// Parses one TLV at the start of `der`: (total length, value).
+fn split_tlv(der: &[u8]) -> Option<(usize, &[u8])> {
+    let first = *der.get(1)?;
+    let (header, len) = if first < 0x80 {
+        (2, first as usize)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for b in der.get(2..2 + n)? {
+            len = (len << 8) | *b as usize;
+        }
+        (2 + n, len)
+    };
+    let total = header.checked_add(len)?;
+    Some((total, der.get(header..total)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlv_splitting() {
+        // SEQUENCE { INTEGER 5, INTEGER 6 }
+        let der = [0x30, 0x06, 0x02, 0x01, 0x05, 0x02, 0x01, 0x06];
+        assert_eq!(first_element(&der), Some(&der[2..5]));
+        assert_eq!(split_tlv(&[0x30, 0x81, 0x01, 0xaa]), Some((4, &[0xaa][..])));
+        assert_eq!(split_tlv(&[0x30, 0x05, 0x00]), None);
+        assert_eq!(first_element(b""), None);
+    }
+
+    #[test]
+    fn garbage_responses_are_malformed_not_panics() {
+        for junk in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x03\x0a\x01\x00",
+            b"not der at all",
+        ] {
+            assert!(verify(junk, b"", b"", 0).is_err());
+        }
+    }
+}

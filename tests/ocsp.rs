@@ -1,0 +1,161 @@
+//! The OCSP core against a real `openssl ocsp` responder: requests it
+//! understands, and responses we verify ourselves — good, revoked and
+//! unknown answers; a responder that is down; a response signed by the
+//! wrong key; a delegated responder, with and without id-kp-OCSPSigning;
+//! and an expired response.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use portcullis::identity::TrustDomain;
+use portcullis::pki::{Ca, ExtendedKeyUsagePurpose, KeyUsagePurpose, LeafSpec};
+use portcullis::revocation::ocsp::{self, OcspError, OcspStatus};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+fn der(pki: &Pki, name: &str) -> Vec<u8> {
+    let pem = std::fs::read(pki.path(name)).unwrap();
+    <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(&pem)
+        .unwrap()
+        .to_vec()
+}
+
+/// Starts `openssl ocsp` on a free port, signing with `signer`/`key`.
+async fn responder(dir: &Path, signer: &str, key: &str) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-port",
+            &port.to_string(),
+            "-rsigner",
+            signer,
+            "-rkey",
+            key,
+            "-CA",
+            "ca.pem",
+            "-nmin",
+            "5",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Ready once it says so: a probe connection without a request would
+    // wedge its single-threaded loop.
+    let mut child = child;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("ACCEPT") || line.contains("waiting for OCSP client connections") {
+                return;
+            }
+        }
+        panic!("openssl ocsp exited before listening");
+    })
+    .await
+    .expect("openssl ocsp to start listening");
+    // Keep draining its stderr so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://127.0.0.1:{port}/"))
+}
+
+async fn ask(url: &str, pki: &Pki, leaf: &str, now: i64) -> Result<ocsp::OcspAnswer, OcspError> {
+    let (leaf, ca) = (der(pki, leaf), der(pki, "ca.pem"));
+    let req = ocsp::request(&leaf, &ca)?;
+    let resp = ocsp::query(url, req, Duration::from_secs(5)).await?;
+    ocsp::verify(&resp, &leaf, &ca, now)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_from_a_real_openssl_responder_are_verified() {
+    if !have_tool(
+        "openssl",
+        "answers_from_a_real_openssl_responder_are_verified",
+    ) {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("good", "spiffe://prod.example.org/ns/a/sa/good");
+    pki.svid("revoked", "spiffe://prod.example.org/ns/a/sa/revoked");
+    pki.svid("stranger", "spiffe://prod.example.org/ns/a/sa/stranger");
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "good.pem"]);
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "revoked.pem"]);
+    let now = portcullis::tls::unix_now();
+
+    let (_r, url) = responder(d, "ca.pem", "ca-key.pem").await;
+    let good = ask(&url, &pki, "good.pem", now).await.unwrap();
+    assert_eq!(good.status, OcspStatus::Good);
+    assert!(good.next_update.unwrap() > now);
+    assert_eq!(
+        ask(&url, &pki, "revoked.pem", now).await.unwrap().status,
+        OcspStatus::Revoked
+    );
+    assert_eq!(
+        ask(&url, &pki, "stranger.pem", now).await.unwrap().status,
+        OcspStatus::Unknown
+    );
+    // The same answer later than its nextUpdate is refused.
+    assert_eq!(
+        ask(&url, &pki, "good.pem", now + 86400).await,
+        Err(OcspError::Expired)
+    );
+
+    // A responder that is down.
+    let dead = format!(
+        "http://{}/",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    );
+    assert!(matches!(
+        ask(&dead, &pki, "good.pem", now).await,
+        Err(OcspError::Unreachable(_))
+    ));
+
+    // Signed by a key that is not the issuer's (same name, other CA).
+    let impostor = Ca::generate(&TrustDomain::parse(TD).unwrap(), DAY).unwrap();
+    std::fs::write(d.join("impostor.pem"), impostor.cert_pem()).unwrap();
+    std::fs::write(d.join("impostor-key.pem"), impostor.key_pem()).unwrap();
+    let (_i, url) = responder(d, "impostor.pem", "impostor-key.pem").await;
+    assert!(matches!(
+        ask(&url, &pki, "good.pem", now).await,
+        Err(OcspError::BadSignature(_))
+    ));
+
+    // A delegated responder the issuer certified for OCSP signing.
+    let mut spec = LeafSpec::svid(&id("spiffe://prod.example.org/ocsp"), DAY);
+    spec.uris.clear();
+    spec.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    spec.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+    pki.issue("delegate", &spec);
+    let (_d, url) = responder(d, "delegate.pem", "delegate-key.pem").await;
+    assert_eq!(
+        ask(&url, &pki, "revoked.pem", now).await.unwrap().status,
+        OcspStatus::Revoked
+    );
+
+    // The same, without id-kp-OCSPSigning: not authorized.
+    spec.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    pki.issue("imposter-delegate", &spec);
+    let (_x, url) = responder(d, "imposter-delegate.pem", "imposter-delegate-key.pem").await;
+    assert!(matches!(
+        ask(&url, &pki, "good.pem", now).await,
+        Err(OcspError::BadSigner(_))
+    ));
+}
