@@ -271,7 +271,9 @@ pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadErr
         bundles.push(load_bundle(path, other_td)?);
     }
     let mut trust = TrustStore::new(bundles);
-    if let Some(r) = &config.revocation {
+    if let Some(r) = &config.revocation
+        && !r.crls.is_empty()
+    {
         let crls = crate::revocation::load_crls(&r.crls, &trust, r.policy)?;
         trust = trust.with_revocation(crls);
     }
@@ -381,8 +383,25 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     let counters = config
         .revocation
         .as_ref()
+        .filter(|r| !r.crls.is_empty())
         .map(|_| metrics.revocation_counters());
-    let tls = Arc::new(TlsContext::with_counters(identity, trust, counters)?);
+    let ocsp = config
+        .revocation
+        .as_ref()
+        .and_then(|r| r.ocsp.clone())
+        .map(|o| {
+            Arc::new(crate::revocation::OcspChecker::new(
+                o,
+                metrics.ocsp_metrics(),
+            ))
+        });
+    let fail_open = config
+        .revocation
+        .as_ref()
+        .is_some_and(|r| r.policy.fail_open);
+    let tls = Arc::new(TlsContext::with_revocation(
+        identity, trust, counters, ocsp, fail_open,
+    )?);
     let state = Arc::new(State {
         config: config.clone(),
         metrics: metrics.clone(),

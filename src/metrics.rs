@@ -107,6 +107,8 @@ pub struct Metrics {
     crl_next_update: GaugeVec,
     crl_entries: IntGaugeVec,
     revoked_closed: IntCounter,
+    ocsp_cache: IntGauge,
+    ocsp_latency: prometheus::Histogram,
     policy_reloads: IntCounterVec,
     policy_info: IntGaugeVec,
     policy_last_success: Gauge,
@@ -269,6 +271,27 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("revocation metric is malformed: {e}")),
         );
+        let ocsp_cache = register(
+            &registry,
+            IntGauge::new(
+                "portcullis_ocsp_cache_entries",
+                "OCSP answers held in the cache.",
+            )
+            .unwrap_or_else(|e| panic!("OCSP metric is malformed: {e}")),
+        );
+        let ocsp_latency = register(
+            &registry,
+            prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "portcullis_ocsp_responder_duration_seconds",
+                    "Time an OCSP responder took to answer (or fail).",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )
+            .unwrap_or_else(|e| panic!("OCSP metric is malformed: {e}")),
+        );
         let authz_decisions = counter_vec(
             &registry,
             "portcullis_authz_decisions_total",
@@ -347,6 +370,8 @@ impl Metrics {
             crl_next_update,
             crl_entries,
             revoked_closed,
+            ocsp_cache,
+            ocsp_latency,
             policy_reloads,
             policy_info,
             policy_last_success,
@@ -377,6 +402,19 @@ impl Metrics {
             unknown: self
                 .revocation_checks
                 .with_label_values(&["crl", "unknown"]),
+        }
+    }
+
+    /// Counters for the OCSP checker, resolved once.
+    pub fn ocsp_metrics(&self) -> crate::revocation::OcspMetrics {
+        let r = |result| self.revocation_checks.with_label_values(&["ocsp", result]);
+        crate::revocation::OcspMetrics {
+            good: r("good"),
+            revoked: r("revoked"),
+            unknown: r("unknown"),
+            error: r("error"),
+            cache_size: self.ocsp_cache.clone(),
+            latency: self.ocsp_latency.clone(),
         }
     }
 

@@ -159,3 +159,134 @@ async fn answers_from_a_real_openssl_responder_are_verified() {
         Err(OcspError::BadSigner(_))
     ));
 }
+
+async fn ocsp_server(pki: &Pki, name: &str, revocation: &str) -> portcullis::app::Sidecar {
+    let app = echo_app().await;
+    portcullis::app::start(pki.config(
+        &format!("{name}.yaml"),
+        &format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n{revocation}\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("server: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_ask_a_live_responder_about_every_peer() {
+    if !have_tool("openssl", "sidecars_ask_a_live_responder_about_every_peer") {
+        return;
+    }
+    const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("srv", SERVER_ID);
+    pki.svid("good", "spiffe://prod.example.org/ns/a/sa/good");
+    pki.svid("revoked", "spiffe://prod.example.org/ns/a/sa/revoked");
+    pki.svid("stranger", "spiffe://prod.example.org/ns/a/sa/stranger");
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "good.pem"]);
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "revoked.pem"]);
+    let (_r, url) = responder(d, "ca.pem", "ca-key.pem").await;
+
+    let required = ocsp_server(
+        &pki,
+        "required",
+        &format!("revocation:\n  ocsp:\n    mode: require\n    responder: {url}\n"),
+    )
+    .await;
+    let addr = required.inbound_addr("orders").unwrap();
+    assert!(
+        echoes(&pki, "good", SERVER_ID, addr).await,
+        "good: admitted"
+    );
+    assert!(
+        echoes(&pki, "good", SERVER_ID, addr).await,
+        "good again, from the cache"
+    );
+    assert!(
+        !echoes(&pki, "revoked", SERVER_ID, addr).await,
+        "revoked: refused"
+    );
+    assert!(
+        !echoes(&pki, "stranger", SERVER_ID, addr).await,
+        "unknown: refused (fails closed)"
+    );
+    let m = required.metrics().encode();
+    let ocsp = |result| {
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "ocsp"), ("result", result)],
+        )
+    };
+    assert_eq!(ocsp("good"), Some(2.0));
+    assert_eq!(ocsp("revoked"), Some(1.0));
+    assert_eq!(ocsp("unknown"), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_connections_closed_total",
+            &[("reason", "revoked")]
+        ),
+        Some(1.0)
+    );
+    // Two distinct certificates were fetched once each, and one more; the
+    // second "good" came from the cache.
+    assert_eq!(
+        metric(&m, "portcullis_ocsp_responder_duration_seconds_count", &[]),
+        Some(3.0)
+    );
+    assert_eq!(metric(&m, "portcullis_ocsp_cache_entries", &[]), Some(3.0));
+
+    // The responder is down: closed refuses, open admits and counts.
+    let dead = format!(
+        "http://{}/",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    );
+    let closed = ocsp_server(
+        &pki,
+        "closed",
+        &format!("revocation:\n  ocsp:\n    mode: require\n    responder: {dead}\n"),
+    )
+    .await;
+    assert!(
+        !echoes(
+            &pki,
+            "good",
+            SERVER_ID,
+            closed.inbound_addr("orders").unwrap()
+        )
+        .await,
+        "responder down: refused"
+    );
+    let open = ocsp_server(
+        &pki,
+        "open",
+        &format!(
+            "revocation:\n  failure: open\n  ocsp:\n    mode: require\n    responder: {dead}\n"
+        ),
+    )
+    .await;
+    assert!(
+        echoes(
+            &pki,
+            "good",
+            SERVER_ID,
+            open.inbound_addr("orders").unwrap()
+        )
+        .await,
+        "responder down, failure: open: admitted"
+    );
+    wait_metric(
+        &open,
+        "portcullis_revocation_checks_total",
+        &[("method", "ocsp"), ("result", "error")],
+        1.0,
+    )
+    .await;
+}

@@ -90,6 +90,8 @@ impl IdentityConfig {
 pub struct RevocationConfig {
     /// CRL files (PEM or DER), one or more per CA; reloaded like certificates.
     pub crls: Vec<PathBuf>,
+    /// Live OCSP for peers, when enabled.
+    pub ocsp: Option<crate::revocation::OcspConfig>,
     pub policy: crate::revocation::RevocationPolicy,
 }
 

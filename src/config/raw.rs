@@ -78,7 +78,9 @@ struct RawIdentity {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRevocation {
-    crls: Spanned<Vec<Spanned<PathBuf>>>,
+    #[serde(default)]
+    crls: Vec<Spanned<PathBuf>>,
+    ocsp: Option<RawOcsp>,
     /// chain | leaf
     #[serde(default)]
     check: RevocationDepth,
@@ -88,6 +90,16 @@ struct RawRevocation {
     /// closed | open: what an unknown status means.
     #[serde(default)]
     failure: FailurePolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOcsp {
+    mode: Spanned<crate::revocation::OcspMode>,
+    responder: Option<Spanned<String>>,
+    timeout: Option<ConfigDuration>,
+    max_age: Option<ConfigDuration>,
+    cache_size: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -279,18 +291,59 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let revocation = match raw.revocation {
         None => None,
         Some(r) => {
-            if r.crls.value.is_empty() {
-                return Err(v.at(
-                    r.crls.referenced,
-                    "revocation.crls must list at least one CRL file",
-                ));
-            }
-            let mut crls = Vec::with_capacity(r.crls.value.len());
-            for c in &r.crls.value {
+            let mut crls = Vec::with_capacity(r.crls.len());
+            for c in &r.crls {
                 crls.push(resolve(c)?);
+            }
+            let ocsp = match r.ocsp {
+                None => None,
+                Some(o) => {
+                    if let Some(u) = &o.responder
+                        && !u.value.starts_with("http://")
+                    {
+                        return Err(v.at(
+                            u.referenced,
+                            "revocation.ocsp.responder must be an http:// URL (OCSP answers are signed; they need no TLS)",
+                        ));
+                    }
+                    let cache_size = match o.cache_size {
+                        Some(c) if c.value == 0 => {
+                            return Err(v.at(
+                                c.referenced,
+                                "revocation.ocsp.cache_size must be at least 1",
+                            ));
+                        }
+                        Some(c) => c.value,
+                        None => 10_000,
+                    };
+                    (o.mode.value != crate::revocation::OcspMode::Off).then(|| {
+                        crate::revocation::OcspConfig {
+                            mode: o.mode.value,
+                            responder: o.responder.map(|u| u.value),
+                            timeout: o
+                                .timeout
+                                .map(|t| t.0)
+                                .unwrap_or(std::time::Duration::from_secs(2)),
+                            max_age: o
+                                .max_age
+                                .map(|t| t.0)
+                                .unwrap_or(std::time::Duration::from_secs(3600)),
+                            cache_size,
+                        }
+                    })
+                }
+            };
+            if crls.is_empty() && ocsp.is_none() {
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    line: None,
+                    column: None,
+                    reason: "revocation needs `crls`, or `ocsp.mode: prefer | require`".into(),
+                });
             }
             Some(RevocationConfig {
                 crls,
+                ocsp,
                 policy: crate::revocation::RevocationPolicy {
                     whole_chain: r.check == RevocationDepth::Chain,
                     expired_is_unknown: r.expired_crl == ExpiredCrl::Unknown,

@@ -11,7 +11,8 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::identity::{SpiffeId, SvidError, serial_hex, spiffe_id_of};
-use crate::tls::TrustStore;
+use crate::revocation::{OcspMode, Verdict};
+use crate::tls::{TlsContext, TrustStore};
 
 /// The verified identity of a connection's peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub enum Denial {
     Expired,
     #[error("peer certificate is revoked")]
     Revoked,
+    #[error("peer revocation status is unknown: {0}")]
+    RevocationUnknown(String),
     #[error("peer is {got}, expected {expected}")]
     WrongIdentity { expected: SpiffeId, got: SpiffeId },
 }
@@ -51,6 +54,7 @@ impl Denial {
             Denial::UntrustedDomain(_) => "untrusted_domain",
             Denial::Expired => "expired",
             Denial::Revoked => "revoked",
+            Denial::RevocationUnknown(_) => "revocation_unknown",
             Denial::WrongIdentity { .. } => "wrong_identity",
         }
     }
@@ -89,4 +93,54 @@ pub fn peer_identity(
         issuer_raw: cert.issuer().as_raw().into(),
         serial_raw: cert.raw_serial().into(),
     })
+}
+
+/// [`check_ocsp`] for a session's peer certificates; copies them only when
+/// OCSP is on.
+pub async fn check_ocsp_of(
+    tls: &TlsContext,
+    certs: Option<&[CertificateDer<'_>]>,
+) -> Result<(), Denial> {
+    if tls.ocsp().is_none() {
+        return Ok(());
+    }
+    let owned: Vec<CertificateDer<'static>> = certs
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect();
+    check_ocsp(tls, &owned).await
+}
+
+/// Live OCSP for a peer whose handshake and identity checks passed. With
+/// `ocsp.mode: prefer` and CRLs configured, a missing answer leaves the
+/// decision to the CRLs (already applied in the handshake); otherwise the
+/// failure policy decides.
+pub async fn check_ocsp(tls: &TlsContext, certs: &[CertificateDer<'static>]) -> Result<(), Denial> {
+    let Some(checker) = tls.ocsp() else {
+        return Ok(());
+    };
+    let Some(leaf) = certs.first() else {
+        return Err(Denial::NoCertificate);
+    };
+    let trust = tls.trust();
+    let Some(issuer) = crate::tls::issuer_of(&trust, leaf, &certs[1..]) else {
+        return Err(Denial::RevocationUnknown(
+            "the issuer certificate is not available".into(),
+        ));
+    };
+    match checker.check(leaf, &issuer).await {
+        Verdict::Good => Ok(()),
+        Verdict::Revoked => Err(Denial::Revoked),
+        Verdict::Unknown(why) => {
+            let crls = trust.revocation().is_some_and(|r| !r.lists().is_empty());
+            let fail_open = tls.revocation_fail_open();
+            if (checker.mode() == OcspMode::Prefer && crls) || fail_open {
+                tracing::debug!(reason = %why, "OCSP status unknown; admitted by policy");
+                Ok(())
+            } else {
+                Err(Denial::RevocationUnknown(why))
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::admission::peer_identity;
+use super::admission::{Denial, peer_identity};
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::loglimit::LogLimiter;
 use super::registry::{ConnRegistry, StopReason};
@@ -92,9 +92,21 @@ impl InboundListener {
             )
         };
         let peer = match peer {
+            Ok(p) => {
+                super::admission::check_ocsp_of(&self.tls, tls.get_ref().1.peer_certificates())
+                    .await
+                    .map(|()| p)
+            }
+            Err(d) => Err(d),
+        };
+        let peer = match peer {
             Ok(p) => p,
             Err(denial) => {
-                m.closed(CloseReason::Denied);
+                m.closed(if matches!(denial, Denial::Revoked) {
+                    CloseReason::Revoked
+                } else {
+                    CloseReason::Denied
+                });
                 if let Some(suppressed) = self.log_limit.allow() {
                     tracing::warn!(listener = %self.name, %src, reason = denial.kind(), error = %denial, suppressed, "inbound connection denied");
                 }

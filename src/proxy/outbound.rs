@@ -108,10 +108,22 @@ impl OutboundListener {
                 }
             })
         };
+        let checked = match checked {
+            Ok(p) => {
+                super::admission::check_ocsp_of(&self.tls, tls.get_ref().1.peer_certificates())
+                    .await
+                    .map(|()| p)
+            }
+            Err(d) => Err(d),
+        };
         let peer = match checked {
             Ok(p) => p,
             Err(denial) => {
-                m.closed(CloseReason::Denied);
+                m.closed(if matches!(denial, Denial::Revoked) {
+                    CloseReason::Revoked
+                } else {
+                    CloseReason::Denied
+                });
                 if let Some(suppressed) = self.log_limit.allow() {
                     tracing::warn!(listener = %self.name, %endpoint, error = %denial, suppressed, "upstream refused after handshake");
                 }

@@ -3,7 +3,9 @@
 //! rustls-webpki) and on open connections when a new list arrives; and
 //! the OCSP protocol core (`ocsp`).
 
+mod checker;
 mod crl;
 pub mod ocsp;
 
+pub use checker::{OcspChecker, OcspConfig, OcspMetrics, OcspMode, Verdict};
 pub use crl::{CrlInfo, CrlSet, RevocationPolicy, load_crls};

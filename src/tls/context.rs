@@ -15,6 +15,7 @@ use super::material::{LoadedIdentity, TrustStore};
 use super::store::IdentityStore;
 use super::verifier::{InboundVerifier, OutboundVerifier, RevocationCounters};
 use crate::identity::SpiffeId;
+use crate::revocation::OcspChecker;
 
 /// Everything TLS the listeners need, shared by all of them.
 pub struct TlsContext {
@@ -25,6 +26,8 @@ pub struct TlsContext {
     /// trust changes. Touched only at setup and reload, never per connection.
     outbound: Mutex<Vec<Weak<OutboundTls>>>,
     counters: Option<RevocationCounters>,
+    ocsp: Option<Arc<OcspChecker>>,
+    fail_open: bool,
 }
 
 /// The client config for one outbound upstream.
@@ -45,14 +48,17 @@ impl OutboundTls {
 
 impl TlsContext {
     pub fn new(identity: LoadedIdentity, trust: TrustStore) -> Result<Self, rustls::Error> {
-        Self::with_counters(identity, trust, None)
+        Self::with_revocation(identity, trust, None, None, false)
     }
 
-    /// As [`TlsContext::new`], counting revocation check results.
-    pub fn with_counters(
+    /// As [`TlsContext::new`], counting CRL check results and, with
+    /// `ocsp`, checking upstreams' stapled OCSP answers in the handshake.
+    pub fn with_revocation(
         identity: LoadedIdentity,
         trust: TrustStore,
         counters: Option<RevocationCounters>,
+        ocsp: Option<Arc<OcspChecker>>,
+        fail_open: bool,
     ) -> Result<Self, rustls::Error> {
         let identity = Arc::new(IdentityStore::new(identity));
         let trust = Arc::new(trust);
@@ -63,11 +69,23 @@ impl TlsContext {
             server: ArcSwap::from_pointee(server),
             outbound: Mutex::new(Vec::new()),
             counters,
+            ocsp,
+            fail_open,
         })
     }
 
     pub fn identity(&self) -> &Arc<IdentityStore> {
         &self.identity
+    }
+
+    /// Whether unknown revocation status admits peers.
+    pub fn revocation_fail_open(&self) -> bool {
+        self.fail_open
+    }
+
+    /// The OCSP checker, when OCSP is enabled.
+    pub fn ocsp(&self) -> Option<&Arc<OcspChecker>> {
+        self.ocsp.as_ref()
     }
 
     pub fn trust(&self) -> Arc<TrustStore> {
@@ -86,6 +104,7 @@ impl TlsContext {
             &self.trust.load_full(),
             &expected,
             &self.counters,
+            &self.ocsp,
         )?;
         let out = Arc::new(OutboundTls {
             expected,
@@ -105,7 +124,13 @@ impl TlsContext {
         let registry = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
         let mut clients = Vec::with_capacity(registry.len());
         for out in registry.iter().filter_map(Weak::upgrade) {
-            let config = build_client(&self.identity, &trust, &out.expected, &self.counters)?;
+            let config = build_client(
+                &self.identity,
+                &trust,
+                &out.expected,
+                &self.counters,
+                &self.ocsp,
+            )?;
             clients.push((out, config));
         }
         // Build everything first, then swap, so a failure changes nothing.
@@ -136,12 +161,12 @@ fn build_client(
     trust: &Arc<TrustStore>,
     expected: &SpiffeId,
     counters: &Option<RevocationCounters>,
+    ocsp: &Option<Arc<OcspChecker>>,
 ) -> Result<ClientConfig, rustls::Error> {
-    let verifier = Arc::new(OutboundVerifier::new(
-        trust.clone(),
-        expected.clone(),
-        counters.clone(),
-    ));
+    let verifier = Arc::new(
+        OutboundVerifier::new(trust.clone(), expected.clone(), counters.clone())
+            .with_ocsp(ocsp.clone()),
+    );
     let config = ClientConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

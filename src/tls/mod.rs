@@ -19,5 +19,5 @@ pub use material::{fmt_time, unix_now};
 pub use provider::provider;
 pub use store::IdentityStore;
 pub use verifier::{
-    InboundVerifier, OutboundVerifier, RevocationCounters, SvidVerifier, VerifyError,
+    InboundVerifier, OutboundVerifier, RevocationCounters, SvidVerifier, VerifyError, issuer_of,
 };

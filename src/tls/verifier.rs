@@ -22,6 +22,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::material::TrustStore;
 use crate::identity::{LeafInfo, Role, SpiffeId, SvidError, check_parsed_leaf, spiffe_id_of};
+use crate::revocation::OcspChecker;
 
 /// Verification failures of our own, carried inside
 /// `rustls::CertificateError::Other` so that handshake failures can be
@@ -129,7 +130,7 @@ impl SvidVerifier {
             )
             .map(|_| ())
         };
-        match self.trust.revocation() {
+        match self.trust.revocation().filter(|r| !r.lists().is_empty()) {
             None => verify(None).map_err(pki_error)?,
             Some(crls) => {
                 let lists = crls.lists();
@@ -179,6 +180,16 @@ impl SvidVerifier {
         check_parsed_leaf(&cert, Some(role)).map_err(|e| cert_error(e.into()))
     }
 
+    /// The certificate that issued `end_entity`: the first intermediate,
+    /// or the trusted root with the leaf's issuer name.
+    pub fn issuer_of(
+        &self,
+        end_entity: &[u8],
+        intermediates: &[CertificateDer<'_>],
+    ) -> Option<Vec<u8>> {
+        issuer_of(&self.trust, end_entity, intermediates)
+    }
+
     fn verify_tls13(
         &self,
         message: &[u8],
@@ -191,6 +202,26 @@ impl SvidVerifier {
     fn schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
     }
+}
+
+/// The certificate that issued `end_entity`: the first intermediate, or
+/// the trusted root with the leaf's issuer name.
+pub fn issuer_of(
+    trust: &TrustStore,
+    end_entity: &[u8],
+    intermediates: &[CertificateDer<'_>],
+) -> Option<Vec<u8>> {
+    if let Some(first) = intermediates.first() {
+        return Some(first.to_vec());
+    }
+    let (_, leaf) = X509Certificate::from_der(end_entity).ok()?;
+    trust
+        .bundles()
+        .flat_map(|b| b.certs.iter())
+        .find_map(|der| {
+            let (_, ca) = X509Certificate::from_der(der).ok()?;
+            (ca.subject().as_raw() == leaf.issuer().as_raw()).then(|| der.to_vec())
+        })
 }
 
 fn tls12_refused() -> rustls::Error {
@@ -261,11 +292,20 @@ impl ClientCertVerifier for InboundVerifier {
     }
 }
 
-/// Verifies an upstream's certificate and that it presents `expected`.
-#[derive(Debug)]
+/// Verifies an upstream's certificate and that it presents `expected`,
+/// and the OCSP answer the upstream staples, if OCSP is on.
 pub struct OutboundVerifier {
     inner: SvidVerifier,
     expected: SpiffeId,
+    ocsp: Option<Arc<OcspChecker>>,
+}
+
+impl std::fmt::Debug for OutboundVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundVerifier")
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OutboundVerifier {
@@ -277,7 +317,13 @@ impl OutboundVerifier {
         OutboundVerifier {
             inner: SvidVerifier::new(trust).with_counters(counters),
             expected,
+            ocsp: None,
         }
+    }
+
+    pub fn with_ocsp(mut self, ocsp: Option<Arc<OcspChecker>>) -> Self {
+        self.ocsp = ocsp;
+        self
     }
 }
 
@@ -287,7 +333,7 @@ impl ServerCertVerifier for OutboundVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // The SPIFFE ID, not the DNS name or address we dialled, is the
@@ -300,6 +346,25 @@ impl ServerCertVerifier for OutboundVerifier {
                 expected: self.expected.clone(),
                 got: leaf.id,
             }));
+        }
+        // A valid staple answers for the upstream: a revoked one ends the
+        // handshake, a good one is cached so admission needs no query.
+        if let Some(checker) = &self.ocsp
+            && !ocsp_response.is_empty()
+            && let Some(issuer) = self.inner.issuer_of(end_entity, intermediates)
+        {
+            match crate::revocation::ocsp::verify(
+                ocsp_response,
+                end_entity,
+                &issuer,
+                crate::tls::unix_now(),
+            ) {
+                Ok(answer) if answer.status == crate::revocation::ocsp::OcspStatus::Revoked => {
+                    return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+                }
+                Ok(answer) => checker.remember(end_entity, &issuer, answer),
+                Err(e) => tracing::debug!(error = %e, "ignoring an invalid OCSP staple"),
+            }
         }
         Ok(ServerCertVerified::assertion())
     }
