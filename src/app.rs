@@ -519,6 +519,17 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         });
     }
 
+    if let Some(ocsp) = config.revocation.as_ref().and_then(|r| r.ocsp.clone())
+        && !config.inbound.is_empty()
+    {
+        tokio::spawn(crate::revocation::staple::run(
+            tls.clone(),
+            ocsp,
+            state.metrics.ocsp_staple_next_update.clone(),
+            stop_admin.clone(),
+        ));
+    }
+
     state.started.store(true, Ordering::Release);
     state.refresh_ready();
     Ok(Sidecar {

@@ -108,6 +108,7 @@ pub struct Metrics {
     crl_entries: IntGaugeVec,
     revoked_closed: IntCounter,
     ocsp_cache: IntGauge,
+    pub ocsp_staple_next_update: Gauge,
     ocsp_latency: prometheus::Histogram,
     policy_reloads: IntCounterVec,
     policy_info: IntGaugeVec,
@@ -292,6 +293,14 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("OCSP metric is malformed: {e}")),
         );
+        let ocsp_staple_next_update = register(
+            &registry,
+            Gauge::new(
+                "portcullis_ocsp_staple_next_update_timestamp_seconds",
+                "nextUpdate of the OCSP answer stapled to our SVID, as a Unix timestamp (0: none).",
+            )
+            .unwrap_or_else(|e| panic!("OCSP metric is malformed: {e}")),
+        );
         let authz_decisions = counter_vec(
             &registry,
             "portcullis_authz_decisions_total",
@@ -371,6 +380,7 @@ impl Metrics {
             crl_entries,
             revoked_closed,
             ocsp_cache,
+            ocsp_staple_next_update,
             ocsp_latency,
             policy_reloads,
             policy_info,

@@ -290,3 +290,88 @@ async fn sidecars_ask_a_live_responder_about_every_peer() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_staple_their_status_and_clients_use_the_staple() {
+    if !have_tool(
+        "openssl",
+        "servers_staple_their_status_and_clients_use_the_staple",
+    ) {
+        return;
+    }
+    const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+    const CLIENT_ID: &str = "spiffe://prod.example.org/ns/web/sa/frontend";
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("srv", SERVER_ID);
+    pki.svid("cli", CLIENT_ID);
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "srv.pem"]);
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "cli.pem"]);
+    let (_r, url) = responder(d, "ca.pem", "ca-key.pem").await;
+
+    let server = ocsp_server(
+        &pki,
+        "srv",
+        &format!("revocation:\n  ocsp:\n    mode: require\n    responder: {url}\n"),
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the server's own staple",
+        || async {
+            let m = server.metrics().encode();
+            (metric(
+                &m,
+                "portcullis_ocsp_staple_next_update_timestamp_seconds",
+                &[],
+            )
+            .unwrap_or(0.0)
+                > portcullis::tls::unix_now() as f64)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The client's responder is unreachable: only the staple can vouch for
+    // the server.
+    let dead = format!(
+        "http://{}/",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    );
+    let client = portcullis::app::start(pki.config(
+        "cli.yaml",
+        &format!(
+            "identity:\n  cert: cli.pem\n  key: cli-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  ocsp:\n    mode: require\n    responder: {dead}\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{}]\n    identity: {SERVER_ID}\nadmin:\n  listen: 127.0.0.1:0\n",
+            server.inbound_addr("orders").unwrap()
+        ),
+    ))
+    .await
+    .unwrap();
+    let back = round_trip(client.outbound_addr("orders").unwrap(), b"stapled")
+        .await
+        .unwrap();
+    assert_eq!(back, b"stapled");
+    let m = client.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "ocsp"), ("result", "good")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "ocsp"), ("result", "error")]
+        ),
+        Some(0.0)
+    );
+}

@@ -6,6 +6,7 @@
 mod checker;
 mod crl;
 pub mod ocsp;
+pub mod staple;
 
 pub use checker::{OcspChecker, OcspConfig, OcspMetrics, OcspMode, Verdict};
 pub use crl::{CrlInfo, CrlSet, RevocationPolicy, load_crls};

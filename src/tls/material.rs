@@ -87,7 +87,7 @@ impl CertSummary {
 }
 
 /// Our own SVID: the rustls signing material plus what we read from it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LoadedIdentity {
     pub certified: Arc<CertifiedKey>,
     pub leaf: LeafInfo,

@@ -39,6 +39,21 @@ impl IdentityStore {
     pub fn swap(&self, identity: LoadedIdentity) {
         self.current.store(Arc::new(identity));
     }
+
+    /// Staples `ocsp` to the current SVID if it is still the one with
+    /// `serial` (a rotation may have replaced it meanwhile).
+    pub fn set_staple(&self, serial: &str, ocsp: Vec<u8>) -> bool {
+        let current = self.current.load_full();
+        if current.leaf.serial != serial {
+            return false;
+        }
+        let mut next = (*current).clone();
+        let mut certified = (*next.certified).clone();
+        certified.ocsp = Some(ocsp);
+        next.certified = Arc::new(certified);
+        self.current.store(Arc::new(next));
+        true
+    }
 }
 
 impl ResolvesServerCert for IdentityStore {
