@@ -519,6 +519,40 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         });
     }
 
+    if let Some(checker) = tls.ocsp() {
+        // A fresh answer that says "revoked" closes open connections to
+        // that peer at once; a sweep keeps open connections' answers fresh.
+        let (registry, metrics) = (state.registry.clone(), state.metrics.clone());
+        checker.on_revoked(Box::new(move |issuer, serial| {
+            let closed = registry.enforce(
+                StopReason::Revoked,
+                |c| !(&*c.issuer_raw == issuer && crate::revocation::same_serial(&c.serial_raw, serial)),
+                |c| {
+                    tracing::warn!(service = %c.service, peer = %c.peer, src = %c.src, "closing open connection: OCSP says the peer certificate is revoked");
+                    metrics.revoked_closed();
+                },
+            );
+            if closed > 0 {
+                tracing::info!(closed, "open connections closed after an OCSP answer");
+            }
+        }));
+        let (checker, registry, stop) =
+            (checker.clone(), state.registry.clone(), stop_admin.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(checker.recheck_interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        for certs in registry.ocsp_certs() {
+                            checker.check(&certs.0, &certs.1).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
     if let Some(ocsp) = config.revocation.as_ref().and_then(|r| r.ocsp.clone())
         && !config.inbound.is_empty()
     {

@@ -30,6 +30,10 @@ async fn responder(dir: &Path, signer: &str, key: &str) -> (Child, String) {
         .local_addr()
         .unwrap()
         .port();
+    responder_on(dir, signer, key, port).await
+}
+
+async fn responder_on(dir: &Path, signer: &str, key: &str, port: u16) -> (Child, String) {
     let child = Command::new("openssl")
         .current_dir(dir)
         .args([
@@ -374,4 +378,68 @@ async fn servers_staple_their_status_and_clients_use_the_staple() {
         ),
         Some(0.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_is_cut_when_ocsp_turns_revoked() {
+    if !have_tool(
+        "openssl",
+        "an_open_connection_is_cut_when_ocsp_turns_revoked",
+    ) {
+        return;
+    }
+    const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("srv", SERVER_ID);
+    pki.svid("victim", "spiffe://prod.example.org/ns/a/sa/victim");
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "victim.pem"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut responder1, url) = responder_on(d, "ca.pem", "ca-key.pem", port).await;
+    let server = ocsp_server(
+        &pki,
+        "srv",
+        &format!(
+            "revocation:\n  ocsp:\n    mode: require\n    responder: {url}\n    max_age: 1s\n"
+        ),
+    )
+    .await;
+    let addr = server.inbound_addr("orders").unwrap();
+    let mut conn = tls_connect(addr, pki.client_tls("victim", SERVER_ID))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"hi").await.unwrap();
+    let mut b = [0u8; 2];
+    conn.read_exact(&mut b).await.unwrap();
+
+    // The CA revokes it; the responder comes back with the new index.
+    // kill() waits for the process to exit, so the port is free again.
+    responder1.kill().await.unwrap();
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "victim.pem"]);
+    let _responder2 = responder_on(d, "ca.pem", "ca-key.pem", port).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut rest))
+        .await
+        .expect("the connection must be cut once OCSP says revoked")
+        .ok();
+    wait_metric(
+        &server,
+        "portcullis_revoked_connections_closed_total",
+        &[],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &server,
+        "portcullis_connections_closed_total",
+        &[("reason", "revoked")],
+        1.0,
+    )
+    .await;
 }

@@ -96,20 +96,26 @@ pub fn peer_identity(
 }
 
 /// [`check_ocsp`] for a session's peer certificates; copies them only when
-/// OCSP is on.
+/// OCSP is on, and returns the (leaf, issuer) pair for re-checks of the
+/// open connection.
 pub async fn check_ocsp_of(
     tls: &TlsContext,
     certs: Option<&[CertificateDer<'_>]>,
-) -> Result<(), Denial> {
+) -> Result<Option<std::sync::Arc<(Vec<u8>, Vec<u8>)>>, Denial> {
     if tls.ocsp().is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let owned: Vec<CertificateDer<'static>> = certs
         .unwrap_or_default()
         .iter()
         .map(|c| c.clone().into_owned())
         .collect();
-    check_ocsp(tls, &owned).await
+    check_ocsp(tls, &owned).await?;
+    let pair = owned.first().and_then(|leaf| {
+        crate::tls::issuer_of(&tls.trust(), leaf, &owned[1..])
+            .map(|issuer| std::sync::Arc::new((leaf.to_vec(), issuer)))
+    });
+    Ok(pair)
 }
 
 /// Live OCSP for a peer whose handshake and identity checks passed. With

@@ -95,11 +95,11 @@ impl InboundListener {
             Ok(p) => {
                 super::admission::check_ocsp_of(&self.tls, tls.get_ref().1.peer_certificates())
                     .await
-                    .map(|()| p)
+                    .map(|certs| (p, certs))
             }
             Err(d) => Err(d),
         };
-        let peer = match peer {
+        let (peer, ocsp_certs) = match peer {
             Ok(p) => p,
             Err(denial) => {
                 m.closed(if matches!(denial, Denial::Revoked) {
@@ -116,7 +116,10 @@ impl InboundListener {
 
         // Registered before the policy is read: a reload that lands after
         // this decision will find the connection and judge it again.
-        let registration = self.authz.registry.register(self.name.clone(), &peer, src);
+        let registration =
+            self.authz
+                .registry
+                .register_with(self.name.clone(), &peer, src, ocsp_certs);
         if !self.authorize(&peer.id, src) {
             return;
         }

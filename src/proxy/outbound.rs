@@ -112,7 +112,7 @@ impl OutboundListener {
             Ok(p) => {
                 super::admission::check_ocsp_of(&self.tls, tls.get_ref().1.peer_certificates())
                     .await
-                    .map(|()| p)
+                    .map(|_| p)
             }
             Err(d) => Err(d),
         };

@@ -58,6 +58,9 @@ pub struct ConnInfo {
     /// The peer leaf's issuer name and serial (DER), for CRL checks.
     pub issuer_raw: Box<[u8]>,
     pub serial_raw: Box<[u8]>,
+    /// The peer's leaf and issuer certificates (DER), kept only when OCSP
+    /// re-checks open connections.
+    pub ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
     control: Arc<ConnControl>,
 }
 
@@ -91,6 +94,18 @@ impl ConnRegistry {
         peer: &PeerIdentity,
         src: SocketAddr,
     ) -> Registration<'_> {
+        self.register_with(service, peer, src, None)
+    }
+
+    /// As [`ConnRegistry::register`], keeping the peer's certificates for
+    /// OCSP re-checks.
+    pub fn register_with(
+        &self,
+        service: Arc<str>,
+        peer: &PeerIdentity,
+        src: SocketAddr,
+        ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
+    ) -> Registration<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(ConnControl {
             token: CancellationToken::new(),
@@ -104,6 +119,7 @@ impl ConnRegistry {
                 src,
                 issuer_raw: peer.issuer_raw.clone(),
                 serial_raw: peer.serial_raw.clone(),
+                ocsp_certs,
                 control: control.clone(),
             },
         );
@@ -120,6 +136,20 @@ impl ConnRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The distinct peer certificates kept for OCSP re-checks.
+    pub fn ocsp_certs(&self) -> Vec<Arc<(Vec<u8>, Vec<u8>)>> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Arc<(Vec<u8>, Vec<u8>)>> = Vec::new();
+        for c in conns.values() {
+            if let Some(certs) = &c.ocsp_certs
+                && !out.iter().any(|o| o.0 == certs.0)
+            {
+                out.push(certs.clone());
+            }
+        }
+        out
     }
 
     /// Stops every connection for which `still_allowed` says no, calling

@@ -67,11 +67,16 @@ struct Cached {
     fetched: Instant,
 }
 
+/// Called with a revoked certificate's issuer name and serial (DER), so
+/// open connections to that peer can be closed at once.
+pub type OnRevoked = Box<dyn Fn(&[u8], &[u8]) + Send + Sync>;
+
 pub struct OcspChecker {
     config: OcspConfig,
     metrics: OcspMetrics,
     cache: Mutex<HashMap<Key, Cached>>,
     inflight: Mutex<HashMap<Key, Fetch>>,
+    on_revoked: std::sync::OnceLock<OnRevoked>,
 }
 
 fn key(leaf: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Key {
@@ -87,7 +92,19 @@ impl OcspChecker {
             metrics,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            on_revoked: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets what to do when a fresh answer says a certificate is revoked.
+    pub fn on_revoked(&self, f: OnRevoked) {
+        let _ = self.on_revoked.set(f);
+    }
+
+    /// How often open connections' peers should be re-checked: answers
+    /// expire no sooner than this.
+    pub fn recheck_interval(&self) -> Duration {
+        (self.config.max_age / 2).clamp(Duration::from_millis(500), Duration::from_secs(30))
     }
 
     pub fn mode(&self) -> OcspMode {
@@ -221,6 +238,12 @@ impl OcspChecker {
                     .observe(started.elapsed().as_secs_f64());
                 if let Ok(a) = &r {
                     self.store(k.clone(), *a);
+                    if a.status == OcspStatus::Revoked
+                        && let Some(f) = self.on_revoked.get()
+                        && let Ok((_, leaf)) = X509Certificate::from_der(leaf_der)
+                    {
+                        f(leaf.issuer().as_raw(), leaf.raw_serial());
+                    }
                 }
                 r
             })

@@ -10,3 +10,10 @@ pub mod staple;
 
 pub use checker::{OcspChecker, OcspConfig, OcspMetrics, OcspMode, Verdict};
 pub use crl::{CrlInfo, CrlSet, RevocationPolicy, load_crls};
+
+/// Whether two DER serial numbers are the same number (leading zero bytes
+/// aside).
+pub fn same_serial(a: &[u8], b: &[u8]) -> bool {
+    let trim = |s: &[u8]| -> usize { s.iter().position(|x| *x != 0).unwrap_or(s.len()) };
+    a[trim(a)..] == b[trim(b)..]
+}
