@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod http_client;
 pub mod http_server;
 pub mod identity;
 pub mod metrics;

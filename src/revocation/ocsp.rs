@@ -10,8 +10,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use sha1::{Digest, Sha1};
 use x509_cert::der::asn1::{Null, ObjectIdentifier, OctetString};
 use x509_cert::der::{Decode, Encode};
@@ -139,51 +137,15 @@ pub fn responder_url(cert_der: &[u8]) -> Option<String> {
 
 /// POSTs `request` to an `http://` responder and returns the raw answer.
 pub async fn query(url: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, OcspError> {
-    let io = async {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|e| OcspError::Unreachable(format!("bad URL {url:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(OcspError::Unreachable(format!(
-                "{url}: only http:// responders are supported"
-            )));
-        }
-        let host = uri
-            .host()
-            .ok_or_else(|| OcspError::Unreachable(format!("{url}: no host")))?
-            .to_string();
-        let port = uri.port_u16().unwrap_or(80);
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| OcspError::Unreachable(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
-            hyper_util::rt::TokioIo::new(stream),
-        )
+    use crate::http_client::{HttpError, send};
+    send(hyper::Method::POST, url, Some("application/ocsp-request"), request, MAX_RESPONSE, timeout)
         .await
-        .map_err(|e| OcspError::Unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let req = hyper::Request::post(path)
-            .header(hyper::header::HOST, host)
-            .header(hyper::header::CONTENT_TYPE, "application/ocsp-request")
-            .body(Full::new(Bytes::from(request)))
-            .map_err(|e| OcspError::Unreachable(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| OcspError::Unreachable(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(OcspError::Http(resp.status().as_u16()));
-        }
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| OcspError::Malformed(format!("reading the body: {e}")))?;
-        Ok(body.to_bytes().to_vec())
-    };
-    tokio::time::timeout(timeout, io)
-        .await
-        .map_err(|_| OcspError::Timeout)?
+        .map_err(|e| match e {
+            HttpError::Unreachable(why) => OcspError::Unreachable(why),
+            HttpError::Status(code) => OcspError::Http(code),
+            HttpError::Body(why) => OcspError::Malformed(format!("reading the body: {why}")),
+            HttpError::Timeout => OcspError::Timeout,
+        })
 }
 
 /// Verifies a DER OCSP response for `leaf` issued by `issuer` at `now`
