@@ -254,6 +254,14 @@ pub enum StartError {
 /// Loads our SVID, key and trust bundle as the config names them, and checks
 /// that our own chain verifies against the bundle for every role we play.
 pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadError> {
+    load_tls_with(config, &[])
+}
+
+/// As [`load_tls`], adding CRLs fetched from distribution points.
+pub fn load_tls_with(
+    config: &Config,
+    fetched_crls: &[(String, Vec<u8>)],
+) -> Result<(LoadedIdentity, TrustStore), LoadError> {
     let ic = &config.identity;
     let identity = load_identity(&ic.cert, &ic.key)?;
     let td = ic
@@ -271,14 +279,16 @@ pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadErr
         bundles.push(load_bundle(path, other_td)?);
     }
     let mut trust = TrustStore::new(bundles);
+    // Our own chain is checked for validity only: whether it is revoked is
+    // for peers to decide, and CRLs still being fetched must not stop us.
+    let verifier = SvidVerifier::new(Arc::new(trust.clone()));
     if let Some(r) = &config.revocation
-        && !r.crls.is_empty()
+        && (!r.crls.is_empty() || r.policy.fetch_distribution_points)
     {
-        let crls = crate::revocation::load_crls(&r.crls, &trust, r.policy)?;
+        let crls = crate::revocation::load_crls(&r.crls, fetched_crls, &trust, r.policy)?;
         trust = trust.with_revocation(crls);
     }
 
-    let verifier = SvidVerifier::new(Arc::new(trust.clone()));
     let chain = &identity.certified.cert;
     let mut roles = Vec::new();
     if !config.inbound.is_empty() {
@@ -311,6 +321,79 @@ pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadErr
             })?;
     }
     Ok((identity, trust))
+}
+
+/// Fetches the CRLs named by the distribution points of our chain and the
+/// trust bundle roots, validates each against its issuer before keeping it,
+/// swaps them in through the credentials reload, and fetches again well
+/// before each one's nextUpdate.
+async fn fetch_crls(state: Arc<State>, stop: CancellationToken) {
+    const RETRY: Duration = Duration::from_secs(30);
+    let max_wait = state.config.reload.interval.0.max(Duration::from_secs(10));
+    loop {
+        let trust = state.tls.trust();
+        let identity = state.tls.identity().current();
+        let mut urls: Vec<String> = identity
+            .certified
+            .cert
+            .iter()
+            .chain(trust.bundles().flat_map(|b| b.certs.iter()))
+            .flat_map(|c| crate::revocation::fetch::distribution_points(c))
+            .collect();
+        urls.sort();
+        urls.dedup();
+        let mut wait = max_wait;
+        let mut changed = false;
+        let policy = state.config.revocation.as_ref().map(|r| r.policy);
+        for url in &urls {
+            let fetched = crate::http_client::send(
+                hyper::Method::GET,
+                url,
+                None,
+                Vec::new(),
+                32 << 20,
+                Duration::from_secs(10),
+            )
+            .await;
+            let bytes = match fetched {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(%url, error = %e, "cannot fetch CRL");
+                    wait = wait.min(RETRY);
+                    continue;
+                }
+            };
+            // Validate on its own first, so a bad download never blocks reloads.
+            let entry = [(url.clone(), bytes.clone())];
+            if let Some(policy) = policy
+                && let Err(e) = crate::revocation::load_crls(&[], &entry, &trust, policy)
+            {
+                tracing::warn!(%url, error = %e, "fetched CRL refused");
+                state.metrics.cert_reload("crl", "error");
+                wait = wait.min(RETRY);
+                continue;
+            }
+            if let Ok(ders) =
+                crate::revocation::parse_crl_bytes(std::path::Path::new(url), bytes.clone())
+                && let Some(der) = ders.first()
+            {
+                wait = wait.min(crate::revocation::fetch::refresh_in(
+                    der,
+                    crate::tls::unix_now(),
+                    Duration::from_secs(10),
+                    max_wait,
+                ));
+            }
+            changed |= state.credentials.set_fetched_crl(url, bytes);
+        }
+        if changed {
+            state.reload("CRL fetched").await;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// A running sidecar.
@@ -383,7 +466,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     let counters = config
         .revocation
         .as_ref()
-        .filter(|r| !r.crls.is_empty())
+        .filter(|r| !r.crls.is_empty() || r.policy.fetch_distribution_points)
         .map(|_| metrics.revocation_counters());
     let ocsp = config
         .revocation
@@ -562,6 +645,14 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
             state.metrics.ocsp_staple_next_update.clone(),
             stop_admin.clone(),
         ));
+    }
+
+    if config
+        .revocation
+        .as_ref()
+        .is_some_and(|r| r.policy.fetch_distribution_points)
+    {
+        tokio::spawn(fetch_crls(state.clone(), stop_admin.clone()));
     }
 
     state.started.store(true, Ordering::Release);

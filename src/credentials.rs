@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::app::load_tls;
+use crate::app::load_tls_with;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::tls::{LoadError, TlsContext, fmt_time, unix_now};
@@ -83,6 +83,8 @@ struct Tracked {
 
 pub struct Credentials {
     config: Config,
+    /// CRLs fetched from distribution points, by URL.
+    fetched: Mutex<Vec<(String, Vec<u8>)>>,
     tls: Arc<TlsContext>,
     metrics: Arc<Metrics>,
     tracked: Mutex<Tracked>,
@@ -105,7 +107,7 @@ fn hash_files(paths: &[&Path]) -> String {
     hex::encode(h.finalize())
 }
 
-fn hashes(config: &Config) -> (String, String) {
+fn hashes(config: &Config, fetched: &[(String, Vec<u8>)]) -> (String, String) {
     let ic = &config.identity;
     let identity = hash_files(&[&ic.cert, &ic.key]);
     let mut bundle_paths: Vec<&Path> = vec![&ic.trust_bundle];
@@ -113,15 +115,26 @@ fn hashes(config: &Config) -> (String, String) {
     if let Some(r) = &config.revocation {
         bundle_paths.extend(r.crls.iter().map(|p| p.as_path()));
     }
-    (identity, hash_files(&bundle_paths))
+    let mut trust = hash_files(&bundle_paths);
+    if !fetched.is_empty() {
+        let mut h = Sha256::new();
+        h.update(trust.as_bytes());
+        for (url, bytes) in fetched {
+            h.update(url.as_bytes());
+            h.update(bytes);
+        }
+        trust = hex::encode(h.finalize());
+    }
+    (identity, trust)
 }
 
 impl Credentials {
     /// Starts tracking the material `tls` was built from.
     pub fn new(config: Config, tls: Arc<TlsContext>, metrics: Arc<Metrics>) -> Self {
-        let (identity_sha, bundle_sha) = hashes(&config);
+        let (identity_sha, bundle_sha) = hashes(&config, &[]);
         let c = Credentials {
             config,
+            fetched: Mutex::new(Vec::new()),
             tls,
             metrics,
             tracked: Mutex::new(Tracked {
@@ -133,6 +146,22 @@ impl Credentials {
         };
         c.export_certificates();
         c
+    }
+
+    /// Records a CRL fetched from `url`; true when it differs from the last.
+    pub fn set_fetched_crl(&self, url: &str, bytes: Vec<u8>) -> bool {
+        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        match fetched.iter_mut().find(|(u, _)| u == url) {
+            Some((_, old)) if *old == bytes => false,
+            Some((_, old)) => {
+                *old = bytes;
+                true
+            }
+            None => {
+                fetched.push((url.to_string(), bytes));
+                true
+            }
+        }
     }
 
     fn tracked(&self) -> std::sync::MutexGuard<'_, Tracked> {
@@ -158,7 +187,15 @@ impl Credentials {
     pub async fn reload(&self, trigger: &str) -> CredOutcome {
         let _one = self.reloading.lock().await;
         let config = self.config.clone();
-        let read = tokio::task::spawn_blocking(move || (hashes(&config), load_tls(&config))).await;
+        let fetched = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let read = tokio::task::spawn_blocking(move || {
+            (hashes(&config, &fetched), load_tls_with(&config, &fetched))
+        })
+        .await;
         let ((identity_sha, bundle_sha), loaded) = match read {
             Ok(r) => r,
             Err(e) => {

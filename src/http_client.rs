@@ -35,7 +35,9 @@ pub async fn send(
             .parse()
             .map_err(|e| HttpError::Unreachable(format!("bad URL {url:?}: {e}")))?;
         if uri.scheme_str() != Some("http") {
-            return Err(HttpError::Unreachable(format!("{url}: only http:// URLs are supported")));
+            return Err(HttpError::Unreachable(format!(
+                "{url}: only http:// URLs are supported"
+            )));
         }
         let host = uri
             .host()
@@ -45,18 +47,27 @@ pub async fn send(
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| unreachable(&e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| unreachable(&e))?;
         tokio::spawn(conn);
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, host);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, host);
         if let Some(ct) = content_type {
             req = req.header(hyper::header::CONTENT_TYPE, ct);
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| unreachable(&e))?;
-        let resp = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| unreachable(&e))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(&e))?;
         if !resp.status().is_success() {
             return Err(HttpError::Status(resp.status().as_u16()));
         }
@@ -66,5 +77,7 @@ pub async fn send(
             .map_err(|e| HttpError::Body(e.to_string()))?;
         Ok(body.to_bytes().to_vec())
     };
-    tokio::time::timeout(timeout, io).await.map_err(|_| HttpError::Timeout)?
+    tokio::time::timeout(timeout, io)
+        .await
+        .map_err(|_| HttpError::Timeout)?
 }

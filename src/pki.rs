@@ -64,6 +64,8 @@ pub struct LeafSpec {
     pub is_ca: bool,
     pub key_usages: Vec<KeyUsagePurpose>,
     pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    /// CRL distribution point URLs.
+    pub crl_distribution_points: Vec<String>,
 }
 
 impl LeafSpec {
@@ -81,6 +83,7 @@ impl LeafSpec {
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
+            crl_distribution_points: Vec::new(),
         }
     }
 }
@@ -213,6 +216,11 @@ impl Ca {
         params.key_usages = spec.key_usages.clone();
         params.extended_key_usages = spec.extended_key_usages.clone();
         params.use_authority_key_identifier_extension = true;
+        if !spec.crl_distribution_points.is_empty() {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: spec.crl_distribution_points.clone(),
+            }];
+        }
         for uri in &spec.uris {
             params.subject_alt_names.push(SanType::URI(
                 uri.as_str()

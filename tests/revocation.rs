@@ -297,3 +297,94 @@ async fn an_open_connection_is_cut_when_a_new_crl_revokes_its_peer() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crls_are_fetched_from_distribution_points_when_asked() {
+    let test = "crls_are_fetched_from_distribution_points_when_asked";
+    if !have_tool("python3", test) {
+        return;
+    }
+    let pki = Pki::new();
+    // A plain HTTP server publishing the CA's CRL, as a CA would.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = pki.path("www");
+    std::fs::create_dir_all(&publish).unwrap();
+    let _web = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&publish)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/ca.crl");
+    pki.svid("good", CLIENT_ID);
+    pki.svid("bad", "spiffe://prod.example.org/ns/web/sa/stolen");
+    let bad_serial = portcullis::identity::check_leaf(
+        &<rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_file(
+            pki.path("bad.pem"),
+        )
+        .unwrap(),
+        None,
+    )
+    .unwrap()
+    .serial;
+    let entry = portcullis::pki::RevokedEntry {
+        serial: bad_serial,
+        revoked_at: time::OffsetDateTime::now_utc(),
+    };
+    std::fs::write(
+        publish.join("ca.crl"),
+        pki.ca.crl(&[entry], 1, DAY).unwrap(),
+    )
+    .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the CRL to be published",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The server's own SVID names the distribution point.
+    let mut spec = portcullis::pki::LeafSpec::svid(&id(SERVER_ID), DAY);
+    spec.crl_distribution_points = vec![url.clone()];
+    pki.issue("srv", &spec);
+    let app = echo_app().await;
+    let server = start(pki.config(
+        "srv.yaml",
+        &format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  fetch_distribution_points: true\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    wait_metric(&server, "portcullis_crl_entries", &[], 1.0).await;
+    let addr = server.inbound_addr("orders").unwrap();
+    assert!(echoes(&pki, "good", SERVER_ID, addr).await);
+    assert!(!echoes(&pki, "bad", SERVER_ID, addr).await);
+    wait_metric(
+        &server,
+        "portcullis_tls_handshakes_total",
+        &[("result", "revoked")],
+        1.0,
+    )
+    .await;
+}

@@ -80,6 +80,9 @@ struct RawIdentity {
 struct RawRevocation {
     #[serde(default)]
     crls: Vec<Spanned<PathBuf>>,
+    /// Fetch the CRLs named by our chain's and the roots' distribution points.
+    #[serde(default)]
+    fetch_distribution_points: bool,
     ocsp: Option<RawOcsp>,
     /// chain | leaf
     #[serde(default)]
@@ -333,12 +336,12 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                     })
                 }
             };
-            if crls.is_empty() && ocsp.is_none() {
+            if crls.is_empty() && ocsp.is_none() && !r.fetch_distribution_points {
                 return Err(ConfigError {
                     file: file.to_path_buf(),
                     line: None,
                     column: None,
-                    reason: "revocation needs `crls`, or `ocsp.mode: prefer | require`".into(),
+                    reason: "revocation needs `crls`, `fetch_distribution_points: true`, or `ocsp.mode: prefer | require`".into(),
                 });
             }
             Some(RevocationConfig {
@@ -348,6 +351,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                     whole_chain: r.check == RevocationDepth::Chain,
                     expired_is_unknown: r.expired_crl == ExpiredCrl::Unknown,
                     fail_open: r.failure == FailurePolicy::Open,
+                    fetch_distribution_points: r.fetch_distribution_points,
                 },
             })
         }

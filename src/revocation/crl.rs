@@ -24,6 +24,9 @@ pub struct RevocationPolicy {
     /// Unknown status admits the peer (logged and counted) instead of
     /// refusing it.
     pub fail_open: bool,
+    /// CRLs are fetched from distribution points: until one arrives,
+    /// every status is unknown.
+    pub fetch_distribution_points: bool,
 }
 
 /// What operators see of one loaded CRL.
@@ -71,18 +74,30 @@ fn trim(serial: &[u8]) -> &[u8] {
 /// chain when it is used.
 pub fn load_crls(
     paths: &[std::path::PathBuf],
+    fetched: &[(String, Vec<u8>)],
     trust: &TrustStore,
     policy: RevocationPolicy,
 ) -> Result<CrlSet, LoadError> {
     let mut lists = Vec::new();
     let mut revoked: HashMap<Vec<u8>, HashSet<Vec<u8>>> = HashMap::new();
     let mut info = Vec::new();
+    let mut sources: Vec<(std::path::PathBuf, Vec<Vec<u8>>)> =
+        Vec::with_capacity(paths.len() + fetched.len());
     for path in paths {
-        for der in read_crl_file(path)? {
-            let (_, parsed) = CertificateRevocationList::from_der(&der)
+        sources.push((path.clone(), read_crl_file(path)?));
+    }
+    for (url, bytes) in fetched {
+        let name = std::path::PathBuf::from(url);
+        let ders = parse_crl_bytes(&name, bytes.clone())?;
+        sources.push((name, ders));
+    }
+    for (path, ders) in &sources {
+        let path = path.as_path();
+        for der in ders {
+            let (_, parsed) = CertificateRevocationList::from_der(der)
                 .map_err(|e| LoadError::new(path, format!("CRL cannot be parsed: {e}")))?;
             verify_issuer(path, &parsed, trust)?;
-            let owned = OwnedCertRevocationList::from_der(&der)
+            let owned = OwnedCertRevocationList::from_der(der)
                 .map_err(|e| LoadError::new(path, format!("CRL is not usable: {e}")))?;
             let issuer_raw = parsed.tbs_cert_list.issuer.as_raw().to_vec();
             let set = revoked.entry(issuer_raw).or_default();
@@ -118,6 +133,11 @@ pub fn load_crls(
 fn read_crl_file(path: &Path) -> Result<Vec<Vec<u8>>, LoadError> {
     let bytes =
         std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
+    parse_crl_bytes(path, bytes)
+}
+
+/// PEM (one or more lists) or DER (one list); `path` names the source.
+pub fn parse_crl_bytes(path: &Path, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, LoadError> {
     let mut out = Vec::new();
     for item in CertificateRevocationListDer::pem_slice_iter(&bytes) {
         match item {

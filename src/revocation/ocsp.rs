@@ -138,14 +138,21 @@ pub fn responder_url(cert_der: &[u8]) -> Option<String> {
 /// POSTs `request` to an `http://` responder and returns the raw answer.
 pub async fn query(url: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, OcspError> {
     use crate::http_client::{HttpError, send};
-    send(hyper::Method::POST, url, Some("application/ocsp-request"), request, MAX_RESPONSE, timeout)
-        .await
-        .map_err(|e| match e {
-            HttpError::Unreachable(why) => OcspError::Unreachable(why),
-            HttpError::Status(code) => OcspError::Http(code),
-            HttpError::Body(why) => OcspError::Malformed(format!("reading the body: {why}")),
-            HttpError::Timeout => OcspError::Timeout,
-        })
+    send(
+        hyper::Method::POST,
+        url,
+        Some("application/ocsp-request"),
+        request,
+        MAX_RESPONSE,
+        timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        HttpError::Unreachable(why) => OcspError::Unreachable(why),
+        HttpError::Status(code) => OcspError::Http(code),
+        HttpError::Body(why) => OcspError::Malformed(format!("reading the body: {why}")),
+        HttpError::Timeout => OcspError::Timeout,
+    })
 }
 
 /// Verifies a DER OCSP response for `leaf` issued by `issuer` at `now`

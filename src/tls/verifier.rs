@@ -130,6 +130,19 @@ impl SvidVerifier {
             )
             .map(|_| ())
         };
+        // CRLs that are to be fetched but have not arrived: status unknown.
+        let awaiting = self
+            .trust
+            .revocation()
+            .filter(|r| r.lists().is_empty() && r.policy.fetch_distribution_points);
+        if let Some(r) = awaiting {
+            if let Some(counters) = &self.counters {
+                counters.unknown.inc();
+            }
+            if !r.policy.fail_open {
+                return Err(pki_error(webpki::Error::UnknownRevocationStatus));
+            }
+        }
         match self.trust.revocation().filter(|r| !r.lists().is_empty()) {
             None => verify(None).map_err(pki_error)?,
             Some(crls) => {
