@@ -241,7 +241,8 @@ impl Ca {
         Ok(out)
     }
 
-    /// A CRL signed by this CA listing `revoked` serials (lowercase hex).
+    /// A CRL signed by this CA listing `revoked` serials (lowercase hex),
+    /// valid from now (backdated slightly) for `next_update_in`.
     pub fn crl(
         &self,
         revoked: &[RevokedEntry],
@@ -249,6 +250,17 @@ impl Ca {
         next_update_in: Duration,
     ) -> Result<String, PkiError> {
         let now = OffsetDateTime::now_utc();
+        self.crl_at(revoked, crl_number, now - BACKDATE, now + next_update_in)
+    }
+
+    /// A CRL with explicit thisUpdate and nextUpdate (tests make stale ones).
+    pub fn crl_at(
+        &self,
+        revoked: &[RevokedEntry],
+        crl_number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
         let mut revoked_certs = Vec::with_capacity(revoked.len());
         for entry in revoked {
             let bytes = hex::decode(pad_even(&entry.serial)).map_err(|_| {
@@ -262,8 +274,8 @@ impl Ca {
             });
         }
         let params = CertificateRevocationListParams {
-            this_update: now - BACKDATE,
-            next_update: now + next_update_in,
+            this_update,
+            next_update,
             crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs,

@@ -388,3 +388,119 @@ async fn crls_are_fetched_from_distribution_points_when_asked() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_crl_means_unknown_unless_told_to_ignore_it() {
+    let pki = Pki::new();
+    let now = time::OffsetDateTime::now_utc();
+    let stale = pki.ca.crl_at(&[], 1, now - DAY * 2, now - DAY).unwrap();
+    std::fs::write(pki.path("ca.crl"), stale).unwrap();
+    pki.svid("good", CLIENT_ID);
+    let strict = server_with_crl(&pki, "ca.crl", "").await;
+    assert!(
+        !echoes(
+            &pki,
+            "good",
+            SERVER_ID,
+            strict.inbound_addr("orders").unwrap()
+        )
+        .await,
+        "expired CRL: unknown, refused"
+    );
+    wait_metric(
+        &strict,
+        "portcullis_tls_handshakes_total",
+        &[("result", "revocation_unknown")],
+        1.0,
+    )
+    .await;
+
+    let app = echo_app().await;
+    let lenient = start(pki.config(
+        "lenient.yaml",
+        &format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  crls: [ca.crl]\n  expired_crl: ignore\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        echoes(
+            &pki,
+            "good",
+            SERVER_ID,
+            lenient.inbound_addr("orders").unwrap()
+        )
+        .await,
+        "expired_crl: ignore"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_checking_sees_a_revoked_intermediate_and_leaf_checking_does_not() {
+    let pki = Pki::new();
+    let inter = pki.ca.intermediate(DAY).unwrap();
+    // The root revokes the intermediate; the intermediate revokes nothing.
+    let inter_serial = portcullis::tls::load_bundle(
+        &{
+            let p = pki.path("inter.pem");
+            std::fs::write(&p, inter.cert_pem()).unwrap();
+            p
+        },
+        &TrustDomain::parse(TD).unwrap(),
+    )
+    .unwrap()
+    .roots[0]
+        .serial
+        .clone();
+    let entry = portcullis::pki::RevokedEntry {
+        serial: inter_serial,
+        revoked_at: time::OffsetDateTime::now_utc(),
+    };
+    std::fs::write(pki.path("root.crl"), pki.ca.crl(&[entry], 1, DAY).unwrap()).unwrap();
+    std::fs::write(pki.path("inter.crl"), inter.crl(&[], 1, DAY).unwrap()).unwrap();
+    pki.write("peer", &inter.issue_svid(&id(CLIENT_ID), DAY).unwrap());
+
+    let chain = server_with_crl(&pki, "root.crl, inter.crl", "").await;
+    assert!(
+        !echoes(
+            &pki,
+            "peer",
+            SERVER_ID,
+            chain.inbound_addr("orders").unwrap()
+        )
+        .await,
+        "check: chain"
+    );
+    wait_metric(
+        &chain,
+        "portcullis_tls_handshakes_total",
+        &[("result", "revoked")],
+        1.0,
+    )
+    .await;
+
+    let app = echo_app().await;
+    let leaf_only = start(pki.config(
+        "leaf.yaml",
+        &format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  crls: [root.crl, inter.crl]\n  check: leaf\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        echoes(
+            &pki,
+            "peer",
+            SERVER_ID,
+            leaf_only.inbound_addr("orders").unwrap()
+        )
+        .await,
+        "check: leaf"
+    );
+}
