@@ -443,3 +443,54 @@ async fn an_open_connection_is_cut_when_ocsp_turns_revoked() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_of_one_certificate_share_one_query() {
+    if !have_tool(
+        "openssl",
+        "concurrent_checks_of_one_certificate_share_one_query",
+    ) {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("good", "spiffe://prod.example.org/ns/a/sa/good");
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "good.pem"]);
+    let (_r, url) = responder(d, "ca.pem", "ca-key.pem").await;
+    let metrics = portcullis::metrics::Metrics::new();
+    let checker = std::sync::Arc::new(portcullis::revocation::OcspChecker::new(
+        portcullis::revocation::OcspConfig {
+            mode: portcullis::revocation::OcspMode::Require,
+            responder: Some(url),
+            timeout: Duration::from_secs(5),
+            max_age: Duration::from_secs(3600),
+            cache_size: 10,
+        },
+        metrics.ocsp_metrics(),
+    ));
+    let (leaf, ca) = (der(&pki, "good.pem"), der(&pki, "ca.pem"));
+    let checks: Vec<_> = (0..16)
+        .map(|_| {
+            let (checker, leaf, ca) = (checker.clone(), leaf.clone(), ca.clone());
+            tokio::spawn(async move { checker.check(&leaf, &ca).await })
+        })
+        .collect();
+    for c in checks {
+        assert_eq!(c.await.unwrap(), portcullis::revocation::Verdict::Good);
+    }
+    let m = metrics.encode();
+    assert_eq!(
+        metric(&m, "portcullis_ocsp_responder_duration_seconds_count", &[]),
+        Some(1.0),
+        "one query for 16 checks"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "ocsp"), ("result", "good")]
+        ),
+        Some(16.0)
+    );
+}
