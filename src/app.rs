@@ -18,7 +18,8 @@ use crate::identity::Role;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore, ReloadOutcome};
 use crate::proxy::{
-    Authz, ConnRegistry, InboundListener, OutboundListener, ProbeListener, StopReason, accept_loop,
+    Authz, ConnRegistry, InboundListener, InboundParts, OutboundListener, OutboundParts,
+    ProbeListener, StopReason, accept_loop,
 };
 use crate::tls::{
     LoadError, LoadedIdentity, SvidVerifier, TlsContext, TrustStore, load_bundle, load_identity,
@@ -161,7 +162,7 @@ impl State {
         let active = self.policy.active();
         let closed = self.registry.enforce(
             StopReason::Policy,
-            |c| active.table.decide(&c.service, &c.peer, None).admitted(),
+            |c| c.per_request || active.table.decide(&c.service, &c.peer, None).admitted(),
             |c| {
                 let d = active.table.decide(&c.service, &c.peer, None);
                 tracing::warn!(service = %c.service, peer = %c.peer, src = %c.src, rule = %d.rule, "closing open connection: the new policy denies it");
@@ -538,17 +539,29 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         tokio::spawn(probe.serve(listener, stop_admin.clone()));
     }
 
+    let access_log = Arc::new(
+        crate::proxy::http::AccessLog::start(
+            &config.http.access_log,
+            metrics.access_log_dropped.clone(),
+        )
+        .map_err(StartError::Audit)?,
+    );
     let mut inbound = Vec::with_capacity(config.inbound.len());
     for (l, listener) in config.inbound.iter().zip(inbound_listeners) {
         inbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
         let handler = Arc::new(InboundListener::new(
-            &l.name,
-            l.forward,
-            tls.clone(),
-            authz.clone(),
-            state.metrics.listener(Direction::Inbound, &l.name),
-            config.timeouts,
-            config.connections,
+            l,
+            InboundParts {
+                tls: tls.clone(),
+                authz: authz.clone(),
+                metrics: state.metrics.listener(Direction::Inbound, &l.name),
+                timeouts: config.timeouts,
+                connections: config.connections,
+                http: config.http.clone(),
+                access_log: access_log.clone(),
+                drain: stop_accepting.clone(),
+                tasks: connections.clone(),
+            },
         ));
         tokio::spawn(accept_loop(
             l.name.clone(),
@@ -562,13 +575,18 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     for (l, listener) in config.outbound.iter().zip(outbound_listeners) {
         outbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
         let handler = Arc::new(OutboundListener::new(
-            l.name.clone(),
-            l.endpoints.clone(),
-            tls.clone(),
-            tls.outbound(l.identity.clone())?,
-            state.metrics.listener(Direction::Outbound, &l.name),
-            config.timeouts,
-            config.connections,
+            l,
+            OutboundParts {
+                tls: tls.clone(),
+                upstream: tls.outbound(l.identity.clone())?,
+                metrics: state.metrics.listener(Direction::Outbound, &l.name),
+                timeouts: config.timeouts,
+                connections: config.connections,
+                http: config.http.clone(),
+                access_log: access_log.clone(),
+                drain: stop_accepting.clone(),
+                tasks: connections.clone(),
+            },
         ));
         tokio::spawn(accept_loop(
             l.name.clone(),

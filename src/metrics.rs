@@ -56,10 +56,12 @@ pub enum CloseReason {
     MaxLifetime,
     /// A new CRL revoked the peer's certificate.
     Revoked,
+    /// An HTTP client did not send a whole request head in time (slowloris).
+    HeaderTimeout,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::HandshakeFailed,
@@ -72,6 +74,7 @@ impl CloseReason {
         CloseReason::PeerExpired,
         CloseReason::MaxLifetime,
         CloseReason::Revoked,
+        CloseReason::HeaderTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +91,7 @@ impl CloseReason {
             CloseReason::PeerExpired => "peer_expired",
             CloseReason::MaxLifetime => "max_lifetime",
             CloseReason::Revoked => "revoked",
+            CloseReason::HeaderTimeout => "header_timeout",
         }
     }
 }
@@ -117,6 +121,10 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     pub audit_suppressed: IntCounter,
     pub audit_dropped: IntCounter,
+    requests: IntCounterVec,
+    request_duration: prometheus::HistogramVec,
+    request_errors: IntCounterVec,
+    pub access_log_dropped: IntCounter,
 }
 
 /// The counters of one listener, with labels already applied.
@@ -133,6 +141,12 @@ pub struct ListenerMetrics {
     handshake_ok: IntCounter,
     handshake_failed: Vec<(HandshakeFailure, IntCounter)>,
     closed: Vec<(CloseReason, IntCounter)>,
+    /// HTTP requests answered, by status class 1xx..5xx.
+    requests: [IntCounter; 5],
+    pub request_duration: prometheus::Histogram,
+    request_errors: IntCounterVec,
+    direction: &'static str,
+    name: std::sync::Arc<str>,
 }
 
 impl ListenerMetrics {
@@ -150,6 +164,22 @@ impl ListenerMetrics {
         if let Some((_, c)) = self.closed.iter().find(|(r, _)| *r == why) {
             c.inc();
         }
+    }
+
+    /// Counts one answered HTTP request and how long its response headers
+    /// took.
+    pub fn request(&self, status: u16, seconds: f64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+        self.request_duration.observe(seconds);
+    }
+
+    /// Counts a request portcullis answered itself, by reason. Off the
+    /// hot path, so the label lookup happens here.
+    pub fn request_error(&self, reason: &str) {
+        self.request_errors
+            .with_label_values(&[self.direction, &self.name, reason])
+            .inc();
     }
 }
 
@@ -355,6 +385,41 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("audit metric is malformed: {e}")),
         );
+        let requests = counter_vec(
+            &registry,
+            "portcullis_requests_total",
+            "HTTP requests answered, by status class (1xx..5xx), whoever answered them.",
+            &["direction", "service", "code_class"],
+        );
+        let request_duration = register(
+            &registry,
+            prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new(
+                    "portcullis_request_duration_seconds",
+                    "Time from receiving an HTTP request to sending its response headers.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0,
+                ]),
+                &["direction", "service"],
+            )
+            .unwrap_or_else(|e| panic!("request metric is malformed: {e}")),
+        );
+        let request_errors = counter_vec(
+            &registry,
+            "portcullis_request_errors_total",
+            "HTTP requests portcullis answered itself, by the x-portcullis-error reason.",
+            &["direction", "service", "reason"],
+        );
+        let access_log_dropped = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind.",
+            )
+            .unwrap_or_else(|e| panic!("access log metric is malformed: {e}")),
+        );
         gauge_vec(
             &registry,
             "portcullis_build_info",
@@ -389,6 +454,10 @@ impl Metrics {
             rate_limited,
             audit_suppressed,
             audit_dropped,
+            requests,
+            request_duration,
+            request_errors,
+            access_log_dropped,
         }
     }
 
@@ -495,6 +564,12 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.requests.with_label_values(&[d, name, c])),
+            request_duration: self.request_duration.with_label_values(&[d, name]),
+            request_errors: self.request_errors.clone(),
+            direction: d,
+            name: name.into(),
         }
     }
 

@@ -49,6 +49,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub timeouts: Timeouts,
     pub connections: ConnectionsConfig,
+    pub http: HttpConfig,
     /// Revocation checking; `None`: no revocation checks.
     pub revocation: Option<RevocationConfig>,
     pub runtime: RuntimeConfig,
@@ -162,6 +163,65 @@ pub struct ProbeConfig {
 pub enum Protocol {
     /// Opaque bytes, copied both ways.
     Tcp,
+    /// HTTP/1.1 or HTTP/2, proxied request by request.
+    Http,
+    /// Looks at the first bytes: HTTP/1.x and HTTP/2 are proxied as
+    /// `http`, anything else (or silence) as `tcp`.
+    Auto,
+}
+
+impl Protocol {
+    /// Whether connections may be served as HTTP.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Auto)
+    }
+}
+
+/// How HTTP listeners (`protocol: http | auto`) treat requests.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HttpConfig {
+    /// Largest request head (request line and headers) in bytes; larger
+    /// is answered 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more is answered 431.
+    pub max_headers: usize,
+    /// Largest request body in bytes; larger is answered 413. `None`:
+    /// unlimited (bodies stream, so size costs no memory).
+    pub max_request_body: Option<u64>,
+    /// From a request being forwarded to its response headers arriving;
+    /// longer is answered 504.
+    pub request_timeout: ConfigDuration,
+    /// A client must send a whole request head within this (slowloris).
+    pub header_read_timeout: ConfigDuration,
+    /// `protocol: auto` waits this long for the first bytes before deciding
+    /// the connection is opaque TCP (server-speaks-first protocols).
+    pub detect_timeout: ConfigDuration,
+    /// Add `x-forwarded-client-cert` (peer SPIFFE ID and certificate hash)
+    /// to requests forwarded to the app.
+    pub forward_client_cert: bool,
+    /// Concurrent HTTP/2 streams per downstream connection.
+    pub max_concurrent_streams: u32,
+    /// Pooled upstream connections unused this long are closed.
+    pub pool_idle_timeout: ConfigDuration,
+    /// One JSON line per request, when set.
+    pub access_log: crate::policy::AuditSink,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_request_body: None,
+            request_timeout: ConfigDuration(Duration::from_secs(60)),
+            header_read_timeout: ConfigDuration(Duration::from_secs(10)),
+            detect_timeout: ConfigDuration(Duration::from_millis(500)),
+            forward_client_cert: false,
+            max_concurrent_streams: 256,
+            pool_idle_timeout: ConfigDuration(Duration::from_secs(90)),
+            access_log: crate::policy::AuditSink::Off,
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

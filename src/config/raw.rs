@@ -10,8 +10,8 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{
     AdminConfig, AuditConfig, Config, ConfigDuration, ConfigError, ConnectionsConfig, Endpoint,
-    IdentityConfig, InboundConfig, LogConfig, LogFormat, OutboundConfig, ProbeConfig, Protocol,
-    ReloadConfig, RevocationConfig, RuntimeConfig, Timeouts,
+    HttpConfig, IdentityConfig, InboundConfig, LogConfig, LogFormat, OutboundConfig, ProbeConfig,
+    Protocol, ReloadConfig, RevocationConfig, RuntimeConfig, Timeouts,
 };
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::policy::AuditSink;
@@ -31,6 +31,7 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     timeouts: Option<RawTimeouts>,
     connections: Option<RawConnections>,
+    http: Option<RawHttp>,
     revocation: Option<RawRevocation>,
     runtime: Option<RawRuntime>,
     log: Option<RawLog>,
@@ -139,6 +140,23 @@ struct RawConnections {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_header_bytes: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_request_body: Option<Spanned<u64>>,
+    request_timeout: Option<Spanned<ConfigDuration>>,
+    header_read_timeout: Option<Spanned<ConfigDuration>>,
+    detect_timeout: Option<Spanned<ConfigDuration>>,
+    #[serde(default)]
+    forward_client_cert: bool,
+    max_concurrent_streams: Option<Spanned<u32>>,
+    pool_idle_timeout: Option<Spanned<ConfigDuration>>,
+    /// stdout | stderr | off | a file path
+    access_log: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawInbound {
     name: Spanned<String>,
     listen: Spanned<SocketAddr>,
@@ -192,6 +210,80 @@ struct RawRuntime {
 struct RawLog {
     level: Option<String>,
     format: Option<LogFormat>,
+}
+
+fn http_config(v: &Validator<'_>, h: RawHttp, base: &Path) -> Result<HttpConfig, ConfigError> {
+    let mut http = HttpConfig::default();
+    if let Some(n) = h.max_header_bytes {
+        // hyper's HTTP/1 reader needs room for at least one 8 KiB buffer.
+        if !(8192..=1 << 20).contains(&n.value) {
+            return Err(v.at(
+                n.referenced,
+                "http.max_header_bytes must be between 8192 and 1048576",
+            ));
+        }
+        http.max_header_bytes = n.value;
+    }
+    if let Some(n) = h.max_headers {
+        if !(1..=10_000).contains(&n.value) {
+            return Err(v.at(n.referenced, "http.max_headers must be between 1 and 10000"));
+        }
+        http.max_headers = n.value;
+    }
+    if let Some(n) = h.max_request_body {
+        if n.value == 0 {
+            return Err(v.at(
+                n.referenced,
+                "http.max_request_body must be more than 0 (leave it out for no limit)",
+            ));
+        }
+        http.max_request_body = Some(n.value);
+    }
+    if let Some(n) = h.max_concurrent_streams {
+        if n.value == 0 {
+            return Err(v.at(
+                n.referenced,
+                "http.max_concurrent_streams must be at least 1",
+            ));
+        }
+        http.max_concurrent_streams = n.value;
+    }
+    let positive = |d: Option<Spanned<ConfigDuration>>, name: &str, slot: &mut ConfigDuration| {
+        if let Some(d) = d {
+            if d.value.0.is_zero() {
+                return Err(v.at(d.referenced, format!("http.{name} must be more than 0")));
+            }
+            *slot = d.value;
+        }
+        Ok(())
+    };
+    positive(
+        h.request_timeout,
+        "request_timeout",
+        &mut http.request_timeout,
+    )?;
+    positive(
+        h.header_read_timeout,
+        "header_read_timeout",
+        &mut http.header_read_timeout,
+    )?;
+    positive(h.detect_timeout, "detect_timeout", &mut http.detect_timeout)?;
+    positive(
+        h.pool_idle_timeout,
+        "pool_idle_timeout",
+        &mut http.pool_idle_timeout,
+    )?;
+    http.forward_client_cert = h.forward_client_cert;
+    if let Some(sink) = h.access_log {
+        if sink.value.is_empty() {
+            return Err(v.at(
+                sink.referenced,
+                "http.access_log must be stdout, stderr, off or a file path",
+            ));
+        }
+        http.access_log = AuditSink::parse(&sink.value, base);
+    }
+    Ok(http)
 }
 
 /// A YAML mapping read in order as pairs, keeping each value's place
@@ -557,6 +649,11 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    let http = match raw.http {
+        None => HttpConfig::default(),
+        Some(h) => http_config(&v, h, base)?,
+    };
+
     let mut runtime = RuntimeConfig::default();
     if let Some(r) = raw.runtime
         && let Some(n) = r.worker_threads
@@ -592,6 +689,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         admin,
         timeouts,
         connections,
+        http,
         revocation,
         runtime,
         log,

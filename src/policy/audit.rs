@@ -69,38 +69,7 @@ impl AuditLog {
         suppressed: IntCounter,
         dropped: IntCounter,
     ) -> std::io::Result<Self> {
-        let out: Option<Box<dyn Write + Send>> = match sink {
-            AuditSink::Off => None,
-            AuditSink::Stdout => Some(Box::new(std::io::stdout())),
-            AuditSink::Stderr => Some(Box::new(std::io::stderr())),
-            AuditSink::File(p) => Some(Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            )),
-        };
-        let tx = match out {
-            None => None,
-            Some(mut w) => {
-                let (tx, rx) = sync_channel::<String>(1024);
-                std::thread::Builder::new()
-                    .name("portcullis-audit".into())
-                    .spawn(move || {
-                        for line in rx {
-                            if w.write_all(line.as_bytes())
-                                .and_then(|_| w.flush())
-                                .is_err()
-                            {
-                                // Nowhere left to report to; the counters
-                                // still show what was decided.
-                                continue;
-                            }
-                        }
-                    })?;
-                Some(tx)
-            }
-        };
+        let tx = spawn_line_writer(sink, "portcullis-audit")?;
         Ok(AuditLog {
             tx,
             log_allows,
@@ -156,6 +125,45 @@ impl AuditLog {
             self.dropped.inc();
         }
     }
+}
+
+/// Starts a thread that writes the lines sent to it to `sink` (`None` when
+/// the sink is off). The queue is bounded: senders use `try_send` and count
+/// what does not fit, so the data path never waits on a disk.
+pub(crate) fn spawn_line_writer(
+    sink: &AuditSink,
+    thread_name: &str,
+) -> std::io::Result<Option<SyncSender<String>>> {
+    let out: Option<Box<dyn Write + Send>> = match sink {
+        AuditSink::Off => None,
+        AuditSink::Stdout => Some(Box::new(std::io::stdout())),
+        AuditSink::Stderr => Some(Box::new(std::io::stderr())),
+        AuditSink::File(p) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        )),
+    };
+    let Some(w) = out else { return Ok(None) };
+    let (tx, rx) = sync_channel::<String>(4096);
+    std::thread::Builder::new()
+        .name(thread_name.into())
+        .spawn(move || {
+            // Lines that queued up together go out in one write; the
+            // buffer is flushed whenever the queue runs dry.
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, w);
+            while let Ok(line) = rx.recv() {
+                // A failed write has nowhere left to be reported; the
+                // metrics still show what happened.
+                let _ = w.write_all(line.as_bytes());
+                while let Ok(more) = rx.try_recv() {
+                    let _ = w.write_all(more.as_bytes());
+                }
+                let _ = w.flush();
+            }
+        })?;
+    Ok(Some(tx))
 }
 
 /// A counter registered nowhere, for an audit log that is off.

@@ -8,6 +8,7 @@ mod ratelimit;
 mod store;
 mod table;
 
+pub(crate) use audit::spawn_line_writer;
 pub use audit::{AuditEvent, AuditLog, AuditSink};
 pub use model::{Action, Mode, PolicySpec, RateLimitSpec, RuleSpec, ServiceSpec, parse};
 pub use ratelimit::RateLimiter;

@@ -6,19 +6,34 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::admission::{Denial, peer_identity};
+use super::admission::{Denial, PeerIdentity, peer_identity};
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
+use super::http::{Detected, Rewind, ServeEnd, ServeLimits, detect};
 use super::loglimit::LogLimiter;
-use super::registry::{ConnRegistry, StopReason};
+use super::registry::{ConnRegistry, Registration, StopReason};
 use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
-use crate::config::{ConnectionsConfig, Timeouts};
+use crate::config::{ConnectionsConfig, HttpConfig, InboundConfig, Protocol, Timeouts};
 use crate::identity::SpiffeId;
 use crate::metrics::{CloseReason, ListenerMetrics, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore};
+use crate::tls::{ALPN_H2, ALPN_HTTP1};
 use crate::tls::{HandshakeFailure, TlsContext};
+
+/// The decrypted stream from a peer, with any bytes read to detect its
+/// protocol put back in front.
+pub(crate) type InboundIo = Rewind<TlsStream<TcpStream>>;
+
+enum Mode {
+    Tcp(InboundIo),
+    Http { io: InboundIo, h2: bool },
+}
 
 /// What inbound listeners share for authorization: the policy, the
 /// registry of open connections, the audit log and the decision counters.
@@ -36,30 +51,55 @@ pub struct InboundListener {
     pub tls: Arc<TlsContext>,
     pub metrics: ListenerMetrics,
     pub timeouts: Timeouts,
+    protocol: Protocol,
     connections: ConnectionsConfig,
-    authz: Arc<Authz>,
-    log_limit: LogLimiter,
+    pub(crate) authz: Arc<Authz>,
+    pub(crate) log_limit: LogLimiter,
+    /// Set for `protocol: http | auto`.
+    pub(crate) http: Option<Arc<super::http::InboundHttp>>,
+    /// Cancelled when the sidecar drains: HTTP connections finish the
+    /// request in flight and close.
+    pub(crate) drain: CancellationToken,
+    /// Tracks tunnels (WebSocket, CONNECT) that outlive their request.
+    pub(crate) tasks: TaskTracker,
+}
+
+/// What an inbound listener is built from besides its config.
+pub struct InboundParts {
+    pub tls: Arc<TlsContext>,
+    pub authz: Arc<Authz>,
+    pub metrics: ListenerMetrics,
+    pub timeouts: Timeouts,
+    pub connections: ConnectionsConfig,
+    pub http: HttpConfig,
+    pub access_log: Arc<super::http::AccessLog>,
+    pub drain: CancellationToken,
+    pub tasks: TaskTracker,
 }
 
 impl InboundListener {
-    pub fn new(
-        name: &str,
-        forward: SocketAddr,
-        tls: Arc<TlsContext>,
-        authz: Arc<Authz>,
-        metrics: ListenerMetrics,
-        timeouts: Timeouts,
-        connections: ConnectionsConfig,
-    ) -> Self {
+    pub fn new(config: &InboundConfig, parts: InboundParts) -> Self {
+        let http = config.protocol.is_http().then(|| {
+            Arc::new(super::http::InboundHttp::new(
+                config.forward,
+                &parts.http,
+                parts.timeouts,
+                parts.access_log.clone(),
+            ))
+        });
         InboundListener {
-            name: name.into(),
-            forward,
-            tls,
-            metrics,
-            timeouts,
-            connections,
-            authz,
+            name: config.name.as_str().into(),
+            forward: config.forward,
+            tls: parts.tls,
+            metrics: parts.metrics,
+            timeouts: parts.timeouts,
+            protocol: config.protocol,
+            connections: parts.connections,
+            authz: parts.authz,
             log_limit: LogLimiter::new(20),
+            http,
+            drain: parts.drain,
+            tasks: parts.tasks,
         }
     }
 
@@ -71,9 +111,13 @@ impl InboundListener {
 
         // The config is loaded per connection so a trust or identity
         // reload applies to the very next handshake.
-        let acceptor = TlsAcceptor::from(self.tls.server_config());
+        let config = match self.http {
+            Some(_) => self.tls.server_config_http(),
+            None => self.tls.server_config(),
+        };
+        let acceptor = TlsAcceptor::from(config);
         let handshake = tokio::time::timeout(self.timeouts.handshake.0, acceptor.accept(tcp)).await;
-        let mut tls = match handshake {
+        let tls = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return self.handshake_failed(HandshakeFailure::classify(&e), &e, src),
             Err(_) => {
@@ -114,16 +158,120 @@ impl InboundListener {
             }
         };
 
+        let mode = match self.connection_mode(tls, src).await {
+            Some(mode) => mode,
+            None => return m.closed(CloseReason::Error),
+        };
+
         // Registered before the policy is read: a reload that lands after
         // this decision will find the connection and judge it again.
-        let registration =
-            self.authz
-                .registry
-                .register_with(self.name.clone(), &peer, src, ocsp_certs);
-        if !self.authorize(&peer.id, src) {
-            return;
-        }
+        let per_request = matches!(mode, Mode::Http { .. });
+        let registration = self.authz.registry.register_with(
+            self.name.clone(),
+            &peer,
+            src,
+            ocsp_certs,
+            per_request,
+        );
+        let (deadline, deadline_reason) = connection_deadline(&self.connections, peer.not_after);
+        let stop_reason = || match registration.control.reason() {
+            Some(StopReason::Revoked) => CloseReason::Revoked,
+            Some(StopReason::Policy) | None => CloseReason::Policy,
+        };
 
+        let (io, h2) = match mode {
+            Mode::Tcp(io) => {
+                let end = self
+                    .serve_tcp(io, &peer, src, &registration, deadline)
+                    .await;
+                return m.closed(match end {
+                    None => return,
+                    Some(CopyEnd::Completed) => CloseReason::Completed,
+                    Some(CopyEnd::IdleTimeout) => CloseReason::IdleTimeout,
+                    Some(CopyEnd::Error(_)) => CloseReason::Error,
+                    Some(CopyEnd::Deadline) => deadline_reason,
+                    Some(CopyEnd::Stopped) => stop_reason(),
+                });
+            }
+            Mode::Http { io, h2 } => (io, h2),
+        };
+        let end = super::http::serve_inbound(
+            self.clone(),
+            io,
+            h2,
+            &peer,
+            src,
+            ServeLimits {
+                stop: registration.control.stopped(),
+                drain: &self.drain,
+                deadline,
+            },
+        )
+        .await;
+        m.closed(match end {
+            ServeEnd::Completed => CloseReason::Completed,
+            ServeEnd::Idle => CloseReason::IdleTimeout,
+            ServeEnd::HeaderTimeout => CloseReason::HeaderTimeout,
+            ServeEnd::Error => CloseReason::Error,
+            ServeEnd::Deadline => deadline_reason,
+            ServeEnd::Stopped => stop_reason(),
+        });
+    }
+
+    /// Decides how to serve an admitted connection: by ALPN when the peer
+    /// negotiated HTTP, else by its first bytes on `auto` listeners.
+    async fn connection_mode(&self, tls: TlsStream<TcpStream>, src: SocketAddr) -> Option<Mode> {
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let Some(http) = &self.http else {
+            return Some(Mode::Tcp(Rewind::new(Bytes::new(), tls)));
+        };
+        match alpn.as_deref() {
+            Some(ALPN_H2) => {
+                return Some(Mode::Http {
+                    io: Rewind::new(Bytes::new(), tls),
+                    h2: true,
+                });
+            }
+            Some(ALPN_HTTP1) => {
+                return Some(Mode::Http {
+                    io: Rewind::new(Bytes::new(), tls),
+                    h2: false,
+                });
+            }
+            _ => {}
+        }
+        let mut tls = tls;
+        let (detected, prefix) = match detect(&mut tls, http.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(listener = %self.name, %src, error = %e, "connection failed during protocol detection");
+                return None;
+            }
+        };
+        let io = Rewind::new(prefix, tls);
+        Some(match (detected, self.protocol) {
+            (Detected::Http2, _) => Mode::Http { io, h2: true },
+            (Detected::Http1, _) => Mode::Http { io, h2: false },
+            // `http` listeners answer anything else as HTTP/1.1 (a 400).
+            (Detected::Tcp, Protocol::Http) => Mode::Http { io, h2: false },
+            (Detected::Tcp, _) => Mode::Tcp(io),
+        })
+    }
+
+    /// The L4 path: policy for the connection, then bytes both ways.
+    /// `None` when the connection never reached the app.
+    async fn serve_tcp(
+        &self,
+        mut io: InboundIo,
+        peer: &PeerIdentity,
+        src: SocketAddr,
+        registration: &Registration<'_>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Option<CopyEnd> {
+        let m = &self.metrics;
+        if !self.authorize(&peer.id, src) {
+            return None;
+        }
         let mut app = match connect_with_timeout(self.forward, self.timeouts.connect.0).await {
             Ok(s) => s,
             Err(reason) => {
@@ -131,14 +279,13 @@ impl InboundListener {
                 if let Some(suppressed) = self.log_limit.allow() {
                     tracing::warn!(listener = %self.name, peer = %peer.id, forward = %self.forward, reason = reason.as_str(), suppressed, "cannot reach the local app");
                 }
-                return;
+                return None;
             }
         };
 
         tracing::debug!(listener = %self.name, %src, peer = %peer.id, "inbound connection admitted");
-        let (deadline, deadline_reason) = connection_deadline(&self.connections, peer.not_after);
         let (end, stats) = copy_bidirectional(
-            &mut tls,
+            &mut io,
             &mut app,
             CopyCounters {
                 to_upstream: &m.to_upstream,
@@ -152,16 +299,7 @@ impl InboundListener {
         )
         .await;
         log_copy_end(&self.name, "inbound", &end, stats, Some(&peer.id));
-        m.closed(match end {
-            CopyEnd::Completed => CloseReason::Completed,
-            CopyEnd::IdleTimeout => CloseReason::IdleTimeout,
-            CopyEnd::Error(_) => CloseReason::Error,
-            CopyEnd::Deadline => deadline_reason,
-            CopyEnd::Stopped => match registration.control.reason() {
-                Some(StopReason::Revoked) => CloseReason::Revoked,
-                Some(StopReason::Policy) | None => CloseReason::Policy,
-            },
-        });
+        Some(end)
     }
 
     /// Policy and rate limit for a new connection from `peer`. Logs, audits

@@ -1,9 +1,10 @@
 //! The data path: accept loops, inbound (mTLS → app) and outbound
-//! (app → mTLS) connection handling, admission after the handshake, and the
-//! L4 byte copy.
+//! (app → mTLS) connection handling, admission after the handshake, the
+//! L4 byte copy, and L7 HTTP proxying (`http`).
 
 pub mod admission;
 pub mod copy;
+pub mod http;
 mod inbound;
 mod listener;
 mod loglimit;
@@ -17,10 +18,11 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
 
-pub use inbound::{Authz, InboundListener};
+pub use inbound::{Authz, InboundListener, InboundParts};
 pub use listener::accept_loop;
 pub use loglimit::LogLimiter;
-pub use outbound::OutboundListener;
+pub(crate) use outbound::ConnectError;
+pub use outbound::{OutboundListener, OutboundParts};
 pub use probe::ProbeListener;
 pub use registry::{ConnRegistry, StopReason};
 
@@ -66,7 +68,7 @@ fn connection_deadline(
     }
 }
 
-async fn connect_with_timeout(
+pub(crate) async fn connect_with_timeout(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, CloseReason> {

@@ -6,53 +6,129 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::admission::{Denial, peer_identity};
+use super::admission::{Denial, PeerIdentity, peer_identity};
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
+use super::http::{Detected, Rewind, ServeEnd, ServeLimits, detect};
 use super::loglimit::LogLimiter;
 use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
-use crate::config::{ConnectionsConfig, Endpoint, Timeouts};
+use crate::config::{ConnectionsConfig, Endpoint, HttpConfig, OutboundConfig, Protocol, Timeouts};
 use crate::metrics::{CloseReason, ListenerMetrics};
-use crate::tls::{HandshakeFailure, OutboundTls, TlsContext};
+use crate::tls::{ALPN_H2, Alpn, HandshakeFailure, OutboundTls, TlsContext};
 
 /// One outbound listener's fixed state, shared by its connections.
 pub struct OutboundListener {
-    pub name: String,
+    pub name: Arc<str>,
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     tls: Arc<TlsContext>,
     upstream: Arc<OutboundTls>,
     pub metrics: ListenerMetrics,
     pub timeouts: Timeouts,
+    protocol: Protocol,
     connections: ConnectionsConfig,
-    log_limit: LogLimiter,
+    pub(crate) log_limit: LogLimiter,
     /// Never cancelled today; outbound connections have no policy yet.
-    stop: tokio_util::sync::CancellationToken,
+    stop: CancellationToken,
+    /// Set for `protocol: http | auto`.
+    pub(crate) http: Option<Arc<super::http::OutboundHttp>>,
+    pub(crate) drain: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// What an outbound listener is built from besides its config.
+pub struct OutboundParts {
+    pub tls: Arc<TlsContext>,
+    pub upstream: Arc<OutboundTls>,
+    pub metrics: ListenerMetrics,
+    pub timeouts: Timeouts,
+    pub connections: ConnectionsConfig,
+    pub http: HttpConfig,
+    pub access_log: Arc<super::http::AccessLog>,
+    pub drain: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// Why no verified connection to an upstream endpoint could be made.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// The endpoint's name does not resolve.
+    Unresolvable,
+    /// TCP connect failed or timed out.
+    Connect(CloseReason),
+    Handshake(HandshakeFailure),
+    /// The upstream is not who it must be, or is revoked.
+    Refused(Denial),
+}
+
+impl ConnectError {
+    /// Whether another endpoint may be tried: nothing was said to this one.
+    pub(crate) fn try_next(&self) -> bool {
+        matches!(self, ConnectError::Unresolvable | ConnectError::Connect(_))
+    }
+
+    fn close_reason(&self) -> CloseReason {
+        match self {
+            ConnectError::Unresolvable => CloseReason::ConnectFailed,
+            ConnectError::Connect(r) => *r,
+            ConnectError::Handshake(_) => CloseReason::HandshakeFailed,
+            ConnectError::Refused(Denial::Revoked) => CloseReason::Revoked,
+            ConnectError::Refused(_) => CloseReason::Denied,
+        }
+    }
+
+    pub(crate) fn http(&self) -> super::http::HttpError {
+        use super::http::HttpError;
+        match self {
+            ConnectError::Unresolvable => HttpError::NoEndpoint,
+            ConnectError::Connect(CloseReason::ConnectTimeout) => HttpError::ConnectTimeout,
+            ConnectError::Connect(_) => HttpError::ConnectFailed,
+            ConnectError::Handshake(HandshakeFailure::Timeout) => HttpError::ConnectTimeout,
+            ConnectError::Handshake(_) => HttpError::TlsFailed,
+            ConnectError::Refused(_) => HttpError::UpstreamRefused,
+        }
+    }
+}
+
+/// A verified mTLS connection to an upstream endpoint.
+pub(crate) struct Upstream {
+    pub tls: TlsStream<TcpStream>,
+    pub peer: PeerIdentity,
+    /// The endpoint chose `h2` by ALPN.
+    pub h2: bool,
 }
 
 impl OutboundListener {
-    pub fn new(
-        name: String,
-        endpoints: Vec<Endpoint>,
-        tls: Arc<TlsContext>,
-        upstream: Arc<OutboundTls>,
-        metrics: ListenerMetrics,
-        timeouts: Timeouts,
-        connections: ConnectionsConfig,
-    ) -> Self {
+    pub fn new(config: &OutboundConfig, parts: OutboundParts) -> Self {
+        let http = config.protocol.is_http().then(|| {
+            Arc::new(super::http::OutboundHttp::new(
+                &config.endpoints,
+                &parts.http,
+                parts.timeouts,
+                parts.access_log.clone(),
+            ))
+        });
         OutboundListener {
-            name,
-            endpoints,
+            name: config.name.as_str().into(),
+            endpoints: config.endpoints.clone(),
             next: AtomicUsize::new(0),
-            tls,
-            upstream,
-            metrics,
-            timeouts,
-            connections,
+            tls: parts.tls,
+            upstream: parts.upstream,
+            metrics: parts.metrics,
+            timeouts: parts.timeouts,
+            protocol: config.protocol,
+            connections: parts.connections,
             log_limit: LogLimiter::new(20),
             stop: Default::default(),
+            http,
+            drain: parts.drain,
+            tasks: parts.tasks,
         }
     }
 
@@ -62,34 +138,156 @@ impl OutboundListener {
         m.opened.inc();
         let _active = ActiveGuard::new(&m.active);
 
-        let (tcp, endpoint) = match self.connect_any().await {
-            Ok(c) => c,
-            Err(reason) => {
-                m.closed(reason);
-                return;
+        let Some(http) = self.http.clone() else {
+            let end = self.serve_tcp(&mut app, src).await;
+            return m.closed(end);
+        };
+        let (detected, prefix) = match detect(&mut app, http.detect_timeout).await {
+            Ok(d) => d,
+            Err(_) => return m.closed(CloseReason::Error),
+        };
+        let mut io = Rewind::new(prefix, app);
+        let h2 = match (detected, self.protocol) {
+            (Detected::Http2, _) => true,
+            (Detected::Http1, _) => false,
+            // `http` listeners answer anything else as HTTP/1.1 (a 400).
+            (Detected::Tcp, Protocol::Http) => false,
+            (Detected::Tcp, _) => {
+                let end = self.serve_tcp(&mut io, src).await;
+                return m.closed(end);
             }
         };
-        let server_name = endpoint.server_name().clone();
-        let connector = TlsConnector::from(self.upstream.config());
-        let handshake = tokio::time::timeout(
-            self.timeouts.handshake.0,
-            connector.connect(server_name, tcp),
+        let end = super::http::serve_outbound(
+            self.clone(),
+            http,
+            io,
+            h2,
+            src,
+            ServeLimits {
+                stop: &self.stop,
+                drain: &self.drain,
+                deadline: self
+                    .connections
+                    .max_lifetime
+                    .map(|d| tokio::time::Instant::now() + d.0),
+            },
         )
         .await;
-        let mut tls = match handshake {
+        m.closed(match end {
+            ServeEnd::Completed => CloseReason::Completed,
+            ServeEnd::Idle => CloseReason::IdleTimeout,
+            ServeEnd::HeaderTimeout => CloseReason::HeaderTimeout,
+            ServeEnd::Error => CloseReason::Error,
+            ServeEnd::Deadline => CloseReason::MaxLifetime,
+            ServeEnd::Stopped => CloseReason::Policy,
+        });
+    }
+
+    /// The L4 path: a verified upstream, then bytes both ways.
+    async fn serve_tcp<S>(&self, app: &mut S, src: SocketAddr) -> CloseReason
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let m = &self.metrics;
+        let n = self.endpoints.len();
+        let start = self.next_index();
+        let mut last = CloseReason::ConnectFailed;
+        let mut upstream = None;
+        for i in 0..n {
+            match self.connect_endpoint((start + i) % n, Alpn::None).await {
+                Ok(u) => {
+                    upstream = Some(((start + i) % n, u));
+                    break;
+                }
+                Err(e) if e.try_next() => last = e.close_reason(),
+                Err(e) => return e.close_reason(),
+            }
+        }
+        let Some((idx, mut up)) = upstream else {
+            return last;
+        };
+        let endpoint = &self.endpoints[idx];
+        tracing::debug!(listener = %self.name, %src, %endpoint, peer = %up.peer.id, "outbound connection established");
+        let (deadline, deadline_reason) = connection_deadline(&self.connections, up.peer.not_after);
+        let (end, stats) = copy_bidirectional(
+            app,
+            &mut up.tls,
+            CopyCounters {
+                to_upstream: &m.to_upstream,
+                to_downstream: &m.to_downstream,
+            },
+            CopyLimits {
+                idle: self.timeouts.idle.0,
+                deadline,
+                stop: &self.stop,
+            },
+        )
+        .await;
+        log_copy_end(&self.name, "outbound", &end, stats, Some(&up.peer.id));
+        match end {
+            CopyEnd::Completed => CloseReason::Completed,
+            CopyEnd::IdleTimeout => CloseReason::IdleTimeout,
+            CopyEnd::Error(_) => CloseReason::Error,
+            CopyEnd::Stopped => CloseReason::Policy,
+            CopyEnd::Deadline => deadline_reason,
+        }
+    }
+
+    /// Where round-robin starts for the next connection or request.
+    pub(crate) fn next_index(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Connects to endpoint `idx`, handshakes offering `alpn`, and checks
+    /// the upstream is the identity the config expects (a resumed session
+    /// skipped the verifier, so its identity is checked here as for a fresh
+    /// one) and not revoked. Logs and counts what went wrong.
+    pub(crate) async fn connect_endpoint(
+        &self,
+        idx: usize,
+        alpn: Alpn,
+    ) -> Result<Upstream, ConnectError> {
+        let endpoint = &self.endpoints[idx];
+        let Some(addr) = resolve(endpoint).await else {
+            if let Some(suppressed) = self.log_limit.allow() {
+                tracing::warn!(listener = %self.name, %endpoint, suppressed, "endpoint name does not resolve");
+            }
+            return Err(ConnectError::Unresolvable);
+        };
+        let tcp = match connect_with_timeout(addr, self.timeouts.connect.0).await {
+            Ok(s) => s,
+            Err(reason) => {
+                if let Some(suppressed) = self.log_limit.allow() {
+                    tracing::warn!(listener = %self.name, %endpoint, reason = reason.as_str(), suppressed, "cannot reach upstream endpoint");
+                }
+                return Err(ConnectError::Connect(reason));
+            }
+        };
+        let connector = TlsConnector::from(self.upstream.config_for(alpn));
+        let handshake = tokio::time::timeout(
+            self.timeouts.handshake.0,
+            connector.connect(endpoint.server_name().clone(), tcp),
+        )
+        .await;
+        let tls = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                return self.handshake_failed(HandshakeFailure::classify(&e), &e, &endpoint);
+                let why = HandshakeFailure::classify(&e);
+                self.handshake_failed(why, &e, endpoint);
+                return Err(ConnectError::Handshake(why));
             }
             Err(_) => {
                 let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
-                return self.handshake_failed(HandshakeFailure::Timeout, &e, &endpoint);
+                self.handshake_failed(HandshakeFailure::Timeout, &e, endpoint);
+                return Err(ConnectError::Handshake(HandshakeFailure::Timeout));
             }
         };
-        m.handshake_ok();
+        self.metrics.handshake_ok();
 
-        // A resumed session skipped the verifier: check the identity the
-        // session carries, as for a fresh one.
         let checked = {
             let (_, session) = tls.get_ref();
             peer_identity(
@@ -116,80 +314,22 @@ impl OutboundListener {
             }
             Err(d) => Err(d),
         };
-        let peer = match checked {
-            Ok(p) => p,
+        match checked {
+            Ok(peer) => {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+                Ok(Upstream { tls, peer, h2 })
+            }
             Err(denial) => {
-                m.closed(if matches!(denial, Denial::Revoked) {
-                    CloseReason::Revoked
-                } else {
-                    CloseReason::Denied
-                });
                 if let Some(suppressed) = self.log_limit.allow() {
                     tracing::warn!(listener = %self.name, %endpoint, error = %denial, suppressed, "upstream refused after handshake");
                 }
-                return;
-            }
-        };
-
-        tracing::debug!(listener = %self.name, %src, %endpoint, peer = %peer.id, "outbound connection established");
-        let (deadline, deadline_reason) = connection_deadline(&self.connections, peer.not_after);
-        let (end, stats) = copy_bidirectional(
-            &mut app,
-            &mut tls,
-            CopyCounters {
-                to_upstream: &m.to_upstream,
-                to_downstream: &m.to_downstream,
-            },
-            CopyLimits {
-                idle: self.timeouts.idle.0,
-                deadline,
-                stop: &self.stop,
-            },
-        )
-        .await;
-        log_copy_end(&self.name, "outbound", &end, stats, Some(&peer.id));
-        m.closed(match end {
-            CopyEnd::Completed => CloseReason::Completed,
-            CopyEnd::IdleTimeout => CloseReason::IdleTimeout,
-            CopyEnd::Error(_) => CloseReason::Error,
-            CopyEnd::Stopped => CloseReason::Policy,
-            CopyEnd::Deadline => deadline_reason,
-        });
-    }
-
-    /// Tries the endpoints in round-robin order, each once, until one
-    /// accepts the TCP connection.
-    async fn connect_any(&self) -> Result<(TcpStream, Endpoint), CloseReason> {
-        let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut last = CloseReason::ConnectFailed;
-        for i in 0..n {
-            let endpoint = &self.endpoints[(start + i) % n];
-            let addr = match resolve(endpoint).await {
-                Some(a) => a,
-                None => {
-                    if let Some(suppressed) = self.log_limit.allow() {
-                        tracing::warn!(listener = %self.name, %endpoint, suppressed, "endpoint name does not resolve");
-                    }
-                    continue;
-                }
-            };
-            match connect_with_timeout(addr, self.timeouts.connect.0).await {
-                Ok(s) => return Ok((s, endpoint.clone())),
-                Err(reason) => {
-                    last = reason;
-                    if let Some(suppressed) = self.log_limit.allow() {
-                        tracing::warn!(listener = %self.name, %endpoint, reason = reason.as_str(), suppressed, "cannot reach upstream endpoint");
-                    }
-                }
+                Err(ConnectError::Refused(denial))
             }
         }
-        Err(last)
     }
 
     fn handshake_failed(&self, why: HandshakeFailure, err: &std::io::Error, endpoint: &Endpoint) {
         self.metrics.handshake_failed(why);
-        self.metrics.closed(CloseReason::HandshakeFailed);
         if let Some(suppressed) = self.log_limit.allow() {
             tracing::warn!(listener = %self.name, %endpoint, expected = %self.upstream.expected(), reason = why.as_str(), error = %err, suppressed, "outbound TLS handshake failed");
         }

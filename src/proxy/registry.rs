@@ -61,6 +61,9 @@ pub struct ConnInfo {
     /// The peer's leaf and issuer certificates (DER), kept only when OCSP
     /// re-checks open connections.
     pub ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
+    /// HTTP connections are authorized request by request, so a policy
+    /// reload does not judge the connection as a whole.
+    pub per_request: bool,
     control: Arc<ConnControl>,
 }
 
@@ -94,17 +97,18 @@ impl ConnRegistry {
         peer: &PeerIdentity,
         src: SocketAddr,
     ) -> Registration<'_> {
-        self.register_with(service, peer, src, None)
+        self.register_with(service, peer, src, None, false)
     }
 
     /// As [`ConnRegistry::register`], keeping the peer's certificates for
-    /// OCSP re-checks.
+    /// OCSP re-checks, and marking HTTP connections (`per_request`).
     pub fn register_with(
         &self,
         service: Arc<str>,
         peer: &PeerIdentity,
         src: SocketAddr,
         ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
+        per_request: bool,
     ) -> Registration<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(ConnControl {
@@ -120,6 +124,7 @@ impl ConnRegistry {
                 issuer_raw: peer.issuer_raw.clone(),
                 serial_raw: peer.serial_raw.clone(),
                 ocsp_certs,
+                per_request,
                 control: control.clone(),
             },
         );

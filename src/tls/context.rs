@@ -22,6 +22,10 @@ pub struct TlsContext {
     identity: Arc<IdentityStore>,
     trust: ArcSwap<TrustStore>,
     server: ArcSwap<ServerConfig>,
+    /// The same, offering `h2` and `http/1.1` by ALPN, for HTTP listeners.
+    /// Opaque TCP listeners must offer none: a peer that negotiated `h2`
+    /// would send frames the app cannot read.
+    server_http: ArcSwap<ServerConfig>,
     /// Outbound configs, one per expected upstream identity, rebuilt when
     /// trust changes. Touched only at setup and reload, never per connection.
     outbound: Mutex<Vec<Weak<OutboundTls>>>,
@@ -30,15 +34,63 @@ pub struct TlsContext {
     fail_open: bool,
 }
 
-/// The client config for one outbound upstream.
+/// The ALPN protocol IDs, in our order of preference.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// What a client connection offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// Nothing: opaque TCP.
+    None,
+    /// `h2`, then `http/1.1`: the HTTP hop between sidecars.
+    Http,
+    /// Only `http/1.1`: upgrades (WebSocket, CONNECT) that need a
+    /// connection of their own.
+    Http1,
+}
+
+/// The client configs for one outbound upstream.
 pub struct OutboundTls {
     expected: SpiffeId,
-    config: ArcSwap<ClientConfig>,
+    config: ArcSwap<ClientConfigs>,
+}
+
+struct ClientConfigs {
+    none: Arc<ClientConfig>,
+    http: Arc<ClientConfig>,
+    http1: Arc<ClientConfig>,
+}
+
+impl ClientConfigs {
+    fn new(base: ClientConfig) -> Self {
+        let with = |protocols: &[&[u8]]| {
+            let mut c = base.clone();
+            c.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+            Arc::new(c)
+        };
+        ClientConfigs {
+            http: with(&[ALPN_H2, ALPN_HTTP1]),
+            http1: with(&[ALPN_HTTP1]),
+            none: Arc::new(base),
+        }
+    }
 }
 
 impl OutboundTls {
+    /// The config for opaque TCP (no ALPN).
     pub fn config(&self) -> Arc<ClientConfig> {
-        self.config.load_full()
+        self.config.load().none.clone()
+    }
+
+    /// The config offering `alpn`.
+    pub fn config_for(&self, alpn: Alpn) -> Arc<ClientConfig> {
+        let c = self.config.load();
+        match alpn {
+            Alpn::None => c.none.clone(),
+            Alpn::Http => c.http.clone(),
+            Alpn::Http1 => c.http1.clone(),
+        }
     }
 
     pub fn expected(&self) -> &SpiffeId {
@@ -63,10 +115,12 @@ impl TlsContext {
         let identity = Arc::new(IdentityStore::new(identity));
         let trust = Arc::new(trust);
         let server = build_server(&identity, &trust, &counters)?;
+        let server_http = with_http_alpn(&server);
         Ok(TlsContext {
             identity,
             trust: ArcSwap::new(trust),
             server: ArcSwap::from_pointee(server),
+            server_http: ArcSwap::from_pointee(server_http),
             outbound: Mutex::new(Vec::new()),
             counters,
             ocsp,
@@ -97,6 +151,12 @@ impl TlsContext {
         self.server.load_full()
     }
 
+    /// The config new inbound handshakes on HTTP listeners use: the same,
+    /// offering `h2` and `http/1.1` by ALPN.
+    pub fn server_config_http(&self) -> Arc<ServerConfig> {
+        self.server_http.load_full()
+    }
+
     /// Registers an upstream identity and returns its client config holder.
     pub fn outbound(&self, expected: SpiffeId) -> Result<Arc<OutboundTls>, rustls::Error> {
         let config = build_client(
@@ -108,7 +168,7 @@ impl TlsContext {
         )?;
         let out = Arc::new(OutboundTls {
             expected,
-            config: ArcSwap::from_pointee(config),
+            config: ArcSwap::from_pointee(ClientConfigs::new(config)),
         });
         let mut registry = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
         registry.retain(|w| w.strong_count() > 0);
@@ -121,6 +181,7 @@ impl TlsContext {
     pub fn set_trust(&self, trust: TrustStore) -> Result<(), rustls::Error> {
         let trust = Arc::new(trust);
         let server = build_server(&self.identity, &trust, &self.counters)?;
+        let server_http = with_http_alpn(&server);
         let registry = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
         let mut clients = Vec::with_capacity(registry.len());
         for out in registry.iter().filter_map(Weak::upgrade) {
@@ -136,8 +197,9 @@ impl TlsContext {
         // Build everything first, then swap, so a failure changes nothing.
         self.trust.store(trust);
         self.server.store(Arc::new(server));
+        self.server_http.store(Arc::new(server_http));
         for (out, config) in clients {
-            out.config.store(Arc::new(config));
+            out.config.store(Arc::new(ClientConfigs::new(config)));
         }
         Ok(())
     }
@@ -154,6 +216,12 @@ fn build_server(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity.clone());
     Ok(config)
+}
+
+fn with_http_alpn(server: &ServerConfig) -> ServerConfig {
+    let mut c = server.clone();
+    c.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    c
 }
 
 fn build_client(

@@ -9,7 +9,7 @@ mod provider;
 mod store;
 mod verifier;
 
-pub use context::{OutboundTls, TlsContext};
+pub use context::{ALPN_H2, ALPN_HTTP1, Alpn, OutboundTls, TlsContext};
 pub use failure::HandshakeFailure;
 pub use material::{
     CertKind, CertSummary, LoadError, LoadedIdentity, TrustBundle, TrustStore, load_bundle,

@@ -1,0 +1,138 @@
+//! The one body type the proxy sends, either way: a streamed body from the
+//! other side (frame by frame, trailers included, never buffered whole), or
+//! a short body portcullis writes itself. An enum, not a boxed trait
+//! object, so forwarding a request allocates nothing for its body.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Called when a streamed body ends cleanly (e.g. to return a pooled
+/// HTTP/1 connection, which can take a new request only then).
+pub trait OnEnd: Send + Sync {
+    fn ended(self: Box<Self>);
+}
+
+pub enum ProxyBody {
+    /// Bytes portcullis wrote (error pages); `None` once sent.
+    Full(Option<Bytes>),
+    /// A body streamed from a peer.
+    Stream(Streamed),
+}
+
+/// A streamed body with its optional size limit and end hook.
+pub struct Streamed {
+    inner: Incoming,
+    /// Bytes still allowed, when limited.
+    remaining: Option<u64>,
+    /// Set when the limit was crossed, so the sender can answer 413.
+    exceeded: Option<Arc<AtomicBool>>,
+    on_end: Option<Box<dyn OnEnd>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds http.max_request_body")]
+pub struct TooLarge;
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+
+    pub fn text(s: &'static str) -> Self {
+        ProxyBody::Full(Some(Bytes::from_static(s.as_bytes())))
+    }
+
+    pub fn stream(inner: Incoming) -> Self {
+        ProxyBody::Stream(Streamed {
+            inner,
+            remaining: None,
+            exceeded: None,
+            on_end: None,
+        })
+    }
+
+    /// A streamed body that fails once more than `limit` bytes pass,
+    /// setting `exceeded`.
+    pub fn limited(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        ProxyBody::Stream(Streamed {
+            inner,
+            remaining: Some(limit),
+            exceeded: Some(exceeded),
+            on_end: None,
+        })
+    }
+
+    /// A streamed body that calls `on_end` when it ends cleanly.
+    pub fn with_end(inner: Incoming, on_end: Box<dyn OnEnd>) -> Self {
+        ProxyBody::Stream(Streamed {
+            inner,
+            remaining: None,
+            exceeded: None,
+            on_end: Some(on_end),
+        })
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Stream(s) => {
+                let polled = Pin::new(&mut s.inner).poll_frame(cx);
+                match polled {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(None) => {
+                        if let Some(hook) = s.on_end.take() {
+                            hook.ended();
+                        }
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(left), Some(data)) = (s.remaining.as_mut(), frame.data_ref()) {
+                            let n = data.len() as u64;
+                            if n > *left {
+                                if let Some(flag) = &s.exceeded {
+                                    flag.store(true, Ordering::Release);
+                                }
+                                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                            }
+                            *left -= n;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            // Reporting the end early lets hyper skip a read, but then the
+            // end hook would never run: only claim it when there is none.
+            ProxyBody::Stream(s) => s.on_end.is_none() && s.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Stream(s) => s.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Upstream HTTP connections and their pool, for both directions: to the
+//! peer sidecar (the mTLS hop) and to the local app.
+//!
+//! An HTTP/2 upstream gets one shared connection that every request
+//! multiplexes over (as Linkerd does); an HTTP/1.1 upstream gets a stack of
+//! idle keep-alive connections, one request at a time each. A connection
+//! goes back to the stack only when its response body has ended, since
+//! HTTP/1.1 can take the next request only then.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::body::{OnEnd, ProxyBody};
+use crate::config::HttpConfig;
+
+/// A connection ready to take a request.
+pub enum Sender {
+    H2(http2::SendRequest<ProxyBody>),
+    H1(http1::SendRequest<ProxyBody>),
+}
+
+/// Why a request did not get a response.
+pub enum SendError {
+    /// The connection was already closed; the request was not sent and may
+    /// go out on another connection.
+    /// Boxed: the rare path should not make every result large.
+    NotSent(Box<Request<ProxyBody>>),
+    /// The request was (perhaps partly) sent; it must not be repeated.
+    Failed(hyper::Error),
+}
+
+/// Builders for upstream connections, made once per listener.
+#[derive(Clone)]
+pub struct ClientSettings {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl ClientSettings {
+    pub fn new(http: &HttpConfig) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.max_buf_size(http.max_header_bytes.max(8192) * 2);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            // Large windows let one busy stream use the link instead of
+            // waiting on WINDOW_UPDATEs; bounded, so memory stays flat.
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_frame_size(64 * 1024)
+            // Dead peers that never reset the connection are found by
+            // pings instead of by hanging requests.
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .max_header_list_size(http.max_header_bytes as u32);
+        ClientSettings { h1, h2 }
+    }
+
+    /// Starts HTTP/2 (`h2`) or HTTP/1.1 over `io`; the connection is driven
+    /// by its own task until every sender is gone.
+    pub async fn handshake<I>(&self, io: I, h2: bool) -> Result<Sender, hyper::Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        if h2 {
+            let (sender, conn) = self.h2.handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = self.h1.handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+}
+
+const UNKNOWN: u8 = 0;
+const H2: u8 = 1;
+const H1: u8 = 2;
+
+/// The connections to one upstream address.
+pub struct Pool {
+    h2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
+    /// Held while a new HTTP/2 connection is made, so a burst of requests
+    /// opens one connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+    idle_h1: Mutex<Vec<(http1::SendRequest<ProxyBody>, tokio::time::Instant)>>,
+    /// What the upstream answered by ALPN: unknown until the first
+    /// connection, then h2 or http/1.1.
+    learned: AtomicU8,
+    /// Milliseconds since `epoch` of the shared connection's last use.
+    last_used: AtomicU64,
+    epoch: tokio::time::Instant,
+    max_idle: usize,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize) -> Arc<Self> {
+        Arc::new(Pool {
+            h2: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            idle_h1: Mutex::new(Vec::new()),
+            learned: AtomicU8::new(UNKNOWN),
+            last_used: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+            max_idle,
+        })
+    }
+
+    /// Whether the upstream is known to speak only HTTP/1.1.
+    pub fn is_h1_only(&self) -> bool {
+        self.learned.load(Ordering::Relaxed) == H1
+    }
+
+    pub fn learn(&self, h2: bool) {
+        self.learned
+            .store(if h2 { H2 } else { H1 }, Ordering::Relaxed);
+    }
+
+    /// The shared HTTP/2 connection, if it is open.
+    pub fn h2(&self) -> Option<Sender> {
+        let guard = self.h2.load();
+        let s = guard.as_ref()?;
+        if s.is_closed() {
+            return None;
+        }
+        self.touch();
+        Some(Sender::H2((**s).clone()))
+    }
+
+    /// Serializes making the shared HTTP/2 connection; re-check [`Pool::h2`]
+    /// after taking it.
+    pub async fn lock_connect(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.connecting.lock().await
+    }
+
+    pub fn set_h2(&self, s: &http2::SendRequest<ProxyBody>) {
+        self.touch();
+        self.h2.store(Some(Arc::new(s.clone())));
+    }
+
+    /// Forgets the shared connection if it is still `closed` one.
+    pub fn drop_h2(&self) {
+        self.h2.store(None);
+    }
+
+    /// An idle HTTP/1.1 connection, if one is open.
+    pub fn take_h1(&self) -> Option<Sender> {
+        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((s, _)) = idle.pop() {
+            if !s.is_closed() {
+                return Some(Sender::H1(s));
+            }
+        }
+        None
+    }
+
+    fn put_h1(&self, s: http1::SendRequest<ProxyBody>) {
+        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((s, tokio::time::Instant::now()));
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_used.store(ms, Ordering::Relaxed);
+    }
+
+    /// Closes what has been unused for `max_idle_time`.
+    fn sweep(&self, max_idle_time: Duration) {
+        let now = tokio::time::Instant::now();
+        self.idle_h1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < max_idle_time);
+        let last = Duration::from_millis(self.last_used.load(Ordering::Relaxed));
+        if self.h2.load().is_some() && self.epoch.elapsed().saturating_sub(last) >= max_idle_time {
+            // Open streams keep the connection until they end; it closes
+            // once the last handle and stream are gone.
+            self.h2.store(None);
+        }
+    }
+
+    /// Sends `req` on `sender`. An HTTP/1.1 connection goes back to this
+    /// pool once the response body ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        sender: Sender,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        match sender {
+            Sender::H2(mut s) => match s.try_send_request(req).await {
+                Ok(resp) => Ok(resp.map(ProxyBody::stream)),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => {
+                        self.drop_h2();
+                        Err(SendError::NotSent(Box::new(req)))
+                    }
+                    None => Err(SendError::Failed(e.into_error())),
+                },
+            },
+            Sender::H1(mut s) => {
+                if s.ready().await.is_err() {
+                    return Err(SendError::NotSent(Box::new(req)));
+                }
+                match s.try_send_request(req).await {
+                    Ok(resp) => {
+                        let back = Box::new(ReturnH1 {
+                            sender: s,
+                            pool: Arc::downgrade(self),
+                        });
+                        Ok(resp.map(|b| ProxyBody::with_end(b, back)))
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => Err(SendError::NotSent(Box::new(req))),
+                        None => Err(SendError::Failed(e.into_error())),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Sends a request on a connection used once (upgrades), without pooling.
+pub async fn send_once(
+    sender: Sender,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    match sender {
+        Sender::H2(mut s) => s.send_request(req).await,
+        Sender::H1(mut s) => {
+            s.ready().await?;
+            s.send_request(req).await
+        }
+    }
+}
+
+struct ReturnH1 {
+    sender: http1::SendRequest<ProxyBody>,
+    pool: Weak<Pool>,
+}
+
+impl OnEnd for ReturnH1 {
+    fn ended(self: Box<Self>) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put_h1(self.sender);
+        }
+    }
+}
+
+/// Sweeps `pools` every half `max_idle_time` until they are all dropped.
+pub fn spawn_sweeper(pools: Vec<Weak<Pool>>, max_idle_time: Duration) {
+    let every = (max_idle_time / 2).max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut alive = false;
+            for p in pools.iter().filter_map(Weak::upgrade) {
+                alive = true;
+                p.sweep(max_idle_time);
+            }
+            if !alive {
+                break;
+            }
+        }
+    });
+}

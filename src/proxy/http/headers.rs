@@ -1,0 +1,380 @@
+//! Header and URI rewriting between hops: hop-by-hop headers (RFC 9110
+//! §7.6.1), the identity headers only we may set, the original-protocol
+//! marker carried across the HTTP/2 hop, request-target forms for each
+//! HTTP version, and path normalization for authorization.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper::{Method, Request, Version};
+
+/// The verified SPIFFE ID of the peer, set by the inbound sidecar.
+pub const PEER_ID: HeaderName = HeaderName::from_static("x-portcullis-peer-id");
+/// Envoy's XFCC, set by the inbound sidecar when configured.
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// Why portcullis itself answered a request instead of the app.
+pub const ERROR: HeaderName = HeaderName::from_static("x-portcullis-error");
+/// Set by the outbound sidecar when it carries an HTTP/1.x request over the
+/// HTTP/2 hop, so the inbound sidecar speaks HTTP/1.1 to the app again (as
+/// Linkerd's `l5d-orig-proto`).
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-portcullis-orig-proto");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether a request asks to leave HTTP: a protocol upgrade (WebSocket)
+/// or a `CONNECT` tunnel.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        || (req.version() < Version::HTTP_2 && connection_has(req.headers(), "upgrade"))
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        && headers.contains_key(header::UPGRADE)
+}
+
+/// Removes the hop-by-hop headers: `Connection` and every header it names,
+/// and the fixed set RFC 9110 and HTTP/2 forbid forwarding. `TE: trailers`
+/// survives (gRPC needs it on HTTP/2). With `keep_upgrade`, `Upgrade` and
+/// `Connection: upgrade` stay so the next hop sees the upgrade request.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        // Rare (HTTP/1 only, and most clients send just keep-alive/close):
+        // collect the named headers before removing anything.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(te) = headers.get(header::TE) {
+        let trailers = te
+            .to_str()
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false);
+        headers.remove(header::TE);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if keep_upgrade {
+        if headers.contains_key(header::UPGRADE) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes every identity header a client may have sent, so only the
+/// inbound sidecar's own values reach the app.
+pub fn strip_identity(headers: &mut HeaderMap) {
+    headers.remove(PEER_ID);
+    headers.remove(XFCC);
+}
+
+/// The XFCC value for a peer: who we are (`By`), the SHA-256 of the peer's
+/// leaf certificate (`Hash`) and its SPIFFE ID (`URI`), in Envoy's format.
+pub fn xfcc_value(our_id: &str, peer_leaf_der: &[u8], peer_id: &str) -> Option<HeaderValue> {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(peer_leaf_der));
+    HeaderValue::from_str(&format!("By={our_id};Hash={hash};URI={peer_id}")).ok()
+}
+
+/// The authority a request is for: its URI's, or its `Host` header's.
+pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    let host = req.headers().get(header::HOST)?;
+    Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok()
+}
+
+/// Rewrites the request target for an HTTP/2 connection: absolute form
+/// (`http://authority/path`), `Host` folded into `:authority`.
+pub fn to_h2<B>(req: &mut Request<B>, fallback: &Authority) -> Result<(), hyper::http::Error> {
+    let authority = authority(req).unwrap_or_else(|| fallback.clone());
+    req.headers_mut().remove(header::HOST);
+    *req.version_mut() = Version::HTTP_2;
+    if req.method() == Method::CONNECT {
+        *req.uri_mut() = Uri::builder().authority(authority).build()?;
+        return Ok(());
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()?;
+    Ok(())
+}
+
+/// Rewrites the request target for an HTTP/1.1 connection: origin form
+/// (`/path`) with a `Host` header (authority form for `CONNECT`).
+pub fn to_h1<B>(req: &mut Request<B>, fallback: &Authority) -> Result<(), hyper::http::Error> {
+    let authority = authority(req).unwrap_or_else(|| fallback.clone());
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    *req.version_mut() = Version::HTTP_11;
+    if req.method() == Method::CONNECT {
+        *req.uri_mut() = Uri::builder().authority(authority).build()?;
+        return Ok(());
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    Ok(())
+}
+
+/// The path as authorization must see it: dot segments removed, repeated
+/// slashes merged, and percent-encoded unreserved characters decoded (so
+/// `/%61dmin/../admin` cannot slip past a rule on `/admin`), as Envoy's
+/// `normalize_path` and `merge_slashes`. Encoded slashes (`%2F`) stay
+/// encoded: they are data, not separators. Borrows when nothing changes.
+pub fn normalize_path(path: &str) -> Cow<'_, str> {
+    let needs = path.contains('%') || path.contains("/.") || path.contains("//");
+    if !needs && path.starts_with('/') {
+        return Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = decoded.ends_with('/')
+        || decoded.ends_with("/.")
+        || decoded.ends_with("/..")
+        || decoded == "."
+        || decoded == "..";
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normalized = String::with_capacity(decoded.len() + 1);
+    for seg in &out {
+        normalized.push('/');
+        normalized.push_str(seg);
+    }
+    if normalized.is_empty() || (trailing && !out.is_empty()) {
+        normalized.push('/');
+    }
+    Cow::Owned(normalized)
+}
+
+fn decode_unreserved(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
+        {
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                out.push(c as char);
+            } else {
+                // Reserved or non-ASCII: keep encoded, in upper case so
+                // equal paths compare equal.
+                out.push('%');
+                out.push(b[i + 1].to_ascii_uppercase() as char);
+                out.push(b[i + 2].to_ascii_uppercase() as char);
+            }
+            i += 3;
+            continue;
+        }
+        // `path` is a &str, so copying byte by byte keeps UTF-8 whole.
+        let ch_len = utf8_len(b[i]);
+        out.push_str(&path[i..i + ch_len]);
+        i += ch_len;
+    }
+    out
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Replaces the path of `uri` (keeping its query), for forwarding the
+/// normalized path that authorization judged.
+pub fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in lines {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_with_those_connection_names() {
+        let mut h = req(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_survives_for_grpc() {
+        let mut h = req(&[("te", "trailers, gzip")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn upgrade_requests_keep_their_upgrade_headers() {
+        let mut h = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_in_every_case() {
+        let mut h = req(&[
+            ("X-Portcullis-Peer-Id", "spiffe://evil/x"),
+            ("x-portcullis-peer-id", "spiffe://evil/y"),
+            ("X-Forwarded-Client-Cert", "By=x"),
+        ]);
+        strip_identity(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn paths_normalize_for_authorization() {
+        for (given, want) in [
+            ("/orders", "/orders"),
+            ("/orders/", "/orders/"),
+            ("/a/../admin", "/admin"),
+            ("/a/./b", "/a/b"),
+            ("//admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/a/%2Fb", "/a/%2Fb"),
+            ("/a/%2fb", "/a/%2Fb"),
+            ("/../../etc", "/etc"),
+            ("/a/b/..", "/a/"),
+            ("/..", "/"),
+            ("*", "/*"),
+            ("/caf\u{e9}/%7e", "/caf\u{e9}/~"),
+            ("/bad%zz", "/bad%zz"),
+            ("/end%", "/end%"),
+        ] {
+            assert_eq!(normalize_path(given), want, "{given}");
+        }
+        assert!(matches!(normalize_path("/plain/path"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn request_targets_follow_the_version() {
+        let fallback = Authority::from_static("fallback:80");
+        let mut r = Request::get("/x?y=1")
+            .header("host", "svc:8080")
+            .body(())
+            .unwrap();
+        to_h2(&mut r, &fallback).unwrap();
+        assert_eq!(r.uri(), "http://svc:8080/x?y=1");
+        assert!(r.headers().get("host").is_none());
+        to_h1(&mut r, &fallback).unwrap();
+        assert_eq!(r.uri(), "/x?y=1");
+        assert_eq!(r.headers().get("host").unwrap(), "svc:8080");
+
+        let mut r = Request::get("/").body(()).unwrap();
+        to_h2(&mut r, &fallback).unwrap();
+        assert_eq!(r.uri(), "http://fallback:80/");
+
+        let mut r = Request::connect("db:5432").body(()).unwrap();
+        to_h1(&mut r, &fallback).unwrap();
+        assert_eq!(r.uri(), "db:5432");
+    }
+
+    #[test]
+    fn xfcc_names_both_sides_and_the_hash() {
+        let v = xfcc_value("spiffe://td/me", b"leaf", "spiffe://td/peer").unwrap();
+        let s = v.to_str().unwrap();
+        assert!(s.starts_with("By=spiffe://td/me;Hash="), "{s}");
+        assert!(s.ends_with(";URI=spiffe://td/peer"), "{s}");
+        assert_eq!(
+            s.split("Hash=")
+                .nth(1)
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .len(),
+            64
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! L7: HTTP/1.1 and HTTP/2 proxying with hyper, for listeners with
+//! `protocol: http` or `protocol: auto`.
+//!
+//! Between sidecars the hop speaks HTTP/2 when the peer offers `h2` by
+//! ALPN, multiplexing every request of an upstream over one pooled mTLS
+//! connection; HTTP/1.1 from the app is carried over it and turned back
+//! into HTTP/1.1 for the app on the far side. Inbound, every request is
+//! authorized by method and path, and the peer's verified identity is
+//! added as headers no client can forge. Bodies stream frame by frame
+//! (trailers included); upgrades and `CONNECT` become byte tunnels.
+
+mod access_log;
+mod body;
+mod client;
+mod detect;
+mod error;
+mod headers;
+mod inbound;
+mod outbound;
+mod server;
+
+pub use access_log::AccessLog;
+pub use detect::{Detected, Rewind, classify, detect};
+pub use error::HttpError;
+pub use headers::normalize_path;
+pub(crate) use inbound::{InboundHttp, serve_inbound};
+pub(crate) use outbound::{OutboundHttp, serve_outbound};
+pub use server::{ServeEnd, ServeLimits};
+
+use std::time::Instant;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::copy::{CopyCounters, CopyLimits, copy_bidirectional};
+use crate::metrics::ListenerMetrics;
+
+/// Joins a downstream and an upstream that both left HTTP (a `101` or a
+/// `CONNECT` answered `2xx`) and copies bytes between them until either
+/// side ends or the idle timeout passes.
+async fn tunnel(
+    down: OnUpgrade,
+    up: OnUpgrade,
+    metrics: &ListenerMetrics,
+    idle: std::time::Duration,
+    listener: &str,
+) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(%listener, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    let never = tokio_util::sync::CancellationToken::new();
+    let (end, stats) = copy_bidirectional(
+        &mut down,
+        &mut up,
+        CopyCounters {
+            to_upstream: &metrics.to_upstream,
+            to_downstream: &metrics.to_downstream,
+        },
+        CopyLimits {
+            idle,
+            deadline: None,
+            stop: &never,
+        },
+    )
+    .await;
+    tracing::debug!(%listener, ?end, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "tunnel closed");
+}
+
+/// Seconds since `start`, for the duration histogram.
+fn since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}

@@ -1,0 +1,305 @@
+//! Serving one downstream HTTP connection with hyper, HTTP/1.1 or HTTP/2,
+//! under the connection's limits: header size and count, the slowloris
+//! guards (a whole request head within `header_read_timeout`, and a first
+//! request within it too), the idle timeout, a deadline, a hard stop
+//! (policy, revocation) and a graceful one (drain: HTTP/2 GOAWAY, HTTP/1.1
+//! `Connection: close` after the request in flight).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::body::ProxyBody;
+use crate::config::HttpConfig;
+
+/// hyper's builders for downstream connections, made once per listener.
+#[derive(Clone)]
+pub struct ServerSettings {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    idle: Duration,
+}
+
+impl ServerSettings {
+    pub fn new(http: &HttpConfig, idle: Duration) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(http.header_read_timeout.0)
+            .max_header_size(http.max_header_bytes)
+            .max_buf_size(http.max_header_bytes.max(8192) * 2)
+            .keep_alive(true);
+        // Any explicit value moves hyper's header array to the heap for
+        // every request; hyper's own default is 100.
+        if http.max_headers != 100 {
+            h1.max_headers(http.max_headers);
+        }
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(http.max_concurrent_streams)
+            .max_header_list_size(http.max_header_bytes as u32)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_frame_size(64 * 1024);
+        ServerSettings {
+            h1,
+            h2,
+            header_read_timeout: http.header_read_timeout.0,
+            idle,
+        }
+    }
+}
+
+/// How a served connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeEnd {
+    Completed,
+    /// No bytes either way for the idle timeout.
+    Idle,
+    /// No complete request head in time (slowloris).
+    HeaderTimeout,
+    /// Closed from outside (policy, revocation).
+    Stopped,
+    /// The connection deadline (peer expiry, maximum lifetime) passed.
+    Deadline,
+    Error,
+}
+
+/// What may end a connection besides its peer.
+pub struct ServeLimits<'a> {
+    pub stop: &'a CancellationToken,
+    pub drain: &'a CancellationToken,
+    pub deadline: Option<Instant>,
+}
+
+/// Marks that a connection has seen a request; handed to the service.
+#[derive(Clone, Default)]
+pub struct SeenRequest(Arc<AtomicBool>);
+
+impl SeenRequest {
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serves `io` as HTTP/2 (`h2`) or HTTP/1.1 with `service` until the
+/// connection ends or a limit ends it.
+pub async fn serve<I, S>(
+    settings: &ServerSettings,
+    io: I,
+    h2: bool,
+    service: S,
+    seen: SeenRequest,
+    limits: ServeLimits<'_>,
+) -> ServeEnd
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        activity: activity.clone(),
+    });
+    if h2 {
+        let conn = settings.h2.serve_connection(io, service);
+        drive(conn, settings, &activity, &seen, limits).await
+    } else {
+        let conn = settings.h1.serve_connection(io, service).with_upgrades();
+        drive(conn, settings, &activity, &seen, limits).await
+    }
+}
+
+/// The two hyper connection types, as far as driving them goes.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+async fn drive<C: Graceful>(
+    conn: C,
+    settings: &ServerSettings,
+    activity: &Activity,
+    seen: &SeenRequest,
+    limits: ServeLimits<'_>,
+) -> ServeEnd {
+    let mut conn = std::pin::pin!(conn);
+    let first_request_by = Instant::now() + settings.header_read_timeout;
+    let mut draining = false;
+    let deadline = async {
+        match limits.deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut deadline = std::pin::pin!(deadline);
+    let mut first = std::pin::pin!(tokio::time::sleep_until(first_request_by));
+    let mut first_done = false;
+    let idle = activity.idle_timer(settings.idle);
+    let mut idle = std::pin::pin!(idle);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                return match r {
+                    Ok(()) => ServeEnd::Completed,
+                    Err(e) if e.is_timeout() => ServeEnd::HeaderTimeout,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                        ServeEnd::Error
+                    }
+                };
+            }
+            _ = limits.stop.cancelled() => return ServeEnd::Stopped,
+            _ = &mut deadline => return ServeEnd::Deadline,
+            _ = &mut idle => return ServeEnd::Idle,
+            _ = &mut first, if !first_done => {
+                first_done = true;
+                // HTTP/1.1 has hyper's own header timer; this also covers
+                // an HTTP/2 client that connects and never asks anything.
+                if !seen.0.load(Ordering::Relaxed) {
+                    return ServeEnd::HeaderTimeout;
+                }
+            }
+            _ = limits.drain.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().shut_down();
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, shared by the stream wrapper and
+/// the idle timer.
+struct Activity {
+    epoch: Instant,
+    /// Milliseconds since `epoch`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        // Skip the store when nothing changed: most reads and writes of a
+        // busy connection land within the same millisecond.
+        if self.last.load(Ordering::Relaxed) != ms {
+            self.last.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves once no byte has moved for `idle`.
+    async fn idle_timer(&self, idle: Duration) {
+        loop {
+            let last = self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let due = last + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// A stream that records its activity.
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
