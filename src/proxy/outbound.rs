@@ -90,6 +90,20 @@ impl ConnectError {
             ConnectError::Connect(CloseReason::ConnectTimeout) => HttpError::ConnectTimeout,
             ConnectError::Connect(_) => HttpError::ConnectFailed,
             ConnectError::Handshake(HandshakeFailure::Timeout) => HttpError::ConnectTimeout,
+            // The handshake worked as TLS, but the upstream's certificate
+            // is not one we accept (most often: not the expected identity).
+            ConnectError::Handshake(
+                HandshakeFailure::WrongIdentity
+                | HandshakeFailure::UnknownCa
+                | HandshakeFailure::Expired
+                | HandshakeFailure::NotYetValid
+                | HandshakeFailure::BadSvid
+                | HandshakeFailure::UntrustedDomain
+                | HandshakeFailure::BadSignature
+                | HandshakeFailure::Revoked
+                | HandshakeFailure::RevocationUnknown
+                | HandshakeFailure::BadCertificate,
+            ) => HttpError::UpstreamRefused,
             ConnectError::Handshake(_) => HttpError::TlsFailed,
             ConnectError::Refused(_) => HttpError::UpstreamRefused,
         }

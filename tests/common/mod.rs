@@ -319,3 +319,257 @@ pub fn openssl(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+// === A real HTTP app for the L7 tests ===
+
+/// What the HTTP app reports about a request it received.
+#[derive(Debug, serde::Deserialize)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub headers: std::collections::BTreeMap<String, Vec<String>>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(|s| s.as_str())
+    }
+}
+
+/// A response body made of fixed frames (data, then trailers).
+pub struct Frames(pub std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        // Known length (so a Content-Length) unless trailers follow.
+        if self.0.iter().all(|f| f.is_data()) {
+            let n: usize = self
+                .0
+                .iter()
+                .filter_map(|f| f.data_ref())
+                .map(|d| d.len())
+                .sum();
+            hyper::body::SizeHint::with_exact(n as u64)
+        } else {
+            hyper::body::SizeHint::default()
+        }
+    }
+}
+
+fn frames(data: impl Into<bytes::Bytes>) -> Frames {
+    Frames([hyper::body::Frame::data(data.into())].into())
+}
+
+/// Starts an HTTP app speaking HTTP/1.1 and HTTP/2 (prior knowledge) on
+/// one loopback port. Routes: `/ws` (WebSocket echo), `CONNECT` (byte
+/// echo), `/grpc` (echoes the body with gRPC trailers), `/slow` (answers
+/// after 3 s), `/count` (streams the body in and answers its length),
+/// anything else: JSON describing the request. Returns its address and a
+/// counter of the connections it accepted.
+pub async fn http_app() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(app_handler);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn app_handler(
+    mut req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Frames>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    use hyper::body::Frame;
+    let path = req.uri().path().to_string();
+    if req.method() == hyper::Method::CONNECT {
+        let up = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = up.await {
+                let mut io = hyper_util::rt::TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Ok(hyper::Response::new(frames("")));
+    }
+    if path == "/ws" {
+        let key = req
+            .headers()
+            .get("sec-websocket-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let up = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = up.await {
+                let _ = ws_echo(hyper_util::rt::TokioIo::new(up)).await;
+            }
+        });
+        let r = hyper::Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-accept", ws_accept(&key))
+            .body(frames(""))
+            .unwrap();
+        return Ok(r);
+    }
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        return Ok(hyper::Response::new(frames("slow\n")));
+    }
+    if path == "/count" {
+        let mut n: u64 = 0;
+        let mut body = req.into_body();
+        while let Some(f) = body.frame().await {
+            match f {
+                Ok(f) => n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
+                Err(_) => break,
+            }
+        }
+        return Ok(hyper::Response::new(frames(n.to_string())));
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    if path == "/grpc" {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "all-good".parse().unwrap());
+        let r = hyper::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(Frames(
+                [Frame::data(body), Frame::trailers(trailers)].into(),
+            ))
+            .unwrap();
+        return Ok(r);
+    }
+    let mut headers = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (k, v) in &parts.headers {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).to_string());
+    }
+    let seen = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    let r = hyper::Response::builder()
+        .header("content-type", "application/json")
+        .body(frames(seen.to_string()))
+        .unwrap();
+    Ok(r)
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub fn ws_accept(key: &str) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(key.as_bytes());
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64(&h.finalize())
+}
+
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Echoes WebSocket text/binary frames (client frames are masked, ours
+/// are not) until the peer closes.
+async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+) -> std::io::Result<()> {
+    loop {
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head).await?;
+        let len = (head[1] & 0x7f) as usize;
+        assert!(len < 126, "test frames are short");
+        let mut mask = [0u8; 4];
+        s.read_exact(&mut mask).await?;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await?;
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        let mut frame = vec![head[0], len as u8];
+        frame.extend_from_slice(&payload);
+        s.write_all(&frame).await?;
+    }
+}
+
+/// A client WebSocket text frame (masked).
+pub fn ws_frame(text: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Runs curl with `args` and returns (success, stdout, stderr).
+pub async fn curl(args: &[&str]) -> (bool, String, String) {
+    let o = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}

@@ -80,6 +80,16 @@ impl ProxyBody {
     }
 }
 
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(hook) = self.on_end.take()
+        {
+            hook.ended();
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -102,6 +112,13 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                     Poll::Ready(Some(Ok(frame))) => {
+                        // A body of known length may be dropped right after
+                        // its last byte, never polled to its end.
+                        if s.inner.is_end_stream()
+                            && let Some(hook) = s.on_end.take()
+                        {
+                            hook.ended();
+                        }
                         if let (Some(left), Some(data)) = (s.remaining.as_mut(), frame.data_ref()) {
                             let n = data.len() as u64;
                             if n > *left {

@@ -118,7 +118,7 @@ pub fn to_h2<B>(req: &mut Request<B>, fallback: &Authority) -> Result<(), hyper:
     req.headers_mut().remove(header::HOST);
     *req.version_mut() = Version::HTTP_2;
     if req.method() == Method::CONNECT {
-        *req.uri_mut() = Uri::builder().authority(authority).build()?;
+        *req.uri_mut() = authority_form(authority)?;
         return Ok(());
     }
     let pq = req
@@ -145,7 +145,7 @@ pub fn to_h1<B>(req: &mut Request<B>, fallback: &Authority) -> Result<(), hyper:
     }
     *req.version_mut() = Version::HTTP_11;
     if req.method() == Method::CONNECT {
-        *req.uri_mut() = Uri::builder().authority(authority).build()?;
+        *req.uri_mut() = authority_form(authority)?;
         return Ok(());
     }
     let pq = req
@@ -155,6 +155,13 @@ pub fn to_h1<B>(req: &mut Request<B>, fallback: &Authority) -> Result<(), hyper:
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(pq);
     Ok(())
+}
+
+/// `host:port` alone, the request target of `CONNECT`.
+fn authority_form(authority: Authority) -> Result<Uri, hyper::http::Error> {
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.authority = Some(authority);
+    Ok(Uri::from_parts(parts)?)
 }
 
 /// The path as authorization must see it: dot segments removed, repeated

@@ -180,7 +180,19 @@ impl Conn {
     /// carries the normalized path that was judged.
     fn authorize(&self, req: &mut Request<Incoming>) -> Result<(), HttpError> {
         let l = &self.listener;
-        let path = headers::normalize_path(req.uri().path());
+        // CONNECT names a host, not a path: rules see the authority, which
+        // no path rule (they start with '/') can match.
+        let connect = req.method() == Method::CONNECT;
+        let path = if connect {
+            std::borrow::Cow::Owned(
+                req.uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            )
+        } else {
+            headers::normalize_path(req.uri().path())
+        };
         let active = l.authz.policy.active();
         let decision = active.table.decide(
             &l.name,
@@ -215,7 +227,7 @@ impl Conn {
             l.metrics.rate_limited.inc();
             return Err(HttpError::RateLimited);
         }
-        if let std::borrow::Cow::Owned(p) = &path {
+        if !connect && let std::borrow::Cow::Owned(p) = &path {
             let Some(uri) = headers::with_path(req.uri(), p) else {
                 return Err(HttpError::BadRequest);
             };
@@ -261,12 +273,14 @@ impl Conn {
             _ => ProxyBody::stream(b),
         });
         let sent = tokio::time::timeout(http.request_timeout, self.send(req, to_h1)).await;
+        let over = || exceeded.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
         match sent {
             Err(_) => Err(HttpError::RequestTimeout),
+            // The app may answer a body cut short at the limit; the client
+            // must still learn that its body was too large.
+            Ok(Ok(_)) if over() => Err(HttpError::BodyTooLarge),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) if exceeded.is_some_and(|f| f.load(Ordering::Acquire)) => {
-                Err(HttpError::BodyTooLarge)
-            }
+            Ok(Err(_)) if over() => Err(HttpError::BodyTooLarge),
             Ok(Err(e)) => Err(e),
         }
     }
