@@ -1057,3 +1057,57 @@ async fn auto_detects_http_tcp_and_server_first_protocols() {
         .unwrap();
     assert_eq!(&banner, b"220 ready\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_finishes_the_request_in_flight_then_closes_keep_alive_connections() {
+    let pki = Pki::new();
+    let (app, _) = http_app().await;
+    let (_server, client) = pair(&pki, app, http_side(), http_side()).await;
+    let out = client.outbound_addr("orders").unwrap();
+
+    // An idle keep-alive connection, and one with a slow request in flight.
+    let mut idle = TcpStream::connect(out).await.unwrap();
+    assert_eq!(
+        one_response(&mut idle, b"GET /a HTTP/1.1\r\nHost: orders\r\n\r\n")
+            .await
+            .0,
+        200
+    );
+    let mut busy = TcpStream::connect(out).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the slow request to reach the app",
+        || async {
+            let text = _server.metrics().encode();
+            (metric(
+                &text,
+                "portcullis_authz_decisions_total",
+                &[("decision", "allow")],
+            )
+            .unwrap_or(0.0)
+                >= 2.0)
+                .then_some(())
+        },
+    )
+    .await;
+
+    client.begin_drain();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0))),
+        "the idle connection closes at once: {buf:?}"
+    );
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut reply))
+        .await
+        .expect("the slow request finishes, then the connection closes")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(reply.starts_with("http/1.1 200"), "{reply}");
+    assert!(reply.contains("connection: close"), "{reply}");
+    assert!(reply.ends_with("slow\n"), "{reply}");
+}

@@ -404,7 +404,51 @@ pub async fn http_app() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     (addr, accepted)
 }
 
+/// `n` bytes in 64 KiB chunks, made as they are read.
+pub struct Generated {
+    pub left: u64,
+    pub chunk: bytes::Bytes,
+}
+
+impl Generated {
+    pub fn new(n: u64) -> Self {
+        Generated {
+            left: n,
+            chunk: bytes::Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
+}
+
+impl hyper::body::Body for Generated {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= n as u64;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.chunk.slice(..n)))))
+    }
+}
+
+type AppBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
 async fn app_handler(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<AppBody>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    if let Some(n) = req.uri().path().strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        return Ok(hyper::Response::new(Generated::new(n).boxed()));
+    }
+    app_routes(req).await.map(|r| r.map(|b| b.boxed()))
+}
+
+async fn app_routes(
     mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Frames>, std::convert::Infallible> {
     use http_body_util::BodyExt;
