@@ -852,4 +852,57 @@ log:
         let e = err(&GOOD.replace("protocol: tcp\noutbound", "protocol: sctp\noutbound"));
         assert!(e.reason.contains("sctp"), "{e}");
     }
+
+    #[test]
+    fn http_section_defaults_values_and_protocols() {
+        let c = parse_at(GOOD).unwrap();
+        assert_eq!(c.http.max_header_bytes, 64 * 1024);
+        assert_eq!(c.http.request_timeout.0.as_secs(), 60);
+        assert!(c.http.max_request_body.is_none());
+        let text = GOOD
+            .replace(
+                "    protocol: tcp\noutbound",
+                "    protocol: http\noutbound",
+            )
+            .replace("    protocol: tcp\nadmin", "    protocol: auto\nadmin")
+            + "http:\n  max_request_body: 1000\n  request_timeout: 3s\n  forward_client_cert: true\n  access_log: access.log\n";
+        let c = parse_at(&text).unwrap();
+        assert_eq!(c.inbound[0].protocol, Protocol::Http);
+        assert_eq!(c.outbound[0].protocol, Protocol::Auto);
+        assert_eq!(c.http.max_request_body, Some(1000));
+        assert_eq!(c.http.request_timeout.0.as_secs(), 3);
+        assert!(c.http.forward_client_cert);
+        assert_eq!(
+            c.http.access_log,
+            AuditSink::File("/etc/portcullis/access.log".into())
+        );
+    }
+
+    #[test]
+    fn bad_http_values_are_refused_with_their_place() {
+        for (yaml, want) in [
+            ("http:\n  max_header_bytes: 100\n", "between 8192"),
+            ("http:\n  max_headers: 0\n", "max_headers"),
+            (
+                "http:\n  max_request_body: 0\n",
+                "max_request_body must be more than 0",
+            ),
+            (
+                "http:\n  request_timeout: 0s\n",
+                "request_timeout must be more than 0",
+            ),
+            (
+                "http:\n  max_concurrent_streams: 0\n",
+                "max_concurrent_streams",
+            ),
+            ("http:\n  access_log: \"\"\n", "access_log"),
+            ("http:\n  max_body: 10\n", "unknown field `max_body`"),
+        ] {
+            let e = err(&format!("{GOOD}{yaml}"));
+            assert_eq!(e.line, Some(27), "{yaml}: {e}");
+            assert!(e.reason.contains(want), "{yaml}: {e}");
+        }
+        let e = err(&GOOD.replace("protocol: tcp\noutbound", "protocol: grpc\noutbound"));
+        assert!(e.reason.contains("grpc"), "{e}");
+    }
 }
