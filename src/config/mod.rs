@@ -188,8 +188,8 @@ pub struct HttpConfig {
     /// Largest request body in bytes; larger is answered 413. `None`:
     /// unlimited (bodies stream, so size costs no memory).
     pub max_request_body: Option<u64>,
-    /// From a request being forwarded to its response headers arriving;
-    /// longer is answered 504.
+    /// From a request's body having been sent whole to its response
+    /// headers arriving; longer is answered 504.
     pub request_timeout: ConfigDuration,
     /// A client must send a whole request head within this (slowloris).
     pub header_read_timeout: ConfigDuration,

@@ -36,6 +36,44 @@ pub struct Streamed {
     on_end: Option<Box<dyn OnEnd>>,
 }
 
+/// Signals when a request body has been sent whole, so the request
+/// timeout can start from there (as Envoy's route timeout does): a long
+/// upload is not a slow upstream.
+pub struct BodySent(pub tokio::sync::oneshot::Sender<()>);
+
+impl OnEnd for BodySent {
+    fn ended(self: Box<Self>) {
+        let _ = self.0.send(());
+    }
+}
+
+/// A hook for a request body that reports when it has been sent whole,
+/// and the receiver to wait on; nothing when the body is already empty.
+pub fn track_sent(
+    body: &Incoming,
+) -> (
+    Option<Box<dyn OnEnd>>,
+    Option<tokio::sync::oneshot::Receiver<()>>,
+) {
+    if body.is_end_stream() {
+        return (None, None);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    (Some(Box::new(BodySent(tx))), Some(rx))
+}
+
+/// The request timeout: `timeout` from the moment `sent` fires (or at once
+/// when there is no body to wait for, or it was dropped unfinished).
+pub async fn response_deadline(
+    sent: Option<tokio::sync::oneshot::Receiver<()>>,
+    timeout: std::time::Duration,
+) {
+    if let Some(rx) = sent {
+        let _ = rx.await;
+    }
+    tokio::time::sleep(timeout).await;
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds http.max_request_body")]
 pub struct TooLarge;
@@ -66,6 +104,24 @@ impl ProxyBody {
             remaining: Some(limit),
             exceeded: Some(exceeded),
             on_end: None,
+        })
+    }
+
+    /// A streamed body with an optional size limit and end hook.
+    pub fn streaming(
+        inner: Incoming,
+        limit: Option<(u64, Arc<AtomicBool>)>,
+        on_end: Option<Box<dyn OnEnd>>,
+    ) -> Self {
+        let (remaining, exceeded) = match limit {
+            Some((n, flag)) => (Some(n), Some(flag)),
+            None => (None, None),
+        };
+        ProxyBody::Stream(Streamed {
+            inner,
+            remaining,
+            exceeded,
+            on_end,
         })
     }
 

@@ -16,7 +16,7 @@ use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::access_log::{AccessEntry, AccessLog};
-use super::body::ProxyBody;
+use super::body::{ProxyBody, response_deadline, track_sent};
 use super::client::{ClientSettings, Pool, SendError, Sender, send_once};
 use super::error::HttpError;
 use super::headers::{self, ORIG_PROTO, PEER_ID, XFCC};
@@ -268,11 +268,13 @@ impl Conn {
         if upgrade {
             return self.upgrade(req).await;
         }
-        let req = req.map(|b| match (body_limit, &exceeded) {
-            (Some(limit), Some(flag)) => ProxyBody::limited(b, limit, flag.clone()),
-            _ => ProxyBody::stream(b),
-        });
-        let sent = tokio::time::timeout(http.request_timeout, self.send(req, to_h1)).await;
+        let (sent_tx, sent_rx) = track_sent(req.body());
+        let limit = body_limit.zip(exceeded.clone());
+        let req = req.map(|b| ProxyBody::streaming(b, limit, sent_tx));
+        let sent = tokio::select! {
+            r = self.send(req, to_h1) => Ok(r),
+            _ = response_deadline(sent_rx, http.request_timeout) => Err(()),
+        };
         let over = || exceeded.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
         match sent {
             Err(_) => Err(HttpError::RequestTimeout),

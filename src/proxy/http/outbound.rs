@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::net::TcpStream;
 
 use super::access_log::{AccessEntry, AccessLog};
-use super::body::ProxyBody;
+use super::body::{ProxyBody, response_deadline, track_sent};
 use super::client::{ClientSettings, Pool, SendError, Sender, send_once};
 use super::error::HttpError;
 use super::headers::{self, ORIG_PROTO};
@@ -119,9 +119,13 @@ impl Conn {
         let forwarded = if upgrade {
             self.upgrade(req).await
         } else {
-            match tokio::time::timeout(self.http.request_timeout, self.forward(req)).await {
-                Ok(r) => r,
-                Err(_) => Err(HttpError::RequestTimeout),
+            let (sent_tx, sent_rx) = track_sent(req.body());
+            let req = req.map(|b| ProxyBody::streaming(b, None, sent_tx));
+            tokio::select! {
+                r = self.forward(req) => r,
+                _ = response_deadline(sent_rx, self.http.request_timeout) => {
+                    Err(HttpError::RequestTimeout)
+                }
             }
         };
         let (mut resp, error) = match forwarded {
@@ -158,9 +162,8 @@ impl Conn {
     /// Forwards to an endpoint in round-robin order, moving on to the next
     /// only when this one could not be connected to (the request has not
     /// left yet, so trying elsewhere is safe for any method).
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, HttpError> {
+    async fn forward(&self, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, HttpError> {
         let from_h1 = req.version() < Version::HTTP_2;
-        let mut req = req.map(ProxyBody::stream);
         headers::strip_hop_by_hop(req.headers_mut(), false);
         req.headers_mut().remove(ORIG_PROTO);
 
