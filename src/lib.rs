@@ -20,3 +20,4 @@ pub mod reload;
 pub mod revocation;
 pub mod runtime;
 pub mod tls;
+pub mod upstream;
