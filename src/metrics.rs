@@ -125,6 +125,34 @@ pub struct Metrics {
     request_duration: prometheus::HistogramVec,
     request_errors: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    circuit_state: IntGaugeVec,
+    circuit_transitions: IntCounterVec,
+    upstream_rejections: IntCounterVec,
+    endpoint_ewma: GaugeVec,
+    upstream_retries: IntCounterVec,
+}
+
+/// One upstream's series, resolved once.
+pub struct UpstreamMetrics {
+    pub endpoints: Vec<EndpointMetrics>,
+    rejections: Vec<(&'static str, IntCounter)>,
+    pub retries: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn rejected(&self, reason: &str) {
+        if let Some((_, c)) = self.rejections.iter().find(|(r, _)| *r == reason) {
+            c.inc();
+        }
+    }
+}
+
+/// One endpoint's breaker and latency series.
+pub struct EndpointMetrics {
+    pub state: IntGauge,
+    /// Transitions to closed, open, half_open.
+    pub transitions: [IntCounter; 3],
+    pub ewma_seconds: Gauge,
 }
 
 /// The counters of one listener, with labels already applied.
@@ -420,6 +448,41 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("access log metric is malformed: {e}")),
         );
+        let circuit_state = gauge_vec(
+            &registry,
+            "portcullis_circuit_state",
+            "Circuit breaker state of an upstream endpoint: 0 closed, 1 open, 2 half-open.",
+            &["upstream", "endpoint"],
+        );
+        let circuit_transitions = counter_vec(
+            &registry,
+            "portcullis_circuit_transitions_total",
+            "Circuit breaker state changes of an upstream endpoint, by the state entered.",
+            &["upstream", "endpoint", "to"],
+        );
+        let upstream_rejections = counter_vec(
+            &registry,
+            "portcullis_upstream_rejections_total",
+            "Connections or requests refused before reaching an upstream: circuit_open, max_connections, max_pending_requests, max_requests.",
+            &["upstream", "reason"],
+        );
+        let endpoint_ewma = register(
+            &registry,
+            GaugeVec::new(
+                opts(
+                    "portcullis_endpoint_latency_ewma_seconds",
+                    "Moving average of an endpoint's latency (connect or response headers; failures count as slow), used to choose among endpoints.",
+                ),
+                &["upstream", "endpoint"],
+            )
+            .unwrap_or_else(|e| panic!("upstream metric is malformed: {e}")),
+        );
+        let upstream_retries = counter_vec(
+            &registry,
+            "portcullis_upstream_retries_total",
+            "Requests sent again to another endpoint after a connect failure.",
+            &["upstream"],
+        );
         gauge_vec(
             &registry,
             "portcullis_build_info",
@@ -458,6 +521,36 @@ impl Metrics {
             request_duration,
             request_errors,
             access_log_dropped,
+            circuit_state,
+            circuit_transitions,
+            upstream_rejections,
+            endpoint_ewma,
+            upstream_retries,
+        }
+    }
+
+    /// Resolves (and so exports) every series of one upstream.
+    pub fn upstream(&self, name: &str, endpoints: &[String]) -> UpstreamMetrics {
+        UpstreamMetrics {
+            endpoints: endpoints
+                .iter()
+                .map(|e| EndpointMetrics {
+                    state: self.circuit_state.with_label_values(&[name, e]),
+                    transitions: ["closed", "open", "half_open"]
+                        .map(|to| self.circuit_transitions.with_label_values(&[name, e, to])),
+                    ewma_seconds: self.endpoint_ewma.with_label_values(&[name, e]),
+                })
+                .collect(),
+            rejections: [
+                "circuit_open",
+                "max_connections",
+                "max_pending_requests",
+                "max_requests",
+            ]
+            .into_iter()
+            .map(|r| (r, self.upstream_rejections.with_label_values(&[name, r])))
+            .collect(),
+            retries: self.upstream_retries.with_label_values(&[name]),
         }
     }
 

@@ -239,6 +239,41 @@ pub struct OutboundConfig {
     pub endpoints: Vec<Endpoint>,
     pub identity: SpiffeId,
     pub protocol: Protocol,
+    pub upstream: UpstreamConfig,
+}
+
+/// How an outbound upstream is protected: breakers, limits, retries.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UpstreamConfig {
+    pub breaker: crate::upstream::BreakerConfig,
+    /// HTTP statuses from the upstream that count as failures.
+    pub failure_statuses: Vec<u16>,
+    /// At most this share (percent) of endpoints may be out of use for an
+    /// open breaker; past it, breakers are ignored for choosing.
+    pub max_ejection_percent: u32,
+    /// Open connections to the upstream (L4: app connections; HTTP: hop
+    /// connections).
+    pub max_connections: usize,
+    /// HTTP requests waiting for a connection to the upstream.
+    pub max_pending_requests: usize,
+    /// HTTP requests in flight to the upstream.
+    pub max_requests: usize,
+    /// Retries may add at most this share (percent) of requests.
+    pub retry_budget_percent: u32,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            breaker: crate::upstream::BreakerConfig::default(),
+            failure_statuses: vec![502, 503, 504],
+            max_ejection_percent: 100,
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            retry_budget_percent: 20,
+        }
+    }
 }
 
 /// An upstream endpoint: `ip:port`, or `host:port` resolved at connect time.

@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 use super::{
     AdminConfig, AuditConfig, Config, ConfigDuration, ConfigError, ConnectionsConfig, Endpoint,
     HttpConfig, IdentityConfig, InboundConfig, LogConfig, LogFormat, OutboundConfig, ProbeConfig,
-    Protocol, ReloadConfig, RevocationConfig, RuntimeConfig, Timeouts,
+    Protocol, ReloadConfig, RevocationConfig, RuntimeConfig, Timeouts, UpstreamConfig,
 };
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::policy::AuditSink;
@@ -174,6 +174,218 @@ struct RawOutbound {
     identity: SpiffeId,
     #[serde(default = "tcp")]
     protocol: Protocol,
+    circuit_breaker: Option<RawBreaker>,
+    limits: Option<RawLimits>,
+    /// Percent of requests that retries may add.
+    retry_budget: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    consecutive_failures: Option<Spanned<u32>>,
+    /// Percent.
+    failure_rate: Option<Spanned<u32>>,
+    minimum_calls: Option<Spanned<u32>>,
+    window: Option<Spanned<u32>>,
+    slow_call_duration: Option<Spanned<ConfigDuration>>,
+    /// Percent.
+    slow_call_rate: Option<Spanned<u32>>,
+    open_duration: Option<Spanned<ConfigDuration>>,
+    max_open_duration: Option<Spanned<ConfigDuration>>,
+    half_open_max_calls: Option<Spanned<u32>>,
+    success_threshold: Option<Spanned<u32>>,
+    failure_statuses: Option<Spanned<Vec<Spanned<u16>>>>,
+    max_ejection_percent: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<usize>>,
+    max_pending_requests: Option<Spanned<usize>>,
+    max_requests: Option<Spanned<usize>>,
+}
+
+fn upstream_config(
+    v: &Validator<'_>,
+    breaker: Option<RawBreaker>,
+    limits: Option<RawLimits>,
+    retry_budget: Option<Spanned<u32>>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let mut u = UpstreamConfig::default();
+    let count = |n: Option<Spanned<u32>>, name: &str, min: u32, max: u32, slot: &mut u32| {
+        if let Some(n) = n {
+            if !(min..=max).contains(&n.value) {
+                return Err(v.at(
+                    n.referenced,
+                    format!("{name} must be between {min} and {max}"),
+                ));
+            }
+            *slot = n.value;
+        }
+        Ok(())
+    };
+    let percent = |n: Option<Spanned<u32>>, name: &str, slot: &mut f64| {
+        if let Some(n) = n {
+            if !(1..=100).contains(&n.value) {
+                return Err(v.at(
+                    n.referenced,
+                    format!("{name} is a percentage: between 1 and 100"),
+                ));
+            }
+            *slot = f64::from(n.value) / 100.0;
+        }
+        Ok(())
+    };
+    let duration =
+        |d: Option<Spanned<ConfigDuration>>, name: &str, slot: &mut std::time::Duration| {
+            if let Some(d) = d {
+                if d.value.0.is_zero() {
+                    return Err(v.at(d.referenced, format!("{name} must be more than 0")));
+                }
+                *slot = d.value.0;
+            }
+            Ok(())
+        };
+    if let Some(b) = breaker {
+        let c = &mut u.breaker;
+        count(
+            b.consecutive_failures,
+            "circuit_breaker.consecutive_failures",
+            1,
+            1_000_000,
+            &mut c.consecutive_failures,
+        )?;
+        percent(
+            b.failure_rate,
+            "circuit_breaker.failure_rate",
+            &mut c.failure_rate,
+        )?;
+        percent(
+            b.slow_call_rate,
+            "circuit_breaker.slow_call_rate",
+            &mut c.slow_call_rate,
+        )?;
+        count(
+            b.window,
+            "circuit_breaker.window",
+            1,
+            100_000,
+            &mut c.window,
+        )?;
+        let minimum_at = b.minimum_calls.as_ref().map(|m| m.referenced);
+        count(
+            b.minimum_calls,
+            "circuit_breaker.minimum_calls",
+            1,
+            100_000,
+            &mut c.minimum_calls,
+        )?;
+        count(
+            b.half_open_max_calls,
+            "circuit_breaker.half_open_max_calls",
+            1,
+            1000,
+            &mut c.half_open_max_calls,
+        )?;
+        if let Some(s) = &b.success_threshold
+            && s.value > c.half_open_max_calls
+        {
+            return Err(v.at(
+                s.referenced,
+                "circuit_breaker.success_threshold cannot be more than half_open_max_calls",
+            ));
+        }
+        count(
+            b.success_threshold,
+            "circuit_breaker.success_threshold",
+            1,
+            1000,
+            &mut c.success_threshold,
+        )?;
+        duration(
+            b.slow_call_duration,
+            "circuit_breaker.slow_call_duration",
+            &mut c.slow_call_duration,
+        )?;
+        duration(
+            b.open_duration,
+            "circuit_breaker.open_duration",
+            &mut c.open_duration,
+        )?;
+        duration(
+            b.max_open_duration,
+            "circuit_breaker.max_open_duration",
+            &mut c.max_open_duration,
+        )?;
+        if c.max_open_duration < c.open_duration {
+            // The cap is at least the first open period.
+            c.max_open_duration = c.open_duration;
+        }
+        if let Some(at) = minimum_at
+            && c.minimum_calls > c.window
+        {
+            return Err(v.at(
+                at,
+                "circuit_breaker.minimum_calls cannot be more than the window",
+            ));
+        }
+        if let Some(list) = b.failure_statuses {
+            let mut statuses = Vec::with_capacity(list.value.len());
+            for s in list.value {
+                if !(500..=599).contains(&s.value) {
+                    return Err(v.at(
+                        s.referenced,
+                        format!("failure status {} is not a 5xx status", s.value),
+                    ));
+                }
+                statuses.push(s.value);
+            }
+            u.failure_statuses = statuses;
+        }
+        if let Some(m) = b.max_ejection_percent {
+            if m.value > 100 {
+                return Err(v.at(
+                    m.referenced,
+                    "circuit_breaker.max_ejection_percent is a percentage: between 0 and 100",
+                ));
+            }
+            u.max_ejection_percent = m.value;
+        }
+    }
+    if let Some(l) = limits {
+        for (n, name, slot) in [
+            (
+                l.max_connections,
+                "limits.max_connections",
+                &mut u.max_connections,
+            ),
+            (
+                l.max_pending_requests,
+                "limits.max_pending_requests",
+                &mut u.max_pending_requests,
+            ),
+            (l.max_requests, "limits.max_requests", &mut u.max_requests),
+        ] {
+            if let Some(n) = n {
+                if n.value == 0 {
+                    return Err(v.at(n.referenced, format!("{name} must be at least 1")));
+                }
+                *slot = n.value;
+            }
+        }
+    }
+    if let Some(r) = retry_budget {
+        if r.value > 100 {
+            return Err(v.at(
+                r.referenced,
+                "retry_budget is a percentage of requests: between 0 and 100",
+            ));
+        }
+        u.retry_budget_percent = r.value;
+    }
+    Ok(u)
 }
 
 fn tcp() -> Protocol {
@@ -598,12 +810,14 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         for e in &l.endpoints.value {
             endpoints.push(Endpoint::parse(&e.value).map_err(|why| v.at(e.referenced, why))?);
         }
+        let upstream = upstream_config(&v, l.circuit_breaker, l.limits, l.retry_budget)?;
         outbound.push(OutboundConfig {
             name: l.name.value,
             listen: l.listen.value,
             endpoints,
             identity: l.identity,
             protocol: l.protocol,
+            upstream,
         });
     }
 
