@@ -34,6 +34,8 @@ pub struct State {
     pub registry: Arc<ConnRegistry>,
     authz: Arc<Authz>,
     pub credentials: Credentials,
+    /// Every outbound upstream's breakers and limits, for `/config_dump`.
+    upstreams: std::sync::OnceLock<Vec<Arc<crate::upstream::UpstreamSet>>>,
     started: AtomicBool,
     draining: AtomicBool,
     ready: AtomicBool,
@@ -217,6 +219,11 @@ impl State {
                 "serial": id.leaf.serial,
                 "not_after": id.leaf.not_after,
             },
+            "upstreams": self
+                .upstreams
+                .get()
+                .map(|u| u.iter().map(|s| s.dump()).collect::<Vec<_>>())
+                .unwrap_or_default(),
         })
     }
 
@@ -494,6 +501,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         registry,
         authz: authz.clone(),
         credentials: Credentials::new(config.clone(), tls.clone(), metrics.clone()),
+        upstreams: std::sync::OnceLock::new(),
         started: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         ready: AtomicBool::new(false),
@@ -572,6 +580,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         ));
     }
     let mut outbound = Vec::with_capacity(config.outbound.len());
+    let mut upstreams = Vec::with_capacity(config.outbound.len());
     for (l, listener) in config.outbound.iter().zip(outbound_listeners) {
         outbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
         let handler = Arc::new(OutboundListener::new(
@@ -586,8 +595,16 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
                 access_log: access_log.clone(),
                 drain: stop_accepting.clone(),
                 tasks: connections.clone(),
+                upstream_metrics: state.metrics.upstream(
+                    &l.name,
+                    &l.endpoints
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>(),
+                ),
             },
         ));
+        upstreams.push(handler.upstream_set().clone());
         tokio::spawn(accept_loop(
             l.name.clone(),
             listener,
@@ -596,6 +613,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
             move |s, a| handler.clone().serve(s, a),
         ));
     }
+    let _ = state.upstreams.set(upstreams);
 
     crate::reload::spawn(
         config.watched_files(),

@@ -58,10 +58,14 @@ pub enum CloseReason {
     Revoked,
     /// An HTTP client did not send a whole request head in time (slowloris).
     HeaderTimeout,
+    /// Every usable upstream endpoint's circuit breaker is open.
+    CircuitOpen,
+    /// Over the upstream's `max_connections`.
+    Overloaded,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::HandshakeFailed,
@@ -75,6 +79,8 @@ impl CloseReason {
         CloseReason::MaxLifetime,
         CloseReason::Revoked,
         CloseReason::HeaderTimeout,
+        CloseReason::CircuitOpen,
+        CloseReason::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +98,8 @@ impl CloseReason {
             CloseReason::MaxLifetime => "max_lifetime",
             CloseReason::Revoked => "revoked",
             CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::CircuitOpen => "circuit_open",
+            CloseReason::Overloaded => "overloaded",
         }
     }
 }

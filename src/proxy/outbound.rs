@@ -21,6 +21,7 @@ use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end
 use crate::config::{ConnectionsConfig, Endpoint, HttpConfig, OutboundConfig, Protocol, Timeouts};
 use crate::metrics::{CloseReason, ListenerMetrics};
 use crate::tls::{ALPN_H2, Alpn, HandshakeFailure, OutboundTls, TlsContext};
+use crate::upstream::UpstreamSet;
 
 /// One outbound listener's fixed state, shared by its connections.
 pub struct OutboundListener {
@@ -40,6 +41,8 @@ pub struct OutboundListener {
     pub(crate) http: Option<Arc<super::http::OutboundHttp>>,
     pub(crate) drain: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// Breakers, balancing, limits and retry budget of the upstream.
+    pub(crate) set: Arc<UpstreamSet>,
 }
 
 /// What an outbound listener is built from besides its config.
@@ -53,6 +56,7 @@ pub struct OutboundParts {
     pub access_log: Arc<super::http::AccessLog>,
     pub drain: CancellationToken,
     pub tasks: TaskTracker,
+    pub upstream_metrics: crate::metrics::UpstreamMetrics,
 }
 
 /// Why no verified connection to an upstream endpoint could be made.
@@ -65,6 +69,8 @@ pub(crate) enum ConnectError {
     Handshake(HandshakeFailure),
     /// The upstream is not who it must be, or is revoked.
     Refused(Denial),
+    /// Over the upstream's `max_connections`.
+    Overloaded,
 }
 
 impl ConnectError {
@@ -80,6 +86,7 @@ impl ConnectError {
             ConnectError::Handshake(_) => CloseReason::HandshakeFailed,
             ConnectError::Refused(Denial::Revoked) => CloseReason::Revoked,
             ConnectError::Refused(_) => CloseReason::Denied,
+            ConnectError::Overloaded => CloseReason::Overloaded,
         }
     }
 
@@ -106,6 +113,7 @@ impl ConnectError {
             ) => HttpError::UpstreamRefused,
             ConnectError::Handshake(_) => HttpError::TlsFailed,
             ConnectError::Refused(_) => HttpError::UpstreamRefused,
+            ConnectError::Overloaded => HttpError::Overloaded,
         }
     }
 }
@@ -128,7 +136,14 @@ impl OutboundListener {
                 parts.access_log.clone(),
             ))
         });
+        let set = UpstreamSet::new(
+            &config.name,
+            &config.endpoints,
+            config.upstream.clone(),
+            parts.upstream_metrics,
+        );
         OutboundListener {
+            set,
             name: config.name.as_str().into(),
             endpoints: config.endpoints.clone(),
             next: AtomicUsize::new(0),
@@ -203,18 +218,37 @@ impl OutboundListener {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let m = &self.metrics;
-        let n = self.endpoints.len();
-        let start = self.next_index();
-        let mut last = CloseReason::ConnectFailed;
+        let Ok(_slot) = self.set.connection() else {
+            return CloseReason::Overloaded;
+        };
+        // Each endpoint at most once; open breakers are skipped, and when
+        // every endpoint is open nothing is tried at all.
+        let mut exclude = None;
         let mut upstream = None;
-        for i in 0..n {
-            match self.connect_endpoint((start + i) % n, Alpn::None).await {
+        let mut last = CloseReason::ConnectFailed;
+        for _ in 0..self.set.len() {
+            let call = match self.set.pick(exclude) {
+                Ok(c) => c,
+                Err(_) if upstream.is_none() && exclude.is_none() => {
+                    return CloseReason::CircuitOpen;
+                }
+                Err(_) => break,
+            };
+            let idx = call.index();
+            match self.connect_endpoint(idx, Alpn::None).await {
                 Ok(u) => {
-                    upstream = Some(((start + i) % n, u));
+                    call.finish(false);
+                    upstream = Some((idx, u));
                     break;
                 }
-                Err(e) if e.try_next() => last = e.close_reason(),
-                Err(e) => return e.close_reason(),
+                Err(e) => {
+                    call.finish(true);
+                    if !e.try_next() {
+                        return e.close_reason();
+                    }
+                    last = e.close_reason();
+                    exclude = Some(idx);
+                }
             }
         }
         let Some((idx, mut up)) = upstream else {
@@ -247,13 +281,19 @@ impl OutboundListener {
         }
     }
 
-    /// Where round-robin starts for the next connection or request.
+    /// Where round-robin starts (upgrades, which take a connection of
+    /// their own).
     pub(crate) fn next_index(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(crate) fn endpoint_count(&self) -> usize {
         self.endpoints.len()
+    }
+
+    /// The upstream's breakers and limits, for `/config_dump`.
+    pub fn upstream_set(&self) -> &Arc<UpstreamSet> {
+        &self.set
     }
 
     /// Connects to endpoint `idx`, handshakes offering `alpn`, and checks

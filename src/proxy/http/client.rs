@@ -65,7 +65,12 @@ impl ClientSettings {
 
     /// Starts HTTP/2 (`h2`) or HTTP/1.1 over `io`; the connection is driven
     /// by its own task until every sender is gone.
-    pub async fn handshake<I>(&self, io: I, h2: bool) -> Result<Sender, hyper::Error>
+    pub async fn handshake<I>(
+        &self,
+        io: I,
+        h2: bool,
+        slot: Option<crate::upstream::Slot>,
+    ) -> Result<Sender, hyper::Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -73,6 +78,9 @@ impl ClientSettings {
         if h2 {
             let (sender, conn) = self.h2.handshake(io).await?;
             tokio::spawn(async move {
+                // The upstream's connection limit counts this connection
+                // for as long as it is open.
+                let _slot = slot;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
@@ -81,6 +89,7 @@ impl ClientSettings {
         } else {
             let (sender, conn) = self.h1.handshake(io).await?;
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
                 }

@@ -28,6 +28,10 @@ pub enum HttpError {
     UpstreamReset,
     /// No endpoint resolves.
     NoEndpoint,
+    /// Every usable endpoint's circuit breaker is open.
+    CircuitOpen,
+    /// Over the upstream's connection or request limits.
+    Overloaded,
     /// Connecting took longer than `timeouts.connect`.
     ConnectTimeout,
     /// No response headers within `http.request_timeout`.
@@ -45,7 +49,9 @@ impl HttpError {
             | HttpError::TlsFailed
             | HttpError::UpstreamRefused
             | HttpError::UpstreamReset => StatusCode::BAD_GATEWAY,
-            HttpError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::NoEndpoint | HttpError::CircuitOpen | HttpError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             HttpError::ConnectTimeout | HttpError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -62,6 +68,8 @@ impl HttpError {
             HttpError::UpstreamRefused => "upstream_identity_refused",
             HttpError::UpstreamReset => "upstream_reset",
             HttpError::NoEndpoint => "no_endpoint",
+            HttpError::CircuitOpen => "circuit_open",
+            HttpError::Overloaded => "overloaded",
             HttpError::ConnectTimeout => "connect_timeout",
             HttpError::RequestTimeout => "request_timeout",
         }
@@ -78,6 +86,8 @@ impl HttpError {
             HttpError::UpstreamRefused => "upstream identity refused\n",
             HttpError::UpstreamReset => "upstream connection reset\n",
             HttpError::NoEndpoint => "no upstream endpoint\n",
+            HttpError::CircuitOpen => "upstream circuit open\n",
+            HttpError::Overloaded => "upstream overloaded\n",
             HttpError::ConnectTimeout => "upstream connect timeout\n",
             HttpError::RequestTimeout => "upstream request timeout\n",
         }
@@ -94,19 +104,4 @@ impl HttpError {
         );
         r
     }
-
-    /// Every reason, for exporting the error counters at zero.
-    pub const ALL: [HttpError; 11] = [
-        HttpError::Forbidden,
-        HttpError::RateLimited,
-        HttpError::BodyTooLarge,
-        HttpError::BadRequest,
-        HttpError::ConnectFailed,
-        HttpError::TlsFailed,
-        HttpError::UpstreamRefused,
-        HttpError::UpstreamReset,
-        HttpError::NoEndpoint,
-        HttpError::ConnectTimeout,
-        HttpError::RequestTimeout,
-    ];
 }

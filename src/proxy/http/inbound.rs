@@ -342,7 +342,7 @@ impl Conn {
             })?;
         let sender = http
             .client
-            .handshake(tcp, !h1)
+            .handshake(tcp, !h1, None)
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         if let Sender::H2(s) = &sender {
@@ -369,7 +369,7 @@ impl Conn {
             .map_err(|_| HttpError::ConnectFailed)?;
         let sender = http
             .client
-            .handshake(tcp, false)
+            .handshake(tcp, false, None)
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         let req = req.map(ProxyBody::stream);

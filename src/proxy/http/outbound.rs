@@ -121,12 +121,7 @@ impl Conn {
         } else {
             let (sent_tx, sent_rx) = track_sent(req.body());
             let req = req.map(|b| ProxyBody::streaming(b, None, sent_tx));
-            tokio::select! {
-                r = self.forward(req) => r,
-                _ = response_deadline(sent_rx, self.http.request_timeout) => {
-                    Err(HttpError::RequestTimeout)
-                }
-            }
+            self.forward(req, sent_rx).await
         };
         let (mut resp, error) = match forwarded {
             Ok(r) => (r, None),
@@ -159,42 +154,101 @@ impl Conn {
         resp
     }
 
-    /// Forwards to an endpoint in round-robin order, moving on to the next
-    /// only when this one could not be connected to (the request has not
-    /// left yet, so trying elsewhere is safe for any method).
-    async fn forward(&self, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, HttpError> {
+    /// Forwards to an endpoint chosen by the upstream set (breakers, then
+    /// the cheaper of two by latency). A connect failure means the request
+    /// never left, so an idempotent one may go to another endpoint, within
+    /// the retry budget. Each attempt's outcome feeds the endpoint's
+    /// breaker: connect, TLS and identity failures, resets, timeouts and the
+    /// configured 5xx statuses count against it.
+    async fn forward(
+        &self,
+        mut req: Request<ProxyBody>,
+        sent: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Result<Response<ProxyBody>, HttpError> {
+        let set = &self.listener.set;
+        let _request = set.request().map_err(|_| HttpError::Overloaded)?;
         let from_h1 = req.version() < Version::HTTP_2;
         headers::strip_hop_by_hop(req.headers_mut(), false);
         req.headers_mut().remove(ORIG_PROTO);
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let deadline = response_deadline(sent, self.http.request_timeout);
+        let mut deadline = std::pin::pin!(deadline);
 
-        let n = self.listener.endpoint_count();
-        let start = self.listener.next_index();
-        let mut last = HttpError::ConnectFailed;
-        for i in 0..n {
-            let idx = (start + i) % n;
-            let target = match self.target(idx).await {
-                Ok(t) => t,
-                Err(e) if e.try_next() => {
-                    last = e.http();
-                    continue;
-                }
-                Err(e) => return Err(e.http()),
+        let mut exclude = None;
+        for attempt in 0..set.len() {
+            let call = set.pick(exclude).map_err(|_| HttpError::CircuitOpen)?;
+            let idx = call.index();
+            let target = {
+                let _pending = set.pending().map_err(|_| HttpError::Overloaded)?;
+                self.target(idx).await
             };
-            match self.send(target, req, from_h1).await {
-                Ok(resp) => return Ok(resp),
-                Err(Retry::No(e)) => return Err(e),
-                // A pooled connection that had closed: once more, fresh.
-                Err(Retry::Fresh(r)) => {
-                    let target = self.fresh(idx).await.map_err(|e| e.http())?;
-                    return match self.send(target, *r, from_h1).await {
-                        Ok(resp) => Ok(resp),
-                        Err(Retry::No(e)) => Err(e),
-                        Err(Retry::Fresh(_)) => Err(HttpError::UpstreamReset),
-                    };
+            let target = match target {
+                Ok(t) => t,
+                Err(e) => {
+                    call.finish(true);
+                    let again =
+                        e.try_next() && idempotent && attempt + 1 < set.len() && set.take_retry();
+                    if again {
+                        exclude = Some(idx);
+                        continue;
+                    }
+                    return Err(e.http());
+                }
+            };
+            let sent = tokio::select! {
+                r = self.send_once_more(target, req, from_h1) => r,
+                _ = &mut deadline => {
+                    call.finish(true);
+                    return Err(HttpError::RequestTimeout);
+                }
+            };
+            return match sent {
+                Ok(resp) => {
+                    let failed = set
+                        .config()
+                        .failure_statuses
+                        .contains(&resp.status().as_u16());
+                    call.finish(failed);
+                    Ok(resp)
+                }
+                Err(e) => {
+                    call.finish(true);
+                    Err(e)
+                }
+            };
+        }
+        Err(HttpError::ConnectFailed)
+    }
+
+    /// Sends on `target`; a pooled connection that had already closed gets
+    /// the request back unsent, and it goes once more on a fresh one.
+    async fn send_once_more(
+        &self,
+        target: Target,
+        req: Request<ProxyBody>,
+        from_h1: bool,
+    ) -> Result<Response<ProxyBody>, HttpError> {
+        let idx = target.pool;
+        match self.send(target, req, from_h1).await {
+            Ok(resp) => Ok(resp),
+            Err(Retry::No(e)) => Err(e),
+            Err(Retry::Fresh(r)) => {
+                let target = self.fresh(idx).await.map_err(|e| e.http())?;
+                match self.send(target, *r, from_h1).await {
+                    Ok(resp) => Ok(resp),
+                    Err(Retry::No(e)) => Err(e),
+                    Err(Retry::Fresh(_)) => Err(HttpError::UpstreamReset),
                 }
             }
         }
-        Err(last)
     }
 
     async fn send(
@@ -260,10 +314,15 @@ impl Conn {
     /// A new connection to endpoint `idx`; ALPN decides its HTTP version
     /// and teaches the pool what the endpoint speaks.
     async fn fresh(&self, idx: usize) -> Result<Target, crate::proxy::ConnectError> {
+        let slot = self
+            .listener
+            .set
+            .connection()
+            .map_err(|_| crate::proxy::ConnectError::Overloaded)?;
         let up = self.listener.connect_endpoint(idx, Alpn::Http).await?;
         let pool = &self.http.pools[idx];
         pool.learn(up.h2);
-        let sender = self.handshake(up.tls, up.h2).await?;
+        let sender = self.handshake(up.tls, up.h2, Some(slot)).await?;
         if let Sender::H2(s) = &sender {
             pool.set_h2(s);
         }
@@ -274,8 +333,9 @@ impl Conn {
         &self,
         tls: tokio_rustls::client::TlsStream<TcpStream>,
         h2: bool,
+        slot: Option<crate::upstream::Slot>,
     ) -> Result<Sender, crate::proxy::ConnectError> {
-        self.http.client.handshake(tls, h2).await.map_err(|e| {
+        self.http.client.handshake(tls, h2, slot).await.map_err(|e| {
             tracing::debug!(listener = %self.listener.name, error = %e, "HTTP handshake with upstream failed");
             crate::proxy::ConnectError::Connect(crate::metrics::CloseReason::Error)
         })
@@ -310,8 +370,13 @@ impl Conn {
             }
         }
         let up = up.ok_or(last)?;
+        let slot = self
+            .listener
+            .set
+            .connection()
+            .map_err(|_| HttpError::Overloaded)?;
         let sender = self
-            .handshake(up.tls, false)
+            .handshake(up.tls, false, Some(slot))
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         let req = req.map(ProxyBody::stream);
