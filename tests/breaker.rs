@@ -1,0 +1,528 @@
+//! Circuit breaking, balancing, limits and retries against real
+//! misbehaving servers on loopback: one that resets, one that answers 503,
+//! one that stalls, and closed ports. Attempts are counted at the servers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use portcullis::app::{Sidecar, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ORDERS: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+const FRONTEND: &str = "spiffe://prod.example.org/ns/web/sa/frontend";
+
+/// A server sidecar "orders" (protocol `protocol`) in front of `app`.
+async fn server(pki: &Pki, file: &str, app: SocketAddr, protocol: &str) -> Sidecar {
+    pki.svid("orders-svid", ORDERS);
+    start(pki.config(
+        file,
+        &format!(
+            "identity:\n  cert: orders-svid.pem\n  key: orders-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n    protocol: {protocol}\n\
+             admin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap()
+}
+
+/// A client sidecar with outbound "orders" to `endpoints`, with `extra`
+/// lines (indented for the listener) such as `circuit_breaker:`.
+async fn client(
+    pki: &Pki,
+    file: &str,
+    endpoints: &[SocketAddr],
+    protocol: &str,
+    extra: &str,
+) -> Sidecar {
+    pki.svid("frontend-svid", FRONTEND);
+    let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+    start(pki.config(
+        file,
+        &format!(
+            "identity:\n  cert: frontend-svid.pem\n  key: frontend-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{}]\n    identity: {ORDERS}\n    protocol: {protocol}\n{extra}\
+             admin:\n  listen: 127.0.0.1:0\n",
+            list.join(", ")
+        ),
+    ))
+    .await
+    .unwrap()
+}
+
+/// A TCP front that counts connections and, while `healthy` is false,
+/// resets each one at once; while true, forwards it to `target`.
+async fn switchable(
+    target: SocketAddr,
+    healthy: Arc<AtomicBool>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            if !healthy.load(Ordering::SeqCst) {
+                // RST instead of FIN: a resetting upstream.
+                let _ = s.set_zero_linger();
+                drop(s);
+                continue;
+            }
+            tokio::spawn(async move {
+                let Ok(mut up) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let mut s = s;
+                let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn state(sc: &Sidecar, endpoint: SocketAddr) -> Option<f64> {
+    metric(
+        &sc.metrics().encode(),
+        "portcullis_circuit_state",
+        &[("upstream", "orders"), ("endpoint", &endpoint.to_string())],
+    )
+}
+
+/// Whether one L4 round trip through the client works.
+async fn tcp_ok(out: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), round_trip(out, b"ping")).await,
+        Ok(Ok(ref b)) if b == b"ping"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_breaker_opens_stops_connects_half_opens_and_closes_on_recovery() {
+    let pki = Pki::new();
+    let echo = echo_app().await;
+    let srv = server(&pki, "orders.yaml", echo, "tcp").await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let (front, accepted) = switchable(srv.inbound_addr("orders").unwrap(), healthy.clone()).await;
+    let breaker = "    circuit_breaker: { consecutive_failures: 3, open_duration: 300ms, max_open_duration: 300ms, half_open_max_calls: 2, success_threshold: 2 }\n";
+    let cl = client(&pki, "frontend.yaml", &[front], "tcp", breaker).await;
+    let out = cl.outbound_addr("orders").unwrap();
+    assert_eq!(state(&cl, front), Some(0.0));
+
+    // Three resets in a row open the circuit.
+    for _ in 0..3 {
+        assert!(!tcp_ok(out).await);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(state(&cl, front), Some(1.0));
+    let dump = http_get(cl.admin_addr(), "/config_dump").await.unwrap().1;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["upstreams"][0]["endpoints"][0]["circuit"], "open");
+
+    // While open, connections are refused without a connect attempt.
+    for _ in 0..5 {
+        assert!(!tcp_ok(out).await);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "no connect while open");
+    wait_metric(
+        &cl,
+        "portcullis_connections_closed_total",
+        &[("listener", "orders"), ("reason", "circuit_open")],
+        5.0,
+    )
+    .await;
+
+    // The upstream recovers; after the open duration a probe goes through,
+    // and two successes close the circuit.
+    healthy.store(true, Ordering::SeqCst);
+    wait_for(
+        Duration::from_secs(10),
+        "a probe after the open duration",
+        || async { tcp_ok(out).await.then_some(()) },
+    )
+    .await;
+    assert!(tcp_ok(out).await);
+    assert_eq!(state(&cl, front), Some(0.0));
+    let text = cl.metrics().encode();
+    let e = front.to_string();
+    for (to, n) in [("open", 1.0), ("half_open", 1.0), ("closed", 1.0)] {
+        assert_eq!(
+            metric(
+                &text,
+                "portcullis_circuit_transitions_total",
+                &[("endpoint", &e), ("to", to)]
+            ),
+            Some(n),
+            "{to}"
+        );
+    }
+    for _ in 0..5 {
+        assert!(tcp_ok(out).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_probe_reopens_the_circuit() {
+    let pki = Pki::new();
+    let echo = echo_app().await;
+    let srv = server(&pki, "orders.yaml", echo, "tcp").await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let (front, accepted) = switchable(srv.inbound_addr("orders").unwrap(), healthy).await;
+    let breaker = "    circuit_breaker: { consecutive_failures: 2, open_duration: 200ms, max_open_duration: 10s }\n";
+    let cl = client(&pki, "frontend.yaml", &[front], "tcp", breaker).await;
+    let out = cl.outbound_addr("orders").unwrap();
+    for _ in 0..2 {
+        assert!(!tcp_ok(out).await);
+    }
+    assert_eq!(state(&cl, front), Some(1.0));
+    // Keep trying until a probe has been let through (and failed).
+    wait_for(
+        Duration::from_secs(10),
+        "a probe to reach the upstream",
+        || async {
+            let _ = tcp_ok(out).await;
+            (accepted.load(Ordering::SeqCst) == 3).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(state(&cl, front), Some(1.0), "the failed probe reopened it");
+    let text = cl.metrics().encode();
+    assert_eq!(
+        metric(
+            &text,
+            "portcullis_circuit_transitions_total",
+            &[("to", "open")]
+        ),
+        Some(2.0)
+    );
+    // The second open period is longer (backoff): no probe right away.
+    for _ in 0..3 {
+        assert!(!tcp_ok(out).await);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+/// An HTTP app answering every request with `status`, counting requests;
+/// with `stall`, it never answers.
+async fn counting_app(status: u16, stall: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let count = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            if stall {
+                                std::future::pending::<()>().await;
+                            }
+                            let mut r = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"x"),
+                            ));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+async fn status_of(out: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(out).await.unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: orders\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_string(&mut buf)).await;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let reason = buf
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-portcullis-error: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traffic_moves_from_a_503_endpoint_to_healthy_ones() {
+    let pki = Pki::new();
+    let (good_app, good_hits) = counting_app(200, false).await;
+    let (bad_app, bad_hits) = counting_app(503, false).await;
+    let good1 = server(&pki, "good1.yaml", good_app, "http").await;
+    let good2 = server(&pki, "good2.yaml", good_app, "http").await;
+    let bad = server(&pki, "bad.yaml", bad_app, "http").await;
+    let endpoints = [
+        good1.inbound_addr("orders").unwrap(),
+        bad.inbound_addr("orders").unwrap(),
+        good2.inbound_addr("orders").unwrap(),
+    ];
+    let cl = client(
+        &pki,
+        "frontend.yaml",
+        &endpoints,
+        "http",
+        "    circuit_breaker: { failure_statuses: [503] }\n",
+    )
+    .await;
+    let out = cl.outbound_addr("orders").unwrap();
+    let mut ok = 0;
+    for _ in 0..60 {
+        if status_of(out, "GET", "/").await.0 == 200 {
+            ok += 1;
+        }
+    }
+    let bad_n = bad_hits.load(Ordering::SeqCst);
+    assert!(
+        bad_n <= 6,
+        "the 503 endpoint still got {bad_n} of 60 requests"
+    );
+    assert_eq!(ok + bad_n, 60);
+    assert_eq!(good_hits.load(Ordering::SeqCst), ok);
+    let ewma = |e: SocketAddr| {
+        metric(
+            &cl.metrics().encode(),
+            "portcullis_endpoint_latency_ewma_seconds",
+            &[("endpoint", &e.to_string())],
+        )
+        .unwrap()
+    };
+    assert!(ewma(endpoints[1]) > ewma(endpoints[0]) && ewma(endpoints[1]) > ewma(endpoints[2]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalling_upstream_times_out_then_fails_fast() {
+    let pki = Pki::new();
+    let (app, hits) = counting_app(200, true).await;
+    let srv = server(&pki, "orders.yaml", app, "http").await;
+    let ep = srv.inbound_addr("orders").unwrap();
+    pki.svid("frontend-svid", FRONTEND);
+    let cl = start(pki.config(
+        "frontend.yaml",
+        &format!(
+            "identity:\n  cert: frontend-svid.pem\n  key: frontend-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{ep}]\n    identity: {ORDERS}\n    protocol: http\n\
+             \x20   circuit_breaker: {{ consecutive_failures: 2, open_duration: 1h }}\n\
+             http:\n  request_timeout: 300ms\n\
+             admin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    let out = cl.outbound_addr("orders").unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            status_of(out, "GET", "/").await,
+            (504, "request_timeout".into())
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(state(&cl, ep), Some(1.0));
+    for _ in 0..5 {
+        assert_eq!(
+            status_of(out, "GET", "/").await,
+            (503, "circuit_open".into())
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "nothing reaches a stalled upstream while open"
+    );
+    let text = cl.metrics().encode();
+    assert_eq!(
+        metric(
+            &text,
+            "portcullis_upstream_rejections_total",
+            &[("upstream", "orders"), ("reason", "circuit_open")]
+        ),
+        Some(5.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_refuse_exactly_above_the_limit() {
+    let pki = Pki::new();
+    let (app, hits) = counting_app(200, true).await;
+    let srv = server(&pki, "orders.yaml", app, "http").await;
+    let ep = srv.inbound_addr("orders").unwrap();
+    let cl = client(
+        &pki,
+        "frontend.yaml",
+        &[ep],
+        "http",
+        "    limits: { max_requests: 3 }\n",
+    )
+    .await;
+    let out = cl.outbound_addr("orders").unwrap();
+    // Three requests stall at the app and hold their slots...
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(out).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "three requests at the app",
+        || async { (hits.load(Ordering::SeqCst) == 3).then_some(()) },
+    )
+    .await;
+    // ...so the next ones are refused at once.
+    for _ in 0..4 {
+        assert_eq!(status_of(out, "GET", "/").await, (503, "overloaded".into()));
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    let text = cl.metrics().encode();
+    assert_eq!(
+        metric(
+            &text,
+            "portcullis_upstream_rejections_total",
+            &[("reason", "max_requests")]
+        ),
+        Some(4.0)
+    );
+    // A slot given back is usable again.
+    drop(held.pop());
+    wait_for(Duration::from_secs(10), "a freed request slot", || async {
+        let mut s = TcpStream::connect(out).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+            .await
+            .unwrap();
+        let mut b = [0u8; 12];
+        let r = tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await;
+        // Timing out means the request was admitted and is stalling.
+        r.is_err().then_some(())
+    })
+    .await;
+
+    // L4: max_connections.
+    let echo = echo_app().await;
+    let pki2 = Pki::new();
+    let srv2 = server(&pki2, "orders.yaml", echo, "tcp").await;
+    let cl2 = client(
+        &pki2,
+        "frontend.yaml",
+        &[srv2.inbound_addr("orders").unwrap()],
+        "tcp",
+        "    limits: { max_connections: 2 }\n",
+    )
+    .await;
+    let out2 = cl2.outbound_addr("orders").unwrap();
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(out2).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        open.push(s);
+    }
+    let mut third = TcpStream::connect(out2).await.unwrap();
+    let mut b = [0u8; 1];
+    let _ = third.write_all(b"x").await;
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut b))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the third connection is closed"
+    );
+    wait_metric(
+        &cl2,
+        "portcullis_upstream_rejections_total",
+        &[("reason", "max_connections")],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_idempotent_requests_are_retried_after_a_connect_failure() {
+    let pki = Pki::new();
+    let (app, _) = counting_app(200, false).await;
+    let srv = server(&pki, "orders.yaml", app, "http").await;
+    let good = srv.inbound_addr("orders").unwrap();
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // A fresh client per try: its first request picks one of the two
+    // endpoints at random; keep going until it picked the refusing one.
+    for (method, want, retries) in [
+        ("GET", (200, String::new()), 1.0),
+        ("POST", (502, "connect_failed".to_string()), 0.0),
+    ] {
+        let mut seen = false;
+        for i in 0..40 {
+            let cl = client(
+                &pki,
+                &format!("c-{method}-{i}.yaml"),
+                &[refused, good],
+                "http",
+                "",
+            )
+            .await;
+            let reply = status_of(cl.outbound_addr("orders").unwrap(), method, "/").await;
+            let text = cl.metrics().encode();
+            let failed_connects = metric(
+                &text,
+                "portcullis_request_errors_total",
+                &[("reason", "connect_failed")],
+            )
+            .unwrap_or(0.0);
+            let tried_refused = metric(
+                &text,
+                "portcullis_endpoint_latency_ewma_seconds",
+                &[("endpoint", &refused.to_string())],
+            )
+            .unwrap_or(0.0)
+                > 0.0;
+            if tried_refused {
+                assert_eq!(reply, want, "{method}");
+                assert_eq!(
+                    metric(
+                        &text,
+                        "portcullis_upstream_retries_total",
+                        &[("upstream", "orders")]
+                    ),
+                    Some(retries),
+                    "{method}"
+                );
+                assert_eq!(failed_connects, if method == "POST" { 1.0 } else { 0.0 });
+                seen = true;
+                break;
+            }
+            assert_eq!(reply.0, 200);
+        }
+        assert!(
+            seen,
+            "{method}: the refusing endpoint was never picked first"
+        );
+    }
+}
