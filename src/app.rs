@@ -46,12 +46,38 @@ pub struct State {
 pub struct ReloadReport {
     pub identity: CredOutcome,
     pub policy: ReloadOutcome,
+    pub upstreams: UpstreamReload,
+}
+
+/// What re-reading the config file did to the upstreams' settings
+/// (breakers, limits, retry budget): the parts of it that apply live.
+#[derive(Debug, Clone)]
+pub enum UpstreamReload {
+    /// These upstreams got new settings.
+    Applied(Vec<String>),
+    Unchanged,
+    Failed(crate::config::ConfigError),
+}
+
+impl UpstreamReload {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            UpstreamReload::Applied(names) => {
+                serde_json::json!({ "result": "success", "changed": names })
+            }
+            UpstreamReload::Unchanged => serde_json::json!({ "result": "unchanged" }),
+            UpstreamReload::Failed(e) => {
+                serde_json::json!({ "result": "error", "error": e.to_string() })
+            }
+        }
+    }
 }
 
 impl ReloadReport {
     pub fn ok(&self) -> bool {
         !matches!(self.policy, ReloadOutcome::Failed(_))
             && !matches!(self.identity, CredOutcome::Failed(_))
+            && !matches!(self.upstreams, UpstreamReload::Failed(_))
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -64,7 +90,11 @@ impl ReloadReport {
             }
             ReloadOutcome::NotConfigured => serde_json::json!({ "result": "not_configured" }),
         };
-        serde_json::json!({ "identity": self.identity.to_json(), "policy": policy })
+        serde_json::json!({
+            "identity": self.identity.to_json(),
+            "policy": policy,
+            "upstreams": self.upstreams.to_json(),
+        })
     }
 }
 
@@ -77,7 +107,52 @@ impl State {
         let identity = self.credentials.reload(trigger).await;
         self.after_identity_reload(&identity);
         let policy = self.reload_policy(trigger).await;
-        ReloadReport { identity, policy }
+        let upstreams = self.reload_upstreams(trigger).await;
+        ReloadReport {
+            identity,
+            policy,
+            upstreams,
+        }
+    }
+
+    /// Re-reads the config file and applies each outbound listener's
+    /// breaker, limit and retry settings to the running upstream. An
+    /// invalid file changes nothing; other changes wait for a restart.
+    async fn reload_upstreams(&self, trigger: &str) -> UpstreamReload {
+        let Some(sets) = self.upstreams.get().filter(|s| !s.is_empty()) else {
+            return UpstreamReload::Unchanged;
+        };
+        let path = self.config.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::config::ConfigError {
+                    file: self.config.source.clone(),
+                    line: None,
+                    column: None,
+                    reason: format!("reload task failed: {e}"),
+                })
+            });
+        let new = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "config reload refused; upstream settings unchanged");
+                return UpstreamReload::Failed(e);
+            }
+        };
+        let mut changed = Vec::new();
+        for set in sets {
+            if let Some(l) = new.outbound.iter().find(|l| l.name == set.name())
+                && set.update(l.upstream.clone())
+            {
+                changed.push(l.name.clone());
+            }
+        }
+        if changed.is_empty() {
+            return UpstreamReload::Unchanged;
+        }
+        tracing::info!(trigger, upstreams = ?changed, "upstream settings reloaded");
+        UpstreamReload::Applied(changed)
     }
 
     fn after_identity_reload(self: &Arc<Self>, outcome: &CredOutcome) {

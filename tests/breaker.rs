@@ -526,3 +526,60 @@ async fn only_idempotent_requests_are_retried_after_a_connect_failure() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_settings_reload_live_and_bad_ones_are_refused() {
+    let pki = Pki::new();
+    let (app, hits) = counting_app(200, true).await;
+    let srv = server(&pki, "orders.yaml", app, "http").await;
+    let ep = srv.inbound_addr("orders").unwrap();
+    let cl = client(
+        &pki,
+        "frontend.yaml",
+        &[ep],
+        "http",
+        "    limits: { max_requests: 3 }\n",
+    )
+    .await;
+    let out = cl.outbound_addr("orders").unwrap();
+    let file = pki.path("frontend.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+
+    std::fs::write(&file, text.replace("max_requests: 3", "max_requests: 1")).unwrap();
+    let (status, reply) = post_reload(cl.admin_addr()).await;
+    assert_eq!(status, 200, "{reply}");
+    // The file watch may have applied it a moment before.
+    let result = reply["upstreams"]["result"].as_str().unwrap();
+    assert!(result == "success" || result == "unchanged", "{reply}");
+    if result == "success" {
+        assert_eq!(reply["upstreams"]["changed"][0], "orders");
+    }
+
+    // One stalled request now fills the upstream.
+    let mut held = TcpStream::connect(out).await.unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the held request at the app",
+        || async { (hits.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(status_of(out, "GET", "/").await, (503, "overloaded".into()));
+
+    // An invalid value is refused with its place; the live settings stay.
+    std::fs::write(&file, text.replace("max_requests: 3", "max_requests: 0")).unwrap();
+    let (status, reply) = post_reload(cl.admin_addr()).await;
+    assert_eq!(status, 400, "{reply}");
+    let err = reply["upstreams"]["error"].as_str().unwrap();
+    assert!(
+        err.contains("frontend.yaml:") && err.contains("limits.max_requests must be at least 1"),
+        "{err}"
+    );
+    assert_eq!(status_of(out, "GET", "/").await, (503, "overloaded".into()));
+    let dump = http_get(cl.admin_addr(), "/config_dump").await.unwrap().1;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["upstreams"][0]["settings"]["max_requests"], 1);
+    assert_eq!(dump["upstreams"][0]["requests"], 1);
+}

@@ -456,6 +456,10 @@ impl Config {
             files.extend(r.crls.iter().cloned());
         }
         files.extend(self.policy.iter().cloned());
+        // Upstream settings (breakers, limits, retries) reload live.
+        if !self.outbound.is_empty() {
+            files.push(self.source.clone());
+        }
         files
     }
 

@@ -96,7 +96,8 @@ pub struct Admitted {
 }
 
 pub struct Breaker {
-    config: BreakerConfig,
+    /// Swapped whole on a config reload.
+    config: arc_swap::ArcSwap<BreakerConfig>,
     /// Mirrors `inner.state` for the lock-free fast path.
     state: AtomicU8,
     inner: Mutex<Inner>,
@@ -129,7 +130,7 @@ impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
         let window = config.window.max(1) as usize;
         Breaker {
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             state: AtomicU8::new(CircuitState::Closed as u8),
             inner: Mutex::new(Inner {
                 state: CircuitState::Closed,
@@ -146,8 +147,23 @@ impl Breaker {
         }
     }
 
-    pub fn config(&self) -> &BreakerConfig {
-        &self.config
+    pub fn config(&self) -> arc_swap::Guard<std::sync::Arc<BreakerConfig>> {
+        self.config.load()
+    }
+
+    /// Applies new settings. The window starts over (its size may have
+    /// changed); the current state and any open period stay.
+    pub fn set_config(&self, config: BreakerConfig) {
+        if *self.config.load_full() == config {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.ring.clear();
+        inner.next = 0;
+        inner.failures = 0;
+        inner.slow = 0;
+        inner.consecutive = 0;
+        self.config.store(std::sync::Arc::new(config));
     }
 
     /// The state as last recorded (an open breaker whose time is up reads
@@ -167,7 +183,7 @@ impl Breaker {
                     CircuitState::Closed => true,
                     CircuitState::Open => now >= inner.open_until,
                     CircuitState::HalfOpen => {
-                        inner.probes_in_flight < self.config.half_open_max_calls
+                        inner.probes_in_flight < self.config.load().half_open_max_calls
                     }
                 }
             }
@@ -197,7 +213,9 @@ impl Breaker {
         }
         match inner.state {
             CircuitState::Closed => (Some(Admitted { probe: false }), transition),
-            CircuitState::HalfOpen if inner.probes_in_flight < self.config.half_open_max_calls => {
+            CircuitState::HalfOpen
+                if inner.probes_in_flight < self.config.load().half_open_max_calls =>
+            {
                 inner.probes_in_flight += 1;
                 (Some(Admitted { probe: true }), transition)
             }
@@ -217,6 +235,7 @@ impl Breaker {
 
     /// Records how an admitted call went.
     pub fn record(&self, admitted: Admitted, outcome: Outcome, now: Instant) -> Option<Transition> {
+        let config = self.config.load();
         let mut inner = self.lock();
         match inner.state {
             CircuitState::HalfOpen if admitted.probe => {
@@ -225,7 +244,7 @@ impl Breaker {
                     return Some(self.trip(&mut inner, now));
                 }
                 inner.probe_successes += 1;
-                if inner.probe_successes >= self.config.success_threshold {
+                if inner.probe_successes >= config.success_threshold {
                     inner.state = CircuitState::Closed;
                     inner.trips = 0;
                     inner.consecutive = 0;
@@ -249,10 +268,10 @@ impl Breaker {
                     0
                 };
                 let calls = inner.ring.len() as f64;
-                let rate_ready = inner.ring.len() as u32 >= self.config.minimum_calls;
-                let trip = inner.consecutive >= self.config.consecutive_failures
-                    || (rate_ready && f64::from(inner.failures) / calls > self.config.failure_rate)
-                    || (rate_ready && f64::from(inner.slow) / calls > self.config.slow_call_rate);
+                let rate_ready = inner.ring.len() as u32 >= config.minimum_calls;
+                let trip = inner.consecutive >= config.consecutive_failures
+                    || (rate_ready && f64::from(inner.failures) / calls > config.failure_rate)
+                    || (rate_ready && f64::from(inner.slow) / calls > config.slow_call_rate);
                 trip.then(|| self.trip(&mut inner, now))
             }
             // Calls admitted before a trip that end after it say nothing
@@ -262,7 +281,7 @@ impl Breaker {
     }
 
     fn push(&self, inner: &mut Inner, outcome: Outcome) {
-        let cap = self.config.window.max(1) as usize;
+        let cap = self.config.load().window.max(1) as usize;
         if inner.ring.len() < cap {
             inner.ring.push(outcome);
         } else {
@@ -277,11 +296,12 @@ impl Breaker {
     }
 
     fn trip(&self, inner: &mut Inner, now: Instant) -> Transition {
-        let base = self.config.open_duration;
+        let config = self.config.load();
+        let base = config.open_duration;
         let grown = base
             .checked_mul(1u32 << inner.trips.min(20))
-            .unwrap_or(self.config.max_open_duration)
-            .min(self.config.max_open_duration);
+            .unwrap_or(config.max_open_duration)
+            .min(config.max_open_duration);
         // Down-jitter only, so the cap holds and endpoints that tripped
         // together do not all probe at once.
         let jitter = 1.0 - rand::random::<f64>() * 0.2;

@@ -45,7 +45,8 @@ struct EndpointState {
 pub struct UpstreamSet {
     name: Arc<str>,
     endpoints: Vec<EndpointState>,
-    config: UpstreamConfig,
+    /// Swapped whole on a config reload.
+    config: arc_swap::ArcSwap<UpstreamConfig>,
     connections: AtomicUsize,
     pending: AtomicUsize,
     requests: AtomicUsize,
@@ -143,7 +144,7 @@ impl UpstreamSet {
                 .collect(),
             // Room for a few retries before any request has paid for them.
             retry_tokens: AtomicI64::new(10_000),
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             connections: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
@@ -151,8 +152,25 @@ impl UpstreamSet {
         })
     }
 
-    pub fn config(&self) -> &UpstreamConfig {
-        &self.config
+    pub fn config(&self) -> arc_swap::Guard<Arc<UpstreamConfig>> {
+        self.config.load()
+    }
+
+    /// Applies reloaded settings; `true` when they changed. Counters and
+    /// breaker states carry over, so a reload drops nothing.
+    pub fn update(&self, config: UpstreamConfig) -> bool {
+        if *self.config.load_full() == config {
+            return false;
+        }
+        for e in &self.endpoints {
+            e.breaker.set_config(config.breaker.clone());
+        }
+        self.config.store(Arc::new(config));
+        true
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn endpoint(&self, idx: usize) -> &Endpoint {
@@ -202,7 +220,7 @@ impl UpstreamSet {
     pub fn connection(self: &Arc<Self>) -> Result<Slot, Rejection> {
         self.acquire(
             Which::Connections,
-            self.config.max_connections,
+            self.config.load().max_connections,
             Rejection::MaxConnections,
         )
     }
@@ -210,24 +228,21 @@ impl UpstreamSet {
     pub fn pending(self: &Arc<Self>) -> Result<Slot, Rejection> {
         self.acquire(
             Which::Pending,
-            self.config.max_pending_requests,
+            self.config.load().max_pending_requests,
             Rejection::MaxPendingRequests,
         )
     }
 
     pub fn request(self: &Arc<Self>) -> Result<Slot, Rejection> {
         // Every request pays into the retry budget.
-        let add = i64::from(self.config.retry_budget_percent) * 10;
+        let config = self.config.load();
+        let add = i64::from(config.retry_budget_percent) * 10;
         let _ = self
             .retry_tokens
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
                 Some((t + add).min(100_000))
             });
-        self.acquire(
-            Which::Requests,
-            self.config.max_requests,
-            Rejection::MaxRequests,
-        )
+        self.acquire(Which::Requests, config.max_requests, Rejection::MaxRequests)
     }
 
     /// Takes a retry from the budget, if there is one left.
@@ -252,13 +267,14 @@ impl UpstreamSet {
     pub fn pick(self: &Arc<Self>, exclude: Option<usize>) -> Result<Call, Rejection> {
         let now = Instant::now();
         let n = self.endpoints.len();
+        let max_ejection = self.config.load().max_ejection_percent;
         let usable = |i: usize| Some(i) != exclude && self.endpoints[i].breaker.available(now);
         // Past the ejection cap, breakers stop deciding who is used.
-        let floor = self.config.max_ejection_percent < 100 && {
+        let floor = max_ejection < 100 && {
             let out = (0..n)
                 .filter(|&i| !self.endpoints[i].breaker.available(now))
                 .count();
-            out * 100 > n * self.config.max_ejection_percent as usize
+            out * 100 > n * max_ejection as usize
         };
         let candidate = |i: usize| (floor && Some(i) != exclude) || usable(i);
         let chosen = match n {
@@ -377,6 +393,7 @@ impl UpstreamSet {
             "connections": self.connections.load(Ordering::Relaxed),
             "pending_requests": self.pending.load(Ordering::Relaxed),
             "requests": self.requests.load(Ordering::Relaxed),
+            "settings": &**self.config.load(),
         })
     }
 }
