@@ -1119,4 +1119,46 @@ log:
         let e = err(&GOOD.replace("protocol: tcp\noutbound", "protocol: grpc\noutbound"));
         assert!(e.reason.contains("grpc"), "{e}");
     }
+
+    #[test]
+    fn upstream_settings_parse_with_defaults_and_places() {
+        let c = parse_at(GOOD).unwrap();
+        assert_eq!(c.outbound[0].upstream, UpstreamConfig::default());
+        let text = GOOD.replace(
+            "    protocol: tcp\nadmin",
+            "    protocol: tcp\n    circuit_breaker: { consecutive_failures: 3, failure_rate: 25, open_duration: 5s, failure_statuses: [503] }\n    limits: { max_requests: 7 }\n    retry_budget: 10\nadmin",
+        );
+        let u = &parse_at(&text).unwrap().outbound[0].upstream;
+        assert_eq!(u.breaker.consecutive_failures, 3);
+        assert_eq!(u.breaker.failure_rate, 0.25);
+        assert_eq!(u.breaker.open_duration.as_secs(), 5);
+        assert_eq!(u.failure_statuses, [503]);
+        assert_eq!(u.max_requests, 7);
+        assert_eq!(u.max_connections, 1024);
+        assert_eq!(u.retry_budget_percent, 10);
+        for (yaml, want) in [
+            ("circuit_breaker: { failure_rate: 150 }", "percentage"),
+            ("circuit_breaker: { consecutive_failures: 0 }", "between 1"),
+            ("circuit_breaker: { failure_statuses: [404] }", "not a 5xx"),
+            ("circuit_breaker: { open_duration: 0s }", "more than 0"),
+            (
+                "circuit_breaker: { minimum_calls: 500, window: 100 }",
+                "cannot be more than the window",
+            ),
+            (
+                "circuit_breaker: { success_threshold: 5 }",
+                "half_open_max_calls",
+            ),
+            ("limits: { max_connections: 0 }", "at least 1"),
+            ("retry_budget: 101", "between 0 and 100"),
+            ("circuit_breaker: { tripwire: 1 }", "unknown field"),
+        ] {
+            let e = err(&GOOD.replace(
+                "    protocol: tcp\nadmin",
+                &format!("    protocol: tcp\n    {yaml}\nadmin"),
+            ));
+            assert_eq!(e.line, Some(16), "{yaml}: {e}");
+            assert!(e.reason.contains(want), "{yaml}: {e}");
+        }
+    }
 }
