@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -27,7 +26,6 @@ use crate::upstream::UpstreamSet;
 pub struct OutboundListener {
     pub name: Arc<str>,
     endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
     tls: Arc<TlsContext>,
     upstream: Arc<OutboundTls>,
     pub metrics: ListenerMetrics,
@@ -146,7 +144,6 @@ impl OutboundListener {
             set,
             name: config.name.as_str().into(),
             endpoints: config.endpoints.clone(),
-            next: AtomicUsize::new(0),
             tls: parts.tls,
             upstream: parts.upstream,
             metrics: parts.metrics,
@@ -279,16 +276,6 @@ impl OutboundListener {
             CopyEnd::Stopped => CloseReason::Policy,
             CopyEnd::Deadline => deadline_reason,
         }
-    }
-
-    /// Where round-robin starts (upgrades, which take a connection of
-    /// their own).
-    pub(crate) fn next_index(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
     }
 
     /// The upstream's breakers and limits, for `/config_dump`.

@@ -351,22 +351,31 @@ impl Conn {
         if headers::to_h1(&mut req, &self.http.fallback_authority).is_err() {
             return Err(HttpError::BadRequest);
         }
-        let n = self.listener.endpoint_count();
-        let start = self.listener.next_index();
+        let set = &self.listener.set;
         let mut last = HttpError::ConnectFailed;
         let mut up = None;
-        for i in 0..n {
-            match self
-                .listener
-                .connect_endpoint((start + i) % n, Alpn::Http1)
-                .await
-            {
+        let mut exclude = None;
+        for _ in 0..set.len() {
+            let call = match set.pick(exclude) {
+                Ok(c) => c,
+                Err(_) if exclude.is_none() => return Err(HttpError::CircuitOpen),
+                Err(_) => break,
+            };
+            let idx = call.index();
+            match self.listener.connect_endpoint(idx, Alpn::Http1).await {
                 Ok(u) => {
+                    call.finish(false);
                     up = Some(u);
                     break;
                 }
-                Err(e) if e.try_next() => last = e.http(),
-                Err(e) => return Err(e.http()),
+                Err(e) => {
+                    call.finish(true);
+                    if !e.try_next() {
+                        return Err(e.http());
+                    }
+                    last = e.http();
+                    exclude = Some(idx);
+                }
             }
         }
         let up = up.ok_or(last)?;
