@@ -1,14 +1,10 @@
-//! SPIFFE ID parsing and per-connection admission: both run on every
-//! accepted connection, so they are measured here (`cargo bench`).
+//! SPIFFE ID parsing: it runs on every accepted connection (the peer's
+//! URI SAN) and on every policy and config load.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis::identity::{SpiffeId, TrustDomain};
-use portcullis::pki::Ca;
-use portcullis::proxy::admission::peer_identity;
-use portcullis::tls::{TrustStore, load_bundle};
+use portcullis::identity::SpiffeId;
 
 fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("spiffe_id_parse");
@@ -28,21 +24,5 @@ fn parse(c: &mut Criterion) {
     g.finish();
 }
 
-fn admission(c: &mut Criterion) {
-    let td = TrustDomain::parse("prod.example.org").unwrap();
-    let ca = Ca::generate(&td, Duration::from_secs(86400)).unwrap();
-    let id = SpiffeId::parse("spiffe://prod.example.org/ns/web/sa/frontend").unwrap();
-    let svid = ca.issue_svid(&id, Duration::from_secs(3600)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bundle_path = dir.path().join("bundle.pem");
-    std::fs::write(&bundle_path, ca.cert_pem()).unwrap();
-    let trust = TrustStore::new([load_bundle(&bundle_path, &td).unwrap()]);
-    let chain = vec![svid.der.clone()];
-    let now = portcullis::tls::unix_now();
-    c.bench_function("admission_peer_identity", |b| {
-        b.iter(|| peer_identity(Some(black_box(&chain)), &trust, now))
-    });
-}
-
-criterion_group!(benches, parse, admission);
+criterion_group!(benches, parse);
 criterion_main!(benches);
