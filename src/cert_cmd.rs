@@ -15,7 +15,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cli::CertCommand;
 use crate::identity::{SpiffeId, TrustDomain, check_parsed_leaf, serial_hex, spiffe_id_of};
-use crate::pki::{Ca, RevokedEntry, read_crl};
+use crate::pki::{Ca, LeafSpec, RevokedEntry, read_crl};
 use crate::tls::fmt_time;
 
 /// An error for the user: what failed and why.
@@ -105,6 +105,7 @@ pub fn run(cmd: CertCommand) -> Result<String, CertCmdError> {
             ttl,
             out,
             key_out,
+            dns_names,
             allow_foreign_trust_domain,
             force,
         } => {
@@ -123,9 +124,12 @@ pub fn run(cmd: CertCommand) -> Result<String, CertCmdError> {
                     td.as_str()
                 )));
             }
-            let issued = authority
-                .issue_svid(&spiffe_id, ttl.0)
-                .map_err(|e| err(e.to_string()))?;
+            if let Some(bad) = dns_names.iter().find(|n| !valid_dns_name(n)) {
+                return Err(err(format!("invalid DNS name {bad:?} for --dns")));
+            }
+            let mut spec = LeafSpec::svid(&spiffe_id, ttl.0);
+            spec.dns_names = dns_names;
+            let issued = authority.issue(&spec).map_err(|e| err(e.to_string()))?;
             write_file(&key_out, issued.key_pem.as_bytes(), 0o600, force)?;
             write_file(&out, issued.cert_pem.as_bytes(), 0o644, force)?;
             Ok(format!(
@@ -341,6 +345,21 @@ fn human_secs(s: i64) -> String {
     }
 }
 
+/// A host name for a SAN: dot-separated labels of letters, digits and
+/// hyphens (not at either end of a label), optionally a leading `*.`.
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,5 +370,74 @@ mod tests {
         assert_eq!(normalize_serial("0x00ff").unwrap(), "ff");
         assert_eq!(normalize_serial("abc").unwrap(), "0abc");
         assert!(normalize_serial("xyz").is_err());
+    }
+
+    #[test]
+    fn dns_names_checked() {
+        for ok in ["in.bench", "a-b.example.org", "*.svc.cluster.local", "x"] {
+            assert!(valid_dns_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "-a.org", "a..org", "a_b.org", "a.org.", "sp ace", "*.", "ä.org",
+        ] {
+            assert!(!valid_dns_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issue_with_dns_names_is_still_an_svid() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+        let cmd = |args: &[&str]| {
+            let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+            match cli.command {
+                crate::cli::Command::Cert(c) => run(c),
+                _ => unreachable!(),
+            }
+        };
+        let (ca, ca_key, out, key) = (p("ca.pem"), p("ca-key.pem"), p("svid.pem"), p("key.pem"));
+        let base = ["portcullis", "cert"];
+        cmd(&[
+            &base[..],
+            &[
+                "ca",
+                "--trust-domain",
+                "example.org",
+                "--out",
+                &ca,
+                "--key-out",
+                &ca_key,
+            ],
+        ]
+        .concat())
+        .unwrap();
+        let issue = |dns: &str| {
+            cmd(&[
+                &base[..],
+                &[
+                    "issue",
+                    "--ca",
+                    &ca,
+                    "--ca-key",
+                    &ca_key,
+                    "--id",
+                    "spiffe://example.org/in",
+                ],
+                &["--out", &out, "--key-out", &key, "--force", "--dns", dns],
+            ]
+            .concat())
+        };
+        let e = issue("bad_name").unwrap_err().to_string();
+        assert!(e.contains("invalid DNS name \"bad_name\""), "{e}");
+        issue("in.bench").unwrap();
+        let identity = crate::tls::load_identity(Path::new(&out), Path::new(&key))
+            .expect("still a valid SVID");
+        assert_eq!(identity.leaf.id.to_string(), "spiffe://example.org/in");
+        let pem = std::fs::read(&out).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert!(format!("{:?}", san.value.general_names).contains("DNSName(\"in.bench\")"));
     }
 }

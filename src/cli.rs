@@ -109,6 +109,10 @@ pub enum CertCommand {
         /// Private key output file (written with mode 0600).
         #[arg(long, default_value = "svid-key.pem")]
         key_out: PathBuf,
+        /// Also put this DNS name in the SAN (repeatable), for peers that
+        /// check host names (nginx, HAProxy with verifyhost).
+        #[arg(long = "dns", value_name = "NAME")]
+        dns_names: Vec<String>,
         /// Issue even when the ID's trust domain is not the CA's.
         #[arg(long)]
         allow_foreign_trust_domain: bool,
