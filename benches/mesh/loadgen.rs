@@ -148,26 +148,30 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-/// Open loop at `--rate` requests/s for `--duration` seconds.
+/// Open loop at `--rate` requests/s for `--duration` seconds. The
+/// schedule runs on a thread of its own with the OS's fine-grained sleep:
+/// the runtime's timer wheel ticks in milliseconds, which alone would add
+/// up to a millisecond to every latency. Request i is due at
+/// `start + i / rate` and goes to connection `i % conns`; a connection still
+/// busy with an earlier request queues it, and the wait counts.
 async fn rate(o: &Opts) -> Result<(), Error> {
     let addr: SocketAddr = o.req("addr")?;
     let rate: f64 = o.req("rate")?;
     let secs: f64 = o.or("duration", 10.0)?;
     let conns: usize = o.or("conns", 32)?;
     let path = o.get("path").unwrap_or("/").to_string();
-    let interval = Duration::from_secs_f64(conns as f64 / rate);
-    let per_conn = (secs * rate / conns as f64).round() as u64;
-    let start = Instant::now() + Duration::from_millis(100);
+    let total = (secs * rate).round() as u64;
+    let mut senders = Vec::with_capacity(conns);
     let mut tasks = Vec::new();
-    for c in 0..conns {
+    for _ in 0..conns {
         let mut client = Client::connect(addr, &path).await?;
-        let offset = interval.mul_f64(c as f64 / conns as f64);
+        client.get().await?; // connected end to end before the clock starts
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        senders.push(tx);
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_conn as usize);
+            let mut lat = Vec::new();
             let mut errors = 0u64;
-            for k in 0..per_conn {
-                let due = start + offset + interval * k as u32;
-                tokio::time::sleep_until(due.into()).await;
+            while let Some(due) = rx.recv().await {
                 match client.get().await {
                     Ok(()) => lat.push(due.elapsed().as_micros() as u64),
                     Err(_) => errors += 1,
@@ -176,12 +180,29 @@ async fn rate(o: &Opts) -> Result<(), Error> {
             (lat, errors)
         }));
     }
+    let start = Instant::now() + Duration::from_millis(50);
+    let scheduler = std::thread::spawn(move || {
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        for i in 0..total {
+            let due = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if senders[(i as usize) % senders.len()].send(due).is_err() {
+                break;
+            }
+        }
+    });
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
         let (lat, e) = t.await?;
         all.extend(lat);
         errors += e;
+    }
+    if scheduler.join().is_err() {
+        return Err("the scheduler thread failed".into());
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
@@ -313,12 +334,23 @@ async fn bulk(o: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
-/// Opens `--conns` connections, each proven end to end by one echoed
-/// line, writes `--ready FILE`, and holds them until FILE is removed.
+/// Opens `--conns` connections, each proven end to end (`--probe echo`:
+/// one echoed line; `--probe http`: one `GET /` answered 200), over mTLS
+/// when `--cert` is given (see [`tls_connector`]), writes `--ready FILE`,
+/// and holds them until FILE is removed.
 async fn idle(o: &Opts) -> Result<(), Error> {
     let addr: SocketAddr = o.req("addr")?;
     let n: usize = o.req("conns")?;
     let ready = o.req::<String>("ready")?;
+    let http = match o.get("probe").unwrap_or("echo") {
+        "echo" => false,
+        "http" => true,
+        other => return Err(format!("--probe {other:?}: echo or http").into()),
+    };
+    let tls = match o.get("cert") {
+        Some(_) => Some(tls_connector(o)?),
+        None => None,
+    };
     let mut held = Vec::with_capacity(n);
     let mut pending = tokio::task::JoinSet::new();
     let mut opened = 0;
@@ -326,12 +358,33 @@ async fn idle(o: &Opts) -> Result<(), Error> {
     while held.len() < n {
         while opened < n && pending.len() < 200 {
             opened += 1;
+            let tls = tls.clone();
             pending.spawn(async move {
-                let mut s = TcpStream::connect(addr).await?;
-                s.write_all(b"ping\n").await?;
-                let mut b = [0u8; 5];
+                let tcp = TcpStream::connect(addr).await?;
+                let mut s: Box<dyn Stream> = match tls {
+                    Some(c) => {
+                        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                        Box::new(c.connect(name, tcp).await?)
+                    }
+                    None => Box::new(tcp),
+                };
+                let (req, expect): (&[u8], &[u8]) = if http {
+                    (b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n", b"HTTP/1.1 200")
+                } else {
+                    (b"ping\n", b"ping\n")
+                };
+                s.write_all(req).await?;
+                let mut b = vec![0u8; expect.len()];
                 s.read_exact(&mut b).await?;
-                Ok::<_, Error>(s)
+                if b != expect {
+                    return Err::<_, Error>("unexpected answer".into());
+                }
+                if http {
+                    // The rest of the (small) response.
+                    let mut rest = [0u8; 512];
+                    let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut rest)).await;
+                }
+                Ok(s)
             });
         }
         match pending.join_next().await {
@@ -347,13 +400,13 @@ async fn idle(o: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
-/// Full mTLS handshakes (no resumption) against `--addr` for `--duration`
-/// seconds, `--conc` at a time, presenting `--cert`/`--key` and requiring
-/// the server to be `--server-id` under `--bundle`.
-async fn handshakes(o: &Opts) -> Result<(), Error> {
-    let addr: SocketAddr = o.req("addr")?;
-    let secs: f64 = o.or("duration", 5.0)?;
-    let conc: usize = o.or("conc", 8)?;
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// An mTLS client presenting `--cert`/`--key` that requires the server to
+/// be `--server-id` under `--bundle`, with no session resumption (every
+/// handshake is a full one), offering `--alpn` if given.
+fn tls_connector(o: &Opts) -> Result<tokio_rustls::TlsConnector, Error> {
     let id = SpiffeId::parse(o.req::<String>("server-id")?.as_str())?;
     let identity = load_identity(
         std::path::Path::new(o.req::<String>("cert")?.as_str()),
@@ -366,9 +419,17 @@ async fn handshakes(o: &Opts) -> Result<(), Error> {
     let ctx = TlsContext::new(identity, TrustStore::new([bundle]))?;
     let mut config = (*ctx.outbound(id)?.config()).clone();
     config.resumption = rustls::client::Resumption::disabled();
-    let alpn = o.get("alpn").map(|a| a.as_bytes().to_vec());
-    config.alpn_protocols = alpn.into_iter().collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    config.alpn_protocols = o.get("alpn").map(|a| a.as_bytes().to_vec()).into_iter().collect();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Full mTLS handshakes (see [`tls_connector`]) against `--addr` for
+/// `--duration` seconds, `--conc` at a time.
+async fn handshakes(o: &Opts) -> Result<(), Error> {
+    let addr: SocketAddr = o.req("addr")?;
+    let secs: f64 = o.or("duration", 5.0)?;
+    let conc: usize = o.or("conc", 8)?;
+    let connector = tls_connector(o)?;
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
