@@ -382,7 +382,8 @@ async fn idle(o: &Opts) -> Result<(), Error> {
                 if http {
                     // The rest of the (small) response.
                     let mut rest = [0u8; 512];
-                    let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut rest)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(200), s.read(&mut rest)).await;
                 }
                 Ok(s)
             });
@@ -419,7 +420,11 @@ fn tls_connector(o: &Opts) -> Result<tokio_rustls::TlsConnector, Error> {
     let ctx = TlsContext::new(identity, TrustStore::new([bundle]))?;
     let mut config = (*ctx.outbound(id)?.config()).clone();
     config.resumption = rustls::client::Resumption::disabled();
-    config.alpn_protocols = o.get("alpn").map(|a| a.as_bytes().to_vec()).into_iter().collect();
+    config.alpn_protocols = o
+        .get("alpn")
+        .map(|a| a.as_bytes().to_vec())
+        .into_iter()
+        .collect();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 

@@ -135,7 +135,9 @@ pub async fn check_ocsp(tls: &TlsContext, certs: &[CertificateDer<'static>]) -> 
             "the issuer certificate is not available".into(),
         ));
     };
-    match checker.check(leaf, &issuer).await {
+    // Boxed: a query's state is large, and inlined it would grow every
+    // connection's task, OCSP or not.
+    match Box::pin(checker.check(leaf, &issuer)).await {
         Verdict::Good => Ok(()),
         Verdict::Revoked => Err(Denial::Revoked),
         Verdict::Unknown(why) => {

@@ -309,12 +309,21 @@ mod tests {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut moved = false;
         // Nothing to read yet: no buffer is kept while waiting.
-        assert!(half.poll_copy(&mut cx, &mut reader, &mut writer, &mut moved).is_pending());
+        assert!(
+            half.poll_copy(&mut cx, &mut reader, &mut writer, &mut moved)
+                .is_pending()
+        );
         assert!(half.buf.is_empty());
         app.write_all(b"hello").await.unwrap();
-        assert!(half.poll_copy(&mut cx, &mut reader, &mut writer, &mut moved).is_pending());
+        assert!(
+            half.poll_copy(&mut cx, &mut reader, &mut writer, &mut moved)
+                .is_pending()
+        );
         assert!(moved);
-        assert!(half.buf.is_empty(), "the buffer went back once the reader ran dry");
+        assert!(
+            half.buf.is_empty(),
+            "the buffer went back once the reader ran dry"
+        );
         let mut got = [0u8; 5];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello");
@@ -322,7 +331,10 @@ mod tests {
         let pooled = POOL.with(|p| p.borrow().len());
         assert!(pooled >= 1);
         app.write_all(b"again").await.unwrap();
-        assert!(half.poll_copy(&mut cx, &mut reader, &mut writer, &mut moved).is_pending());
+        assert!(
+            half.poll_copy(&mut cx, &mut reader, &mut writer, &mut moved)
+                .is_pending()
+        );
         assert_eq!(POOL.with(|p| p.borrow().len()), pooled);
     }
 

@@ -28,7 +28,10 @@ use crate::tls::{HandshakeFailure, TlsContext};
 
 /// The decrypted stream from a peer, with any bytes read to detect its
 /// protocol put back in front.
-pub(crate) type InboundIo = Rewind<TlsStream<TcpStream>>;
+/// The peer's stream, boxed so that moving it from phase to phase (which
+/// each keep a slot for it in the task's future) costs a pointer, not
+/// the TLS state.
+pub(crate) type InboundIo = Rewind<Box<TlsStream<TcpStream>>>;
 
 enum Mode {
     Tcp(InboundIo),
@@ -116,9 +119,14 @@ impl InboundListener {
             None => self.tls.server_config(),
         };
         let acceptor = TlsAcceptor::from(config);
-        let handshake = tokio::time::timeout(self.timeouts.handshake.0, acceptor.accept(tcp)).await;
+        // Each phase's state is boxed: a task's future is allocated once at
+        // its largest, so inlining the handshake, the TCP copy and the HTTP
+        // server side by side would make every idle connection pay for all
+        // three at once.
+        let handshake =
+            tokio::time::timeout(self.timeouts.handshake.0, Box::pin(acceptor.accept(tcp))).await;
         let tls = match handshake {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => return self.handshake_failed(HandshakeFailure::classify(&e), &e, src),
             Err(_) => {
                 let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
@@ -158,7 +166,7 @@ impl InboundListener {
             }
         };
 
-        let mode = match self.connection_mode(tls, src).await {
+        let mode = match Box::pin(self.connection_mode(tls, src)).await {
             Some(mode) => mode,
             None => return m.closed(CloseReason::Error),
         };
@@ -181,9 +189,7 @@ impl InboundListener {
 
         let (io, h2) = match mode {
             Mode::Tcp(io) => {
-                let end = self
-                    .serve_tcp(io, &peer, src, &registration, deadline)
-                    .await;
+                let end = Box::pin(self.serve_tcp(io, &peer, src, &registration, deadline)).await;
                 return m.closed(match end {
                     None => return,
                     Some(CopyEnd::Completed) => CloseReason::Completed,
@@ -195,7 +201,7 @@ impl InboundListener {
             }
             Mode::Http { io, h2 } => (io, h2),
         };
-        let end = super::http::serve_inbound(
+        let end = Box::pin(super::http::serve_inbound(
             self.clone(),
             io,
             h2,
@@ -206,7 +212,7 @@ impl InboundListener {
                 drain: &self.drain,
                 deadline,
             },
-        )
+        ))
         .await;
         m.closed(match end {
             ServeEnd::Completed => CloseReason::Completed,
@@ -220,7 +226,11 @@ impl InboundListener {
 
     /// Decides how to serve an admitted connection: by ALPN when the peer
     /// negotiated HTTP, else by its first bytes on `auto` listeners.
-    async fn connection_mode(&self, tls: TlsStream<TcpStream>, src: SocketAddr) -> Option<Mode> {
+    async fn connection_mode(
+        &self,
+        tls: Box<TlsStream<TcpStream>>,
+        src: SocketAddr,
+    ) -> Option<Mode> {
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let Some(http) = &self.http else {
             return Some(Mode::Tcp(Rewind::new(Bytes::new(), tls)));

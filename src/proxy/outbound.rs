@@ -164,8 +164,11 @@ impl OutboundListener {
         m.opened.inc();
         let _active = ActiveGuard::new(&m.active);
 
+        // Each path's state is boxed: a task's future is allocated once at
+        // its largest, and idle connections should not pay for the paths
+        // they do not take.
         let Some(http) = self.http.clone() else {
-            let end = self.serve_tcp(&mut app, src).await;
+            let end = Box::pin(self.serve_tcp(&mut app, src)).await;
             return m.closed(end);
         };
         let (detected, prefix) = match detect(&mut app, http.detect_timeout).await {
@@ -179,11 +182,11 @@ impl OutboundListener {
             // `http` listeners answer anything else as HTTP/1.1 (a 400).
             (Detected::Tcp, Protocol::Http) => false,
             (Detected::Tcp, _) => {
-                let end = self.serve_tcp(&mut io, src).await;
+                let end = Box::pin(self.serve_tcp(&mut io, src)).await;
                 return m.closed(end);
             }
         };
-        let end = super::http::serve_outbound(
+        let end = Box::pin(super::http::serve_outbound(
             self.clone(),
             http,
             io,
@@ -197,7 +200,7 @@ impl OutboundListener {
                     .max_lifetime
                     .map(|d| tokio::time::Instant::now() + d.0),
             },
-        )
+        ))
         .await;
         m.closed(match end {
             ServeEnd::Completed => CloseReason::Completed,
@@ -232,7 +235,8 @@ impl OutboundListener {
                 Err(_) => break,
             };
             let idx = call.index();
-            match self.connect_endpoint(idx, Alpn::None).await {
+            // Boxed: the handshake's state is dropped once it is done.
+            match Box::pin(self.connect_endpoint(idx, Alpn::None)).await {
                 Ok(u) => {
                     call.finish(false);
                     upstream = Some((idx, u));
