@@ -275,8 +275,10 @@ enum Server {
     Echo,
 }
 
-/// `sink`: reads each connection to EOF, then answers with the byte count
-/// (8 bytes, big-endian). `echo`: writes back what it reads.
+/// `sink`: each connection announces how many bytes follow (8 bytes,
+/// big-endian), sends them, and gets the count read back when all have
+/// arrived; no half-close needed, which not every proxy passes on.
+/// `echo`: writes back what it reads.
 async fn serve(o: &Opts, kind: Server) -> Result<(), Error> {
     let l = TcpListener::bind(o.req::<SocketAddr>("listen")?).await?;
     let kind = Arc::new(kind);
@@ -285,41 +287,51 @@ async fn serve(o: &Opts, kind: Server) -> Result<(), Error> {
         let kind = kind.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 256 * 1024];
-            let mut total = 0u64;
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        total += n as u64;
-                        if let Server::Echo = *kind
-                            && s.write_all(&buf[..n]).await.is_err()
-                        {
-                            return;
+            match *kind {
+                Server::Echo => loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
                         }
                     }
+                },
+                Server::Sink => {
+                    let mut announced = [0u8; 8];
+                    if s.read_exact(&mut announced).await.is_err() {
+                        return;
+                    }
+                    let want = u64::from_be_bytes(announced);
+                    let mut total = 0u64;
+                    while total < want {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => total += n as u64,
+                        }
+                    }
+                    let _ = s.write_all(&total.to_be_bytes()).await;
                 }
-            }
-            if let Server::Sink = *kind {
-                let _ = s.write_all(&total.to_be_bytes()).await;
             }
         });
     }
 }
 
-/// Writes `--bytes` over one connection to a sink and waits for its count.
+/// Sends `--bytes` over one connection to a sink and waits for its count.
 async fn bulk(o: &Opts) -> Result<(), Error> {
     let addr: SocketAddr = o.req("addr")?;
     let bytes: u64 = o.req("bytes")?;
     let mut s = TcpStream::connect(addr).await?;
     let chunk = vec![0x5au8; 256 * 1024];
     let start = Instant::now();
+    s.write_all(&bytes.to_be_bytes()).await?;
     let mut sent = 0u64;
     while sent < bytes {
         let n = (bytes - sent).min(chunk.len() as u64) as usize;
         s.write_all(&chunk[..n]).await?;
         sent += n as u64;
     }
-    s.shutdown().await?;
     let mut count = [0u8; 8];
     s.read_exact(&mut count).await?;
     let secs = start.elapsed().as_secs_f64();

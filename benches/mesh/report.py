@@ -88,7 +88,7 @@ def main():
         for k, v in r[t].items():
             if k.startswith("syscall_mix_") and v:
                 print(f"{t} {k[len('syscall_mix_'):]} per request: {v}")
-            if k in ("errors", "idle_error") or (k.endswith("errors") and v):
+            if k.endswith("_error") or (k.endswith("errors") and v):
                 print(f"{t} {k}: {v}")
             if k == "handshakes_failed" and v:
                 print(f"{t} failed handshakes: {v:.0f}")

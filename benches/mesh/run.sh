@@ -100,6 +100,8 @@ TD=bench.example.org
 cat in.pem in-key.pem > in-combined.pem
 cat out.pem out-key.pem > out-combined.pem
 
+# A measurement that fails is reported and the run goes on.
+failed() { log "$1: $2 failed"; record "$1" "${2}_error" "failed (see the log above)"; }
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> results.tsv; }
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -470,9 +472,9 @@ fixtures
 for t in $targets; do
   log "target $t"
   if [ "$t" = direct ]; then
-    measure_wrk direct http://127.0.0.1:$BACKEND/
-    measure_rate direct $BACKEND
-    measure_bulk direct $SINK
+    measure_wrk direct http://127.0.0.1:$BACKEND/ || failed direct wrk
+    measure_rate direct $BACKEND || failed direct rate
+    measure_bulk direct $SINK || failed direct bulk
     continue
   fi
   "start_$t"
@@ -480,18 +482,19 @@ for t in $targets; do
   wrk -t1 -c32 -d1s http://127.0.0.1:$OUT_WEB/ > /dev/null # warm-up: pools, caches
   record "$t" rss_kib_out "$(rss_kib $OUT_PIDS)"
   record "$t" rss_kib_in "$(rss_kib $IN_PIDS)"
-  measure_wrk "$t" http://127.0.0.1:$OUT_WEB/ $OUT_PIDS $IN_PIDS
-  measure_rate "$t" $OUT_WEB
-  measure_syscalls "$t" $OUT_WEB "out=$OUT_PIDS" "in=$IN_PIDS"
-  measure_bulk "$t" $OUT_SINK
+  measure_wrk "$t" http://127.0.0.1:$OUT_WEB/ $OUT_PIDS $IN_PIDS || failed "$t" wrk
+  measure_rate "$t" $OUT_WEB || failed "$t" rate
+  measure_syscalls "$t" $OUT_WEB "out=$OUT_PIDS" "in=$IN_PIDS" || failed "$t" syscalls
+  measure_bulk "$t" $OUT_SINK || failed "$t" bulk
   # Proxies holding a descriptor on each side per connection are capped by the limit.
   n=$IDLE; case $t in haproxy|stunnel) n=$(min $IDLE $((HALF - 100))) ;; esac
   measure_idle_mtls "$t" "$n"
   measure_idle_l4 "$t" $IDLE_L4
-  measure_handshakes "$t" $IN_PIDS
+  measure_handshakes "$t" $IN_PIDS || failed "$t" handshakes
   stop_all
   fixtures
+  [ -z "$results" ] || cp results.tsv "$results"
 done
 
-[ -n "$results" ] && cp results.tsv "$results"
+[ -z "$results" ] || cp results.tsv "$results"
 python3 "$root/benches/mesh/report.py" results.tsv
