@@ -49,6 +49,7 @@ def main():
         rps = num(r, t, "max_rps")
         cpu = num(r, t, "cpu_s_per_1k")
         rss = [num(r, t, "rss_kib_out"), num(r, t, "rss_kib_in")]
+        warm = [num(r, t, "warm_rss_kib_out"), num(r, t, "warm_rss_kib_in")]
         sc = [num(r, t, "syscalls_per_req_out"), num(r, t, "syscalls_per_req_in")]
         idle = [num(r, t, "idle_l4_kib_per_conn_out"), num(r, t, "idle_l4_kib_per_conn_in")]
         rows.append(
@@ -63,6 +64,7 @@ def main():
                 fmt(num(r, t, "rate_p99_ms"), 2),
                 fmt(num(r, t, "rate_p999_ms"), 2),
                 "/".join(fmt(x / 1024 if x else None, 1) for x in rss),
+                "/".join(fmt(x / 1024 if x else None, 1) for x in warm),
                 "/".join(fmt(x, 1) for x in sc),
                 fmt(num(r, t, "bulk_gbit"), 2),
                 ratio(num(r, t, "bulk_gbit"), num(r, "stunnel", "bulk_gbit")),
@@ -75,7 +77,7 @@ def main():
         )
     head = [
         "target", "max rps", "/direct", "/haproxy", "cpu-s/1k req", "/haproxy",
-        "p50 ms", "p99 ms", "p99.9 ms", "RSS MiB out/in", "syscalls/req out/in",
+        "p50 ms", "p99 ms", "p99.9 ms", "idle RSS MiB out/in", "warm RSS MiB", "syscalls/req out/in",
         "L4 Gbit/s", "/stunnel", "KiB/idle mTLS conn (n)", "KiB/idle L4 conn out/in", "handshakes/s", "per core",
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
@@ -114,7 +116,9 @@ def main():
     for side in ("out", "in"):
         v = g(p, f"rss_kib_{side}")
         if v:
-            budget(f"idle RSS {side} <= 10 MB", v <= 10 * 1000 * 1000 / 1024, f"{v / 1024:.1f} MiB")
+            w = g(p, f"warm_rss_kib_{side}")
+            warm = f", warm {w / 1024:.1f} MiB" if w else ""
+            budget(f"idle RSS {side} <= 10 MB", v <= 10 * 1000 * 1000 / 1024, f"{v / 1024:.1f} MiB{warm}")
         v = g(p, f"idle_l4_kib_per_conn_{side}")
         if v is not None:
             budget(f"per idle L4 connection {side} <= 30 KiB", v <= 30, f"{v:.1f} KiB")

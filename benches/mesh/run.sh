@@ -13,7 +13,8 @@
 #   cpu/1k           CPU-seconds of both sidecars per 1,000 requests during that run
 #   p50/p99/p99.9    open loop at $RATE rps over 32 connections, latency from when
 #                    each request was due (loadgen rate)
-#   rss              both sidecars' RSS, idle after warm-up
+#   rss              each sidecar's RSS idle (started, one request through), and warm
+#                    (after a second of load over 32 connections)
 #   syscalls/req     strace -c -f on each sidecar over exactly $COUNT requests,
 #                    32 connections (loadgen count); the figure that does not
 #                    swing with the VM's speed
@@ -479,9 +480,13 @@ for t in $targets; do
   fi
   "start_$t"
   wait_ok http://127.0.0.1:$OUT_WEB/
-  wrk -t1 -c32 -d1s http://127.0.0.1:$OUT_WEB/ > /dev/null # warm-up: pools, caches
+  # Idle: started, one request through. Warm: after 32 connections of load
+  # came and went (pools to the app filled, allocator high-water marks).
   record "$t" rss_kib_out "$(rss_kib $OUT_PIDS)"
   record "$t" rss_kib_in "$(rss_kib $IN_PIDS)"
+  wrk -t1 -c32 -d1s http://127.0.0.1:$OUT_WEB/ > /dev/null
+  record "$t" warm_rss_kib_out "$(rss_kib $OUT_PIDS)"
+  record "$t" warm_rss_kib_in "$(rss_kib $IN_PIDS)"
   measure_wrk "$t" http://127.0.0.1:$OUT_WEB/ $OUT_PIDS $IN_PIDS || failed "$t" wrk
   measure_rate "$t" $OUT_WEB || failed "$t" rate
   measure_syscalls "$t" $OUT_WEB "out=$OUT_PIDS" "in=$IN_PIDS" || failed "$t" syscalls
