@@ -43,7 +43,7 @@ def ratio(a, b):
 
 def main():
     r = load(sys.argv[1])
-    order = [t for t in ("direct", "portcullis", "haproxy", "nginx", "stunnel") if t in r]
+    order = [t for t in ("direct", "portcullis", "haproxy", "haproxy-h2", "nginx", "stunnel") if t in r]
     rows = []
     for t in order:
         rps = num(r, t, "max_rps")
@@ -131,8 +131,15 @@ def main():
     a, b = g(p, "bulk_gbit"), g(r.get("stunnel", {}), "bulk_gbit")
     if a and b:
         budget("L4 bulk >= 1.5x stunnel", a >= 1.5 * b, f"{a / b:.2f}x")
+    h2 = r.get("haproxy-h2", {})
+    a, b = g(p, "max_rps"), g(h2, "max_rps")
+    c, d = g(p, "cpu_s_per_1k"), g(h2, "cpu_s_per_1k")
+    if a and b and c and d:
+        checks.append(
+            ("against haproxy-h2 (for information)", "", f"rps {a / b:.2f}x, CPU per request {c / d:.2f}x")
+        )
     print()
-    print("portcullis budgets:")
+    print("portcullis budgets (against the haproxy target):")
     for name, verdict, detail in checks:
         print(f"  {verdict:6} {name}: {detail}")
 

@@ -3,8 +3,9 @@
 #
 #   load generator -> outbound sidecar -> mTLS 1.3 -> inbound sidecar -> nginx (200 "ok")
 #
-# Targets: direct (no sidecars), portcullis, haproxy, nginx (pairs of each)
-# and stunnel (L4 pair). Every pair: TLS 1.3 only, P-256 certificates,
+# Targets: direct (no sidecars), portcullis, haproxy (its usual config: a
+# pooled HTTP/1.1 hop between the sidecars), haproxy-h2 (the hop in HTTP/2,
+# as portcullis does it), nginx (pairs of each) and stunnel (L4 pair). Every pair: TLS 1.3 only, P-256 certificates,
 # client certificates required and verified, one worker thread per sidecar
 # (stunnel has no such setting: it runs a thread per connection), logging
 # off. Per target it measures:
@@ -27,14 +28,14 @@
 #   handshakes       full mTLS handshakes/s against the inbound sidecar, and per
 #                    CPU-second of it (= per core)
 #
-# Usage: benches/mesh/run.sh [--quick] [--targets "direct portcullis haproxy nginx stunnel"]
+# Usage: benches/mesh/run.sh [--quick] [--targets "direct portcullis haproxy haproxy-h2 nginx stunnel"]
 #                            [--results FILE]
 # Needs: nginx (with the stream module), haproxy, stunnel4, wrk, strace, python3.
 # Debian: apt-get install nginx libnginx-mod-stream haproxy stunnel4 wrk strace
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-targets="direct portcullis haproxy nginx stunnel"
+targets="direct portcullis haproxy haproxy-h2 nginx stunnel"
 quick=0
 results=""
 while [ $# -gt 0 ]; do
@@ -42,7 +43,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --targets) targets=$2; shift ;;
     --results) results=$2; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -209,8 +210,10 @@ EOF
   wait_ok http://127.0.0.1:$ADMIN_OUT/ready
 }
 
-start_haproxy() {
+start_haproxy() { # [h2]: the hop between the sidecars in HTTP/2 instead of HTTP/1.1
   local tls="ssl-min-ver TLSv1.3 ca-file $work/ca.pem verify required"
+  local hop_alpn=""
+  [ "${1:-}" = h2 ] && hop_alpn="alpn h2"
   cat > out.cfg <<EOF
 global
   nbthread 1
@@ -226,7 +229,7 @@ frontend web
   default_backend web
 backend web
   http-reuse always
-  server in 127.0.0.1:$IN_WEB ssl crt $work/out-combined.pem $tls verifyhost in.bench sni str(in.bench) alpn h2
+  server in 127.0.0.1:$IN_WEB ssl crt $work/out-combined.pem $tls verifyhost in.bench sni str(in.bench) $hop_alpn
 frontend sink
   mode tcp
   bind 127.0.0.1:$OUT_SINK
@@ -277,6 +280,8 @@ EOF
   start out haproxy -db -f out.cfg; OUT_PIDS=$LAST
   wait_port $IN_WEB; wait_port $OUT_WEB
 }
+
+start_haproxy-h2() { start_haproxy h2; }
 
 start_nginx() {
   local common="daemon off; master_process off; worker_processes 1; worker_rlimit_nofile $FDS;
@@ -492,7 +497,7 @@ for t in $targets; do
   measure_syscalls "$t" $OUT_WEB "out=$OUT_PIDS" "in=$IN_PIDS" || failed "$t" syscalls
   measure_bulk "$t" $OUT_SINK || failed "$t" bulk
   # Proxies holding a descriptor on each side per connection are capped by the limit.
-  n=$IDLE; case $t in haproxy|stunnel) n=$(min $IDLE $((HALF - 100))) ;; esac
+  n=$IDLE; case $t in haproxy*|stunnel) n=$(min $IDLE $((HALF - 100))) ;; esac
   measure_idle_mtls "$t" "$n"
   measure_idle_l4 "$t" $IDLE_L4
   measure_handshakes "$t" $IN_PIDS || failed "$t" handshakes
