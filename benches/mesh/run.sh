@@ -214,8 +214,7 @@ start_haproxy() { # [h2]: the hop between the sidecars in HTTP/2 instead of HTTP
   local tls="ssl-min-ver TLSv1.3 ca-file $work/ca.pem verify required"
   local hop_alpn=""
   [ "${1:-}" = h2 ] && hop_alpn="alpn h2"
-  cat > out.cfg <<EOF
-global
+  local common="global
   nbthread 1
   maxconn $HALF
 defaults
@@ -223,7 +222,9 @@ defaults
   timeout connect 5s
   timeout client 1h
   timeout server 1h
-  maxconn $HALF
+  maxconn $HALF"
+  cat > out.cfg <<EOF
+$common
 frontend web
   bind 127.0.0.1:$OUT_WEB
   default_backend web
@@ -246,15 +247,7 @@ backend echo
   server in 127.0.0.1:$IN_ECHO ssl crt $work/out-combined.pem $tls verifyhost in.bench
 EOF
   cat > in.cfg <<EOF
-global
-  nbthread 1
-  maxconn $HALF
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-  maxconn $HALF
+$common
 frontend web
   bind 127.0.0.1:$IN_WEB ssl crt $work/in-combined.pem $tls alpn h2,http/1.1
   default_backend web

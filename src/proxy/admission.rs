@@ -95,37 +95,18 @@ pub fn peer_identity(
     })
 }
 
-/// [`check_ocsp`] for a session's peer certificates; copies them only when
-/// OCSP is on, and returns the (leaf, issuer) pair for re-checks of the
-/// open connection.
+/// Live OCSP for a session's peer, whose handshake and identity checks
+/// passed. Returns the (leaf, issuer) pair for re-checks of the open
+/// connection, or `None` when OCSP is off. The issuer is found once and
+/// only the leaf is copied.
 pub async fn check_ocsp_of(
     tls: &TlsContext,
     certs: Option<&[CertificateDer<'_>]>,
 ) -> Result<Option<std::sync::Arc<(Vec<u8>, Vec<u8>)>>, Denial> {
-    if tls.ocsp().is_none() {
-        return Ok(None);
-    }
-    let owned: Vec<CertificateDer<'static>> = certs
-        .unwrap_or_default()
-        .iter()
-        .map(|c| c.clone().into_owned())
-        .collect();
-    check_ocsp(tls, &owned).await?;
-    let pair = owned.first().and_then(|leaf| {
-        crate::tls::issuer_of(&tls.trust(), leaf, &owned[1..])
-            .map(|issuer| std::sync::Arc::new((leaf.to_vec(), issuer)))
-    });
-    Ok(pair)
-}
-
-/// Live OCSP for a peer whose handshake and identity checks passed. With
-/// `ocsp.mode: prefer` and CRLs configured, a missing answer leaves the
-/// decision to the CRLs (already applied in the handshake); otherwise the
-/// failure policy decides.
-pub async fn check_ocsp(tls: &TlsContext, certs: &[CertificateDer<'static>]) -> Result<(), Denial> {
     let Some(checker) = tls.ocsp() else {
-        return Ok(());
+        return Ok(None);
     };
+    let certs = certs.unwrap_or_default();
     let Some(leaf) = certs.first() else {
         return Err(Denial::NoCertificate);
     };
@@ -135,9 +116,23 @@ pub async fn check_ocsp(tls: &TlsContext, certs: &[CertificateDer<'static>]) -> 
             "the issuer certificate is not available".into(),
         ));
     };
+    check_ocsp(tls, checker, &trust, leaf, &issuer).await?;
+    Ok(Some(std::sync::Arc::new((leaf.to_vec(), issuer))))
+}
+
+/// With `ocsp.mode: prefer` and CRLs configured, a missing answer leaves
+/// the decision to the CRLs (already applied in the handshake); otherwise
+/// the failure policy decides.
+async fn check_ocsp(
+    tls: &TlsContext,
+    checker: &std::sync::Arc<crate::revocation::OcspChecker>,
+    trust: &TrustStore,
+    leaf: &[u8],
+    issuer: &[u8],
+) -> Result<(), Denial> {
     // Boxed: a query's state is large, and inlined it would grow every
     // connection's task, OCSP or not.
-    match Box::pin(checker.check(leaf, &issuer)).await {
+    match Box::pin(checker.check(leaf, issuer)).await {
         Verdict::Good => Ok(()),
         Verdict::Revoked => Err(Denial::Revoked),
         Verdict::Unknown(why) => {
