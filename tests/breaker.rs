@@ -463,6 +463,74 @@ async fn limits_refuse_exactly_above_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pending_requests_are_limited_exactly() {
+    let pki = Pki::new();
+    // An endpoint that accepts TCP and then says nothing: the mTLS
+    // handshake to it hangs, so requests wait for a connection.
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ep = hole.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let cl = client(
+        &pki,
+        "frontend.yaml",
+        &[ep],
+        "http",
+        "    limits: { max_pending_requests: 2 }\n",
+    )
+    .await;
+    let out = cl.outbound_addr("orders").unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(out).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+            .await
+            .unwrap();
+        waiting.push(s);
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "two requests waiting for a connection",
+        || async {
+            let dump = http_get(cl.admin_addr(), "/config_dump").await.ok()?.1;
+            let dump: serde_json::Value = serde_json::from_str(&dump).ok()?;
+            (dump["upstreams"][0]["pending_requests"] == 2).then_some(())
+        },
+    )
+    .await;
+    // Both pending slots are taken: the next ones are refused at once.
+    for _ in 0..4 {
+        assert_eq!(status_of(out, "GET", "/").await, (503, "overloaded".into()));
+    }
+    let text = cl.metrics().encode();
+    assert_eq!(
+        metric(
+            &text,
+            "portcullis_upstream_rejections_total",
+            &[("reason", "max_pending_requests")]
+        ),
+        Some(4.0)
+    );
+    // The waiting requests made one connection attempt between them (a
+    // burst opens one connection), and the refused ones none.
+    wait_for(
+        Duration::from_secs(10),
+        "the connection attempt",
+        || async { (accepted.load(Ordering::SeqCst) >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    drop(waiting);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_idempotent_requests_are_retried_after_a_connect_failure() {
     let pki = Pki::new();
     let (app, _) = counting_app(200, false).await;
