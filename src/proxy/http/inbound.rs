@@ -145,19 +145,8 @@ impl Conn {
             Err(e) => Err(e),
             Ok(()) => self.forward(req).await,
         };
-        let (mut resp, error) = match resp {
-            Ok(r) => (r, None),
-            Err(e) => {
-                self.listener.metrics.request_error(e.as_str());
-                (e.response(), Some(e.as_str()))
-            }
-        };
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            headers::strip_hop_by_hop(resp.headers_mut(), false);
-        }
-        *resp.version_mut() = version;
+        let (resp, error) = super::finish(resp, version, &self.listener.metrics, start);
         let status = resp.status().as_u16();
-        self.listener.metrics.request(status, super::since(start));
         if log {
             self.http().access_log.record(&AccessEntry {
                 direction: "inbound",

@@ -75,3 +75,29 @@ async fn tunnel(
 fn since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
 }
+
+/// How every request ends, either way: an error becomes our answer (and
+/// is counted), hop-by-hop headers are dropped (except on a 101, whose
+/// `Upgrade`/`Connection` the client needs), the client's HTTP version is
+/// restored, and the request is counted. Returns the error's name for the
+/// access log.
+fn finish(
+    result: Result<hyper::Response<body::ProxyBody>, HttpError>,
+    version: hyper::Version,
+    metrics: &ListenerMetrics,
+    start: Instant,
+) -> (hyper::Response<body::ProxyBody>, Option<&'static str>) {
+    let (mut resp, error) = match result {
+        Ok(r) => (r, None),
+        Err(e) => {
+            metrics.request_error(e.as_str());
+            (e.response(), Some(e.as_str()))
+        }
+    };
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    *resp.version_mut() = version;
+    metrics.request(resp.status().as_u16(), since(start));
+    (resp, error)
+}
