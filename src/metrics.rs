@@ -12,6 +12,18 @@ use prometheus::{
 
 use crate::tls::{CertSummary, HandshakeFailure};
 
+/// The decision counter a connection used last (see
+/// [`Metrics::authz_cached`]). A policy reload makes new rule names, so a
+/// cached entry never outlives the rule it counts.
+#[derive(Default)]
+pub struct AuthzCache(arc_swap::ArcSwapOption<AuthzEntry>);
+
+pub struct AuthzEntry {
+    rule: std::sync::Arc<str>,
+    decision: &'static str,
+    counter: IntCounter,
+}
+
 /// Which way traffic flows through a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -568,6 +580,34 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a per-request decision through `cache`: the requests of one
+    /// connection nearly always meet the same rule, and the labelled lookup
+    /// (three strings hashed under a lock) is then skipped.
+    pub fn authz_cached(
+        &self,
+        cache: &AuthzCache,
+        service: &str,
+        decision: &'static str,
+        rule: &std::sync::Arc<str>,
+    ) {
+        if let Some(last) = &*cache.0.load()
+            && std::sync::Arc::ptr_eq(&last.rule, rule)
+            && last.decision == decision
+        {
+            last.counter.inc();
+            return;
+        }
+        let counter = self
+            .authz_decisions
+            .with_label_values(&[service, decision, rule]);
+        counter.inc();
+        cache.0.store(Some(std::sync::Arc::new(AuthzEntry {
+            rule: rule.clone(),
+            decision,
+            counter,
+        })));
+    }
+
     pub fn policy_closed(&self, service: &str) {
         self.policy_closed.with_label_values(&[service]).inc();
     }
@@ -701,5 +741,45 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn series(m: &Metrics, decision: &str, rule: &str) -> Option<u64> {
+        let want = format!(
+            "portcullis_authz_decisions_total{{decision=\"{decision}\",rule=\"{rule}\",service=\"web\"}} "
+        );
+        m.encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(want.as_str())?.parse().ok())
+    }
+
+    #[test]
+    fn cached_authz_counts_each_decision_in_its_own_series() {
+        let m = Metrics::new();
+        let cache = AuthzCache::default();
+        let read: Arc<str> = Arc::from("read");
+        for _ in 0..3 {
+            m.authz_cached(&cache, "web", "allow", &read);
+        }
+        assert_eq!(series(&m, "allow", "read"), Some(3));
+        // Another decision by the same rule, and another rule, each get
+        // their own series, and switching back still counts.
+        m.authz_cached(&cache, "web", "audit_deny", &read);
+        let write: Arc<str> = Arc::from("write");
+        m.authz_cached(&cache, "web", "deny", &write);
+        m.authz_cached(&cache, "web", "allow", &read);
+        assert_eq!(series(&m, "allow", "read"), Some(4));
+        assert_eq!(series(&m, "audit_deny", "read"), Some(1));
+        assert_eq!(series(&m, "deny", "write"), Some(1));
+        // A reloaded policy names its rules anew: same name, same series.
+        let reloaded: Arc<str> = Arc::from("read");
+        m.authz_cached(&cache, "web", "allow", &reloaded);
+        assert_eq!(series(&m, "allow", "read"), Some(5));
     }
 }

@@ -30,6 +30,8 @@
 #
 # Usage: benches/mesh/run.sh [--quick] [--targets "direct portcullis haproxy haproxy-h2 nginx stunnel"]
 #                            [--results FILE]
+#        benches/mesh/run.sh --serve TARGET   # start one pair and the app, print the ports, and
+#                                             # keep them up until Ctrl-C (for perf, strace, wrk by hand)
 # Needs: nginx (with the stream module), haproxy, stunnel4, wrk, strace, python3.
 # Debian: apt-get install nginx libnginx-mod-stream haproxy stunnel4 wrk strace
 set -euo pipefail
@@ -38,11 +40,13 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 targets="direct portcullis haproxy haproxy-h2 nginx stunnel"
 quick=0
 results=""
+serve=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --targets) targets=$2; shift ;;
     --results) results=$2; shift ;;
+    --serve) serve=$2; shift ;;
     -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -72,8 +76,8 @@ HALF=$(( (FDS - 400) / 2 ))
 min() { [ "$1" -lt "$2" ] && echo "$1" || echo "$2"; }
 IDLE_L4=$(min $IDLE_L4 $((HALF - 100)))
 
-(cd "$root" && cargo build --release --quiet --bin portcullis --example loadgen)
-P=$root/target/release/portcullis
+(cd "$root" && cargo build --release --quiet --example loadgen && { [ -n "${PORTCULLIS_BIN:-}" ] || cargo build --release --quiet --bin portcullis; })
+P=${PORTCULLIS_BIN:-$root/target/release/portcullis}   # PORTCULLIS_BIN: compare another build
 LG=$root/target/release/examples/loadgen
 TICK=$(getconf CLK_TCK)
 
@@ -468,6 +472,13 @@ EOF
 }
 
 fixtures
+if [ -n "$serve" ]; then
+  [ "$serve" = direct ] || "start_$serve"
+  wait_ok http://127.0.0.1:$OUT_WEB/ 2>/dev/null || true
+  log "$serve is up: HTTP in on 127.0.0.1:$OUT_WEB, L4 sink $OUT_SINK, echo $OUT_ECHO; app on $BACKEND"
+  log "outbound pids: ${OUT_PIDS:-}  inbound pids: ${IN_PIDS:-}  (Ctrl-C ends it)"
+  while true; do sleep 3600; done
+fi
 for t in $targets; do
   log "target $t"
   if [ "$t" = direct ]; then

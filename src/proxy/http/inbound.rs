@@ -84,6 +84,7 @@ struct Conn {
     /// came from an HTTP/2 client and go to the app as HTTP/2.
     hop_h2: bool,
     seen: SeenRequest,
+    authz_counter: crate::metrics::AuthzCache,
 }
 
 /// Serves an admitted peer connection as HTTP until it ends.
@@ -122,6 +123,7 @@ pub async fn serve_inbound(
         src,
         hop_h2: h2,
         seen: seen.clone(),
+        authz_counter: Default::default(),
     });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -191,9 +193,12 @@ impl Conn {
                 path: &path,
             }),
         );
-        l.authz
-            .metrics
-            .authz(&l.name, decision.label(), &decision.rule);
+        l.authz.metrics.authz_cached(
+            &self.authz_counter,
+            &l.name,
+            decision.label(),
+            &decision.rule,
+        );
         l.authz.audit.record(&AuditEvent {
             peer: &self.peer,
             service: &l.name,
