@@ -9,12 +9,13 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-RUN cargo build --release --locked --bin portcullis \
- && strip target/release/portcullis
+COPY scripts ./scripts
+# Statically linked (see scripts/build-release): no libc needed at run time.
+RUN cp "$(scripts/build-release --locked)" /portcullis && strip /portcullis
 
-# distroless/cc: glibc and libgcc only, no shell, runs as uid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
+# distroless/static: no libc, no shell, runs as uid 65532.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /portcullis /usr/local/bin/portcullis
 COPY config/ /etc/portcullis/
 USER 65532:65532
 # 15006 inbound mTLS (the example config); the admin server stays on loopback.

@@ -76,8 +76,10 @@ HALF=$(( (FDS - 400) / 2 ))
 min() { [ "$1" -lt "$2" ] && echo "$1" || echo "$2"; }
 IDLE_L4=$(min $IDLE_L4 $((HALF - 100)))
 
-(cd "$root" && cargo build --release --quiet --example loadgen && { [ -n "${PORTCULLIS_BIN:-}" ] || cargo build --release --quiet --bin portcullis; })
-P=${PORTCULLIS_BIN:-$root/target/release/portcullis}   # PORTCULLIS_BIN: compare another build
+# The sidecar as it ships (scripts/build-release: static on glibc), unless
+# PORTCULLIS_BIN names another build to measure.
+(cd "$root" && cargo build --release --quiet --example loadgen)
+P=${PORTCULLIS_BIN:-$("$root/scripts/build-release" --quiet)}
 LG=$root/target/release/examples/loadgen
 TICK=$(getconf CLK_TCK)
 
