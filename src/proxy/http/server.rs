@@ -208,40 +208,49 @@ async fn drive<C: Graceful>(
     }
 }
 
-/// When a connection last moved a byte, shared by the stream wrapper and
-/// the idle timer.
+/// Whether a connection is moving bytes, shared by the stream wrapper and
+/// the idle timer. The wrapper only bumps a counter (no clock read per read
+/// or write, which a busy connection makes twice per request); the timer
+/// looks at it a few times per timeout instead.
 struct Activity {
-    epoch: Instant,
-    /// Milliseconds since `epoch`.
-    last: AtomicU64,
+    ops: AtomicU64,
 }
+
+/// How many times per idle timeout the timer looks: a connection ends
+/// between `idle` and `idle + idle / CHECKS` after its last byte.
+const CHECKS: u32 = 4;
 
 impl Activity {
     fn new() -> Self {
         Activity {
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
         }
     }
 
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        // Skip the store when nothing changed: most reads and writes of a
-        // busy connection land within the same millisecond.
-        if self.last.load(Ordering::Relaxed) != ms {
-            self.last.store(ms, Ordering::Relaxed);
-        }
+        self.ops.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Resolves once no byte has moved for `idle`.
+    /// Resolves once no byte has moved for `idle` (checked every
+    /// `idle / CHECKS`, so never early and at most a check late).
     async fn idle_timer(&self, idle: Duration) {
+        let step = (idle / CHECKS).max(Duration::from_millis(1));
+        let mut seen = self.ops.load(Ordering::Relaxed);
+        let mut quiet = 0;
+        let mut tick = tokio::time::interval_at(Instant::now() + step, step);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let last = self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed));
-            let due = last + idle;
-            if Instant::now() >= due {
+            tick.tick().await;
+            let now = self.ops.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                quiet = 0;
+                continue;
+            }
+            quiet += 1;
+            if quiet >= CHECKS {
                 return;
             }
-            tokio::time::sleep_until(due).await;
         }
     }
 }
@@ -301,5 +310,94 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn settings() -> ServerSettings {
+        let http = HttpConfig {
+            header_read_timeout: crate::config::ConfigDuration(Duration::from_secs(3600)),
+            ..HttpConfig::default()
+        };
+        ServerSettings::new(&http, IDLE)
+    }
+
+    /// Serves HTTP/1.1 on one end of an in-memory pipe, answering every
+    /// request `200`; returns the other end and how the connection ended,
+    /// with when.
+    fn start() -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<(ServeEnd, Instant)>,
+    ) {
+        let (client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(Response::new(ProxyBody::text("ok")))
+            });
+            let (stop, drain) = (CancellationToken::new(), CancellationToken::new());
+            let limits = ServeLimits {
+                stop: &stop,
+                drain: &drain,
+                deadline: None,
+            };
+            let end = serve(
+                &settings(),
+                server,
+                false,
+                service,
+                SeenRequest::default(),
+                limits,
+            )
+            .await;
+            (end, Instant::now())
+        });
+        (client, task)
+    }
+
+    async fn request(client: &mut tokio::io::DuplexStream) {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_ends_after_the_idle_timeout_not_before() {
+        let (mut client, task) = start();
+        request(&mut client).await;
+        let last = Instant::now();
+        let (end, at) = task.await.unwrap();
+        assert_eq!(end, ServeEnd::Idle);
+        let quiet = at - last;
+        assert!(quiet >= IDLE, "ended {quiet:?} after the last byte");
+        assert!(
+            quiet <= IDLE + IDLE / CHECKS,
+            "ended {quiet:?} after the last byte"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_in_use_is_not_idle() {
+        let (mut client, task) = start();
+        // A request every 40 s for 5 minutes: never 60 s without a byte.
+        for _ in 0..8 {
+            request(&mut client).await;
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            assert!(!task.is_finished(), "a busy connection was ended");
+        }
+        let last = Instant::now();
+        let (end, at) = task.await.unwrap();
+        assert_eq!(end, ServeEnd::Idle);
+        assert!(at - last >= IDLE - Duration::from_secs(40));
     }
 }
