@@ -18,8 +18,8 @@ use crate::identity::Role;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore, ReloadOutcome};
 use crate::proxy::{
-    Authz, ConnRegistry, InboundListener, InboundParts, OutboundListener, OutboundParts,
-    ProbeListener, StopReason, accept_loop,
+    Authz, ConnRegistry, InboundListener, InboundParts, ListenerParts, OutboundListener,
+    OutboundParts, ProbeListener, StopReason, accept_loop,
 };
 use crate::tls::{
     LoadError, LoadedIdentity, SvidVerifier, TlsContext, TrustStore, load_bundle, load_identity,
@@ -629,21 +629,24 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         )
         .map_err(StartError::Audit)?,
     );
+    let parts = |direction, name: &str| ListenerParts {
+        tls: tls.clone(),
+        metrics: state.metrics.listener(direction, name),
+        timeouts: config.timeouts,
+        connections: config.connections,
+        http: config.http.clone(),
+        access_log: access_log.clone(),
+        drain: stop_accepting.clone(),
+        tasks: connections.clone(),
+    };
     let mut inbound = Vec::with_capacity(config.inbound.len());
     for (l, listener) in config.inbound.iter().zip(inbound_listeners) {
         inbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
         let handler = Arc::new(InboundListener::new(
             l,
             InboundParts {
-                tls: tls.clone(),
+                common: parts(Direction::Inbound, &l.name),
                 authz: authz.clone(),
-                metrics: state.metrics.listener(Direction::Inbound, &l.name),
-                timeouts: config.timeouts,
-                connections: config.connections,
-                http: config.http.clone(),
-                access_log: access_log.clone(),
-                drain: stop_accepting.clone(),
-                tasks: connections.clone(),
             },
         ));
         tokio::spawn(accept_loop(
@@ -661,15 +664,8 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         let handler = Arc::new(OutboundListener::new(
             l,
             OutboundParts {
-                tls: tls.clone(),
+                common: parts(Direction::Outbound, &l.name),
                 upstream: tls.outbound(l.identity.clone())?,
-                metrics: state.metrics.listener(Direction::Outbound, &l.name),
-                timeouts: config.timeouts,
-                connections: config.connections,
-                http: config.http.clone(),
-                access_log: access_log.clone(),
-                drain: stop_accepting.clone(),
-                tasks: connections.clone(),
                 upstream_metrics: state.metrics.upstream(
                     &l.name,
                     &l.endpoints

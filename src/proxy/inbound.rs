@@ -16,10 +16,11 @@ use tokio_util::task::TaskTracker;
 use super::admission::{Denial, PeerIdentity, peer_identity};
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::http::{Detected, Rewind, ServeEnd, ServeLimits, detect};
+use super::listener::ListenerParts;
 use super::loglimit::LogLimiter;
 use super::registry::{ConnRegistry, Registration, StopReason};
 use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
-use crate::config::{ConnectionsConfig, HttpConfig, InboundConfig, Protocol, Timeouts};
+use crate::config::{ConnectionsConfig, InboundConfig, Protocol, Timeouts};
 use crate::identity::SpiffeId;
 use crate::metrics::{CloseReason, ListenerMetrics, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore};
@@ -69,19 +70,16 @@ pub struct InboundListener {
 
 /// What an inbound listener is built from besides its config.
 pub struct InboundParts {
-    pub tls: Arc<TlsContext>,
+    pub common: ListenerParts,
     pub authz: Arc<Authz>,
-    pub metrics: ListenerMetrics,
-    pub timeouts: Timeouts,
-    pub connections: ConnectionsConfig,
-    pub http: HttpConfig,
-    pub access_log: Arc<super::http::AccessLog>,
-    pub drain: CancellationToken,
-    pub tasks: TaskTracker,
 }
 
 impl InboundListener {
     pub fn new(config: &InboundConfig, parts: InboundParts) -> Self {
+        let InboundParts {
+            common: parts,
+            authz,
+        } = parts;
         let http = config.protocol.is_http().then(|| {
             Arc::new(super::http::InboundHttp::new(
                 config.forward,
@@ -98,7 +96,7 @@ impl InboundListener {
             timeouts: parts.timeouts,
             protocol: config.protocol,
             connections: parts.connections,
-            authz: parts.authz,
+            authz,
             log_limit: LogLimiter::new(20),
             http,
             drain: parts.drain,

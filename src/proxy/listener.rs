@@ -1,14 +1,37 @@
-//! The accept loop shared by every listener: accept until shutdown, hand
-//! each connection to its handler as a tracked task, and survive accept
-//! errors (a full file descriptor table must not end the listener).
+//! What every listener shares: the parts it is built from, and the accept
+//! loop (accept until shutdown, hand each connection to its handler as a
+//! tracked task, and survive accept errors: a full file descriptor table
+//! must not end the listener).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::config::{ConnectionsConfig, HttpConfig, Timeouts};
+use crate::metrics::ListenerMetrics;
+use crate::tls::TlsContext;
+
+/// What a listener of either direction is built from, besides its own
+/// config section.
+pub struct ListenerParts {
+    pub tls: Arc<TlsContext>,
+    /// Resolved for this listener's name and direction.
+    pub metrics: ListenerMetrics,
+    pub timeouts: Timeouts,
+    pub connections: ConnectionsConfig,
+    pub http: HttpConfig,
+    pub access_log: Arc<super::http::AccessLog>,
+    /// Fires when the sidecar stops accepting (drain).
+    pub drain: CancellationToken,
+    /// Every connection task, so draining can wait for them.
+    pub tasks: TaskTracker,
+}
 
 /// Accepts connections on `listener` until `shutdown` fires. Each
 /// connection runs `handle` in a task tracked by `tracker`, so draining can

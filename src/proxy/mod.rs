@@ -19,7 +19,7 @@ use prometheus::IntGauge;
 use tokio::net::TcpStream;
 
 pub use inbound::{Authz, InboundListener, InboundParts};
-pub use listener::accept_loop;
+pub use listener::{ListenerParts, accept_loop};
 pub use loglimit::LogLimiter;
 pub(crate) use outbound::ConnectError;
 pub use outbound::{OutboundListener, OutboundParts};

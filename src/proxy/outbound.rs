@@ -15,9 +15,10 @@ use tokio_util::task::TaskTracker;
 use super::admission::{Denial, PeerIdentity, peer_identity};
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::http::{Detected, Rewind, ServeEnd, ServeLimits, detect};
+use super::listener::ListenerParts;
 use super::loglimit::LogLimiter;
 use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
-use crate::config::{ConnectionsConfig, Endpoint, HttpConfig, OutboundConfig, Protocol, Timeouts};
+use crate::config::{ConnectionsConfig, Endpoint, OutboundConfig, Protocol, Timeouts};
 use crate::metrics::{CloseReason, ListenerMetrics};
 use crate::tls::{ALPN_H2, Alpn, HandshakeFailure, OutboundTls, TlsContext};
 use crate::upstream::UpstreamSet;
@@ -45,15 +46,9 @@ pub struct OutboundListener {
 
 /// What an outbound listener is built from besides its config.
 pub struct OutboundParts {
-    pub tls: Arc<TlsContext>,
+    pub common: ListenerParts,
+    /// Verifies that the upstream is the identity it must be.
     pub upstream: Arc<OutboundTls>,
-    pub metrics: ListenerMetrics,
-    pub timeouts: Timeouts,
-    pub connections: ConnectionsConfig,
-    pub http: HttpConfig,
-    pub access_log: Arc<super::http::AccessLog>,
-    pub drain: CancellationToken,
-    pub tasks: TaskTracker,
     pub upstream_metrics: crate::metrics::UpstreamMetrics,
 }
 
@@ -126,6 +121,11 @@ pub(crate) struct Upstream {
 
 impl OutboundListener {
     pub fn new(config: &OutboundConfig, parts: OutboundParts) -> Self {
+        let OutboundParts {
+            common: parts,
+            upstream,
+            upstream_metrics,
+        } = parts;
         let http = config.protocol.is_http().then(|| {
             Arc::new(super::http::OutboundHttp::new(
                 &config.endpoints,
@@ -138,14 +138,14 @@ impl OutboundListener {
             &config.name,
             &config.endpoints,
             config.upstream.clone(),
-            parts.upstream_metrics,
+            upstream_metrics,
         );
         OutboundListener {
             set,
             name: config.name.as_str().into(),
             endpoints: config.endpoints.clone(),
             tls: parts.tls,
-            upstream: parts.upstream,
+            upstream,
             metrics: parts.metrics,
             timeouts: parts.timeouts,
             protocol: config.protocol,
