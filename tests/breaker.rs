@@ -245,27 +245,14 @@ async fn counting_app(status: u16, stall: bool) -> (SocketAddr, Arc<AtomicUsize>
     (addr, hits)
 }
 
+/// One request on its own connection: (status, `x-portcullis-error`).
 async fn status_of(out: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(out).await.unwrap();
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: orders\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_string(&mut buf)).await;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let reason = buf
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-portcullis-error: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (status, reason)
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: orders\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let response = raw(out, request.as_bytes()).await;
+    let reason = header(&response, "x-portcullis-error").unwrap_or_default();
+    (status(&response), reason.to_ascii_lowercase())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -101,16 +101,6 @@ fn seen(body: &str) -> Seen {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("app JSON ({e}): {body:?}"))
 }
 
-/// Sends raw bytes to `addr` and reads the reply until the peer closes or
-/// `within` passes.
-async fn raw(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn curl_http1_and_http2_through_a_sidecar_pair() {
     if !have_tool("curl", "curl_http1_and_http2_through_a_sidecar_pair") {
