@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::h2_client::H2Body;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Called when a streamed body ends cleanly (e.g. to return a pooled
@@ -26,9 +28,57 @@ pub enum ProxyBody {
     Stream(Streamed),
 }
 
+/// Where a streamed body comes from: a connection hyper serves or
+/// drives, or a stream of the HTTP/2 client.
+pub enum Source {
+    Hyper(Incoming),
+    H2(H2Body),
+}
+
+impl From<Incoming> for Source {
+    fn from(b: Incoming) -> Self {
+        Source::Hyper(b)
+    }
+}
+
+impl From<H2Body> for Source {
+    fn from(b: H2Body) -> Self {
+        Source::H2(b)
+    }
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Source::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Source::H2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Hyper(b) => b.size_hint(),
+            Source::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A streamed body with its optional size limit and end hook.
 pub struct Streamed {
-    inner: Incoming,
+    inner: Source,
     /// Bytes still allowed, when limited.
     remaining: Option<u64>,
     /// Set when the limit was crossed, so the sender can answer 413.
@@ -87,9 +137,9 @@ impl ProxyBody {
         ProxyBody::Full(Some(Bytes::from_static(s.as_bytes())))
     }
 
-    pub fn stream(inner: Incoming) -> Self {
+    pub fn stream(inner: impl Into<Source>) -> Self {
         ProxyBody::Stream(Streamed {
-            inner,
+            inner: inner.into(),
             remaining: None,
             exceeded: None,
             on_end: None,
@@ -98,9 +148,9 @@ impl ProxyBody {
 
     /// A streamed body that fails once more than `limit` bytes pass,
     /// setting `exceeded`.
-    pub fn limited(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub fn limited(inner: impl Into<Source>, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
         ProxyBody::Stream(Streamed {
-            inner,
+            inner: inner.into(),
             remaining: Some(limit),
             exceeded: Some(exceeded),
             on_end: None,
@@ -109,7 +159,7 @@ impl ProxyBody {
 
     /// A streamed body with an optional size limit and end hook.
     pub fn streaming(
-        inner: Incoming,
+        inner: impl Into<Source>,
         limit: Option<(u64, Arc<AtomicBool>)>,
         on_end: Option<Box<dyn OnEnd>>,
     ) -> Self {
@@ -118,7 +168,7 @@ impl ProxyBody {
             None => (None, None),
         };
         ProxyBody::Stream(Streamed {
-            inner,
+            inner: inner.into(),
             remaining,
             exceeded,
             on_end,
@@ -126,9 +176,9 @@ impl ProxyBody {
     }
 
     /// A streamed body that calls `on_end` when it ends cleanly.
-    pub fn with_end(inner: Incoming, on_end: Box<dyn OnEnd>) -> Self {
+    pub fn with_end(inner: impl Into<Source>, on_end: Box<dyn OnEnd>) -> Self {
         ProxyBody::Stream(Streamed {
-            inner,
+            inner: inner.into(),
             remaining: None,
             exceeded: None,
             on_end: Some(on_end),
@@ -166,7 +216,7 @@ impl Body for ProxyBody {
                         }
                         Poll::Ready(None)
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                     Poll::Ready(Some(Ok(frame))) => {
                         // A body of known length may be dropped right after
                         // its last byte, never polled to its end.

@@ -13,17 +13,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::body::{OnEnd, ProxyBody};
+use super::body::{BoxError, OnEnd, ProxyBody};
+use super::h2_client::{self, H2Sender, KeepAlive};
 use crate::config::HttpConfig;
 
 /// A connection ready to take a request.
 pub enum Sender {
-    H2(http2::SendRequest<ProxyBody>),
+    H2(H2Sender),
     H1(http1::SendRequest<ProxyBody>),
 }
 
@@ -34,33 +35,43 @@ pub enum SendError {
     /// Boxed: the rare path should not make every result large.
     NotSent(Box<Request<ProxyBody>>),
     /// The request was (perhaps partly) sent; it must not be repeated.
-    Failed(hyper::Error),
+    Failed(BoxError),
 }
 
 /// Builders for upstream connections, made once per listener.
 #[derive(Clone)]
 pub struct ClientSettings {
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    h2: h2::client::Builder,
+    keep_alive: KeepAlive,
 }
 
 impl ClientSettings {
     pub fn new(http: &HttpConfig) -> Self {
         let mut h1 = http1::Builder::new();
         h1.max_buf_size(http.max_header_bytes.max(8192) * 2);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
+        let mut h2 = h2::client::Builder::new();
+        h2
             // Large windows let one busy stream use the link instead of
             // waiting on WINDOW_UPDATEs; bounded, so memory stays flat.
-            .initial_stream_window_size(1 << 20)
+            .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_frame_size(64 * 1024)
+            .max_send_buffer_size(1 << 20)
+            // Until the peer's SETTINGS say otherwise (as hyper does).
+            .initial_max_send_streams(100)
+            .max_header_list_size(http.max_header_bytes as u32)
+            .enable_push(false);
+        ClientSettings {
+            h1,
+            h2,
             // Dead peers that never reset the connection are found by
             // pings instead of by hanging requests.
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .max_header_list_size(http.max_header_bytes as u32);
-        ClientSettings { h1, h2 }
+            keep_alive: KeepAlive {
+                interval: Duration::from_secs(20),
+                timeout: Duration::from_secs(10),
+            },
+        }
     }
 
     /// Starts HTTP/2 (`h2`) or HTTP/1.1 over `io`; the connection is driven
@@ -70,32 +81,38 @@ impl ClientSettings {
         io: I,
         h2: bool,
         slot: Option<crate::upstream::Slot>,
-    ) -> Result<Sender, hyper::Error>
+    ) -> Result<Sender, BoxError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let io = TokioIo::new(io);
         if h2 {
-            let (sender, conn) = self.h2.handshake(io).await?;
-            tokio::spawn(async move {
-                // The upstream's connection limit counts this connection
-                // for as long as it is open.
-                let _slot = slot;
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
+            let sender = h2_client::handshake(&self.h2, io, self.keep_alive, slot).await?;
             Ok(Sender::H2(sender))
         } else {
-            let (sender, conn) = self.h1.handshake(io).await?;
-            tokio::spawn(async move {
-                let _slot = slot;
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-                }
-            });
-            Ok(Sender::H1(sender))
+            Ok(Sender::H1(self.handshake_h1(io, slot).await?))
         }
+    }
+
+    /// Starts HTTP/1.1 over `io` (also for upgrades, which HTTP/1.1 hops
+    /// carry).
+    pub async fn handshake_h1<I>(
+        &self,
+        io: I,
+        slot: Option<crate::upstream::Slot>,
+    ) -> Result<http1::SendRequest<ProxyBody>, hyper::Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = self.h1.handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            // The upstream's connection limit counts this connection for
+            // as long as it is open.
+            let _slot = slot;
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -105,7 +122,7 @@ const H1: u8 = 2;
 
 /// The connections to one upstream address.
 pub struct Pool {
-    h2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
+    h2: ArcSwapOption<H2Sender>,
     /// Held while a new HTTP/2 connection is made, so a burst of requests
     /// opens one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
@@ -159,7 +176,7 @@ impl Pool {
         self.connecting.lock().await
     }
 
-    pub fn set_h2(&self, s: &http2::SendRequest<ProxyBody>) {
+    pub fn set_h2(&self, s: &H2Sender) {
         self.touch();
         self.h2.store(Some(Arc::new(s.clone())));
     }
@@ -215,15 +232,12 @@ impl Pool {
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
         match sender {
-            Sender::H2(mut s) => match s.try_send_request(req).await {
-                Ok(resp) => Ok(resp.map(ProxyBody::stream)),
-                Err(mut e) => match e.take_message() {
-                    Some(req) => {
-                        self.drop_h2();
-                        Err(SendError::NotSent(Box::new(req)))
-                    }
-                    None => Err(SendError::Failed(e.into_error())),
-                },
+            Sender::H2(s) => match s.send(req).await {
+                Err(SendError::NotSent(req)) => {
+                    self.drop_h2();
+                    Err(SendError::NotSent(req))
+                }
+                r => r,
             },
             Sender::H1(mut s) => {
                 if s.ready().await.is_err() {
@@ -239,7 +253,7 @@ impl Pool {
                     }
                     Err(mut e) => match e.take_message() {
                         Some(req) => Err(SendError::NotSent(Box::new(req))),
-                        None => Err(SendError::Failed(e.into_error())),
+                        None => Err(SendError::Failed(e.into_error().into())),
                     },
                 }
             }
@@ -249,16 +263,11 @@ impl Pool {
 
 /// Sends a request on a connection used once (upgrades), without pooling.
 pub async fn send_once(
-    sender: Sender,
+    mut sender: http1::SendRequest<ProxyBody>,
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, hyper::Error> {
-    match sender {
-        Sender::H2(mut s) => s.send_request(req).await,
-        Sender::H1(mut s) => {
-            s.ready().await?;
-            s.send_request(req).await
-        }
-    }
+    sender.ready().await?;
+    sender.send_request(req).await
 }
 
 struct ReturnH1 {

@@ -345,7 +345,7 @@ impl Conn {
         Ok(sender)
     }
 
-    fn failed(&self, e: &hyper::Error) -> HttpError {
+    fn failed(&self, e: &dyn std::fmt::Display) -> HttpError {
         if let Some(suppressed) = self.listener.log_limit.allow() {
             tracing::info!(listener = %self.listener.name, error = %e, suppressed, "the local app failed a request");
         }
@@ -363,7 +363,7 @@ impl Conn {
             .map_err(|_| HttpError::ConnectFailed)?;
         let sender = http
             .client
-            .handshake(tcp, false, None)
+            .handshake_h1(tcp, None)
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         let req = req.map(ProxyBody::stream);

@@ -14,6 +14,7 @@ mod body;
 mod client;
 mod detect;
 mod error;
+mod h2_client;
 mod headers;
 mod inbound;
 mod outbound;

@@ -374,7 +374,9 @@ impl Conn {
             .connection()
             .map_err(|_| HttpError::Overloaded)?;
         let sender = self
-            .handshake(up.tls, false, Some(slot))
+            .http
+            .client
+            .handshake_h1(up.tls, Some(slot))
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         let req = req.map(ProxyBody::stream);
