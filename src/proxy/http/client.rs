@@ -126,13 +126,16 @@ pub struct Pool {
     /// Held while a new HTTP/2 connection is made, so a burst of requests
     /// opens one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
-    idle_h1: Mutex<Vec<(http1::SendRequest<ProxyBody>, tokio::time::Instant)>>,
+    /// Idle HTTP/1.1 connections, each with the sweep it went idle in.
+    idle_h1: Mutex<Vec<(http1::SendRequest<ProxyBody>, u64)>>,
     /// What the upstream answered by ALPN: unknown until the first
     /// connection, then h2 or http/1.1.
     learned: AtomicU8,
-    /// Milliseconds since `epoch` of the shared connection's last use.
-    last_used: AtomicU64,
-    epoch: tokio::time::Instant,
+    /// Idle time is counted in sweeps, not read from the clock on every
+    /// request: the sweeper bumps this every half `max_idle_time`.
+    sweeps: AtomicU64,
+    /// The sweep the shared connection was last used in.
+    h2_used: AtomicU64,
     max_idle: usize,
 }
 
@@ -143,8 +146,8 @@ impl Pool {
             connecting: tokio::sync::Mutex::new(()),
             idle_h1: Mutex::new(Vec::new()),
             learned: AtomicU8::new(UNKNOWN),
-            last_used: AtomicU64::new(0),
-            epoch: tokio::time::Instant::now(),
+            sweeps: AtomicU64::new(0),
+            h2_used: AtomicU64::new(0),
             max_idle,
         })
     }
@@ -200,24 +203,28 @@ impl Pool {
     fn put_h1(&self, s: http1::SendRequest<ProxyBody>) {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
-            idle.push((s, tokio::time::Instant::now()));
+            idle.push((s, self.sweeps.load(Ordering::Relaxed)));
         }
     }
 
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_used.store(ms, Ordering::Relaxed);
+        let now = self.sweeps.load(Ordering::Relaxed);
+        self.h2_used.store(now, Ordering::Relaxed);
     }
 
-    /// Closes what has been unused for `max_idle_time`.
-    fn sweep(&self, max_idle_time: Duration) {
-        let now = tokio::time::Instant::now();
+    /// Closes what has been unused for `max_idle_time`, given that sweeps
+    /// come every half of it: three sweeps after the one a connection was
+    /// last used in, it has been idle for at least `max_idle_time` (and at
+    /// most half as long again).
+    fn sweep(&self) {
+        const IDLE_SWEEPS: u64 = 3;
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
         self.idle_h1
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < max_idle_time);
-        let last = Duration::from_millis(self.last_used.load(Ordering::Relaxed));
-        if self.h2.load().is_some() && self.epoch.elapsed().saturating_sub(last) >= max_idle_time {
+            .retain(|(s, since)| !s.is_closed() && now - since < IDLE_SWEEPS);
+        let last = self.h2_used.load(Ordering::Relaxed);
+        if self.h2.load().is_some() && now - last >= IDLE_SWEEPS {
             // Open streams keep the connection until they end; it closes
             // once the last handle and stream are gone.
             self.h2.store(None);
@@ -294,11 +301,70 @@ pub fn spawn_sweeper(pools: Vec<Weak<Pool>>, max_idle_time: Duration) {
             let mut alive = false;
             for p in pools.iter().filter_map(Weak::upgrade) {
                 alive = true;
-                p.sweep(max_idle_time);
+                p.sweep();
             }
             if !alive {
                 break;
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle_h1(pool: &Pool) -> usize {
+        pool.idle_h1.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_three_sweeps_unused_and_dead_ones_are_not_handed_out() {
+        let settings = ClientSettings::new(&HttpConfig::default());
+        let pool = Pool::new(8);
+
+        let (h1_io, _h1_peer) = tokio::io::duplex(1024);
+        pool.put_h1(settings.handshake_h1(h1_io, None).await.unwrap());
+        pool.sweep();
+        pool.sweep();
+        assert_eq!(idle_h1(&pool), 1, "idle for less than max_idle_time");
+        pool.sweep();
+        assert_eq!(idle_h1(&pool), 0, "idle for max_idle_time");
+
+        let (h2_io, h2_peer) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(h2_peer).await.unwrap();
+            while conn.accept().await.is_some() {}
+        });
+        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, ())
+            .await
+            .unwrap();
+        pool.set_h2(&sender);
+        drop(sender);
+        pool.sweep();
+        pool.sweep();
+        assert!(pool.h2().is_some(), "a use counts as activity");
+        pool.sweep();
+        pool.sweep();
+        assert!(pool.h2.load().is_some(), "two sweeps after its last use");
+        pool.sweep();
+        assert!(pool.h2.load().is_none(), "three sweeps after its last use");
+
+        // A connection whose peer went away is not handed out.
+        let (h2_io, h2_peer) = tokio::io::duplex(64 * 1024);
+        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, ())
+            .await
+            .unwrap();
+        pool.set_h2(&sender);
+        drop(h2_peer);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pool.h2().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "closed connection still handed out"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.abort();
+    }
 }

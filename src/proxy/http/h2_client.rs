@@ -278,3 +278,50 @@ impl Body for H2Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEEP_ALIVE: KeepAlive = KeepAlive {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+    };
+
+    /// A client connection to an in-memory HTTP/2 server that answers
+    /// pings (its connection is polled) or goes silent after the handshake.
+    async fn connect(answers: bool) -> (H2Sender, tokio::task::JoinHandle<()>) {
+        let (io, peer) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(peer).await.unwrap();
+            if answers {
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let resp = Response::builder().status(204).body(()).unwrap();
+                    respond.send_response(resp, true).unwrap();
+                }
+            } else {
+                std::future::pending::<()>().await;
+            }
+        });
+        let builder = h2::client::Builder::new();
+        let sender = handshake(&builder, io, KEEP_ALIVE, ()).await.unwrap();
+        (sender, server)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_answering_pings_is_dropped_and_one_that_answers_is_kept() {
+        let (silent, _s1) = connect(false).await;
+        let (live, _s2) = connect(true).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            silent.is_closed(),
+            "an unanswered ping closes the connection"
+        );
+        assert!(!live.is_closed());
+        let req = Request::get("http://x/").body(ProxyBody::empty()).unwrap();
+        let resp = live.clone().send(req).await.ok().unwrap();
+        assert_eq!(resp.status(), 204);
+        let req = Request::get("http://x/").body(ProxyBody::empty()).unwrap();
+        assert!(matches!(silent.send(req).await, Err(SendError::NotSent(_))));
+    }
+}

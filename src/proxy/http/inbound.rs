@@ -8,7 +8,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderValue};
@@ -145,7 +147,7 @@ impl Conn {
 
         let resp = match self.authorize(&mut req) {
             Err(e) => Err(e),
-            Ok(()) => self.forward(req).await,
+            Ok(()) => self.forward(req, start).await,
         };
         let (resp, error) = super::finish(resp, version, &self.listener.metrics, start);
         let status = resp.status().as_u16();
@@ -230,7 +232,11 @@ impl Conn {
         Ok(())
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, HttpError> {
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        start: Instant,
+    ) -> Result<Response<ProxyBody>, HttpError> {
         let http = self.http();
         let upgrade = headers::is_upgrade(&req);
         let marked_h1 = req.headers_mut().remove(ORIG_PROTO).is_some();
@@ -267,7 +273,7 @@ impl Conn {
         let req = req.map(|b| ProxyBody::streaming(b, limit, sent_tx));
         let sent = tokio::select! {
             r = self.send(req, to_h1) => Ok(r),
-            _ = response_deadline(sent_rx, http.request_timeout) => Err(()),
+            _ = response_deadline(sent_rx, start, http.request_timeout) => Err(()),
         };
         let over = || exceeded.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
         match sent {

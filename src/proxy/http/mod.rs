@@ -28,7 +28,7 @@ pub(crate) use inbound::{InboundHttp, serve_inbound};
 pub(crate) use outbound::{OutboundHttp, serve_outbound};
 pub use server::{ServeEnd, ServeLimits};
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;

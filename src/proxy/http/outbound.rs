@@ -8,7 +8,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
@@ -121,7 +123,7 @@ impl Conn {
         } else {
             let (sent_tx, sent_rx) = track_sent(req.body());
             let req = req.map(|b| ProxyBody::streaming(b, None, sent_tx));
-            self.forward(req, sent_rx).await
+            self.forward(req, sent_rx, start).await
         };
         let (resp, error) = super::finish(forwarded, version, &self.listener.metrics, start);
         let status = resp.status().as_u16();
@@ -153,6 +155,7 @@ impl Conn {
         &self,
         mut req: Request<ProxyBody>,
         sent: Option<tokio::sync::oneshot::Receiver<()>>,
+        start: Instant,
     ) -> Result<Response<ProxyBody>, HttpError> {
         let set = &self.listener.set;
         let _request = set.request().map_err(|_| HttpError::Overloaded)?;
@@ -168,7 +171,7 @@ impl Conn {
                 | Method::PUT
                 | Method::DELETE
         );
-        let deadline = response_deadline(sent, self.http.request_timeout);
+        let deadline = response_deadline(sent, start, self.http.request_timeout);
         let mut deadline = std::pin::pin!(deadline);
 
         let mut exclude = None;
