@@ -45,27 +45,72 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// and the fixed set RFC 9110 and HTTP/2 forbid forwarding. `TE: trailers`
 /// survives (gRPC needs it on HTTP/2). With `keep_upgrade`, `Upgrade` and
 /// `Connection: upgrade` stay so the next hop sees the upgrade request.
+///
+/// Runs on every request and response, so it looks at the names once and
+/// removes only what is there (most messages carry none of these, or just
+/// `Connection: keep-alive`), instead of a hashed lookup per name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        // Rare (HTTP/1 only, and most clients send just keep-alive/close):
-        // collect the named headers before removing anything.
+    const CONNECTION: u8 = 1;
+    const KEEP: u8 = 2;
+    const PROXY: u8 = 4;
+    const TRANSFER: u8 = 8;
+    const TE: u8 = 16;
+    const UPGRADE: u8 = 32;
+    let mut found = 0;
+    for name in headers.keys() {
+        found |= if name == header::CONNECTION {
+            CONNECTION
+        } else if name == header::TRANSFER_ENCODING {
+            TRANSFER
+        } else if name == header::TE {
+            TE
+        } else if name == header::UPGRADE {
+            UPGRADE
+        } else if name == KEEP_ALIVE {
+            KEEP
+        } else if name == PROXY_CONNECTION {
+            PROXY
+        } else {
+            0
+        };
+    }
+    if found == 0 {
+        return;
+    }
+    if found & CONNECTION != 0 {
+        // The tokens nearly always name only `keep-alive` (removed below
+        // anyway), `close` (no header) or `upgrade` (handled below); a
+        // list is collected only for others, before anything is removed.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+            .map(str::trim)
+            .filter(|t| {
+                !["keep-alive", "close", "upgrade"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for n in named {
             headers.remove(n);
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.get(header::TE) {
+    if found & KEEP != 0 {
+        headers.remove(KEEP_ALIVE);
+    }
+    if found & PROXY != 0 {
+        headers.remove(PROXY_CONNECTION);
+    }
+    if found & TRANSFER != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if found & TE != 0
+        && let Some(te) = headers.get(header::TE)
+    {
         let trailers = te
             .to_str()
             .map(|v| {
@@ -78,12 +123,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-    if keep_upgrade {
-        if headers.contains_key(header::UPGRADE) {
+    if found & UPGRADE != 0 {
+        if keep_upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            headers.remove(header::UPGRADE);
         }
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -291,6 +336,34 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_names_go_with_any_token_mix_and_clean_messages_are_untouched() {
+        let mut h = req(&[
+            ("Connection", "close, X-Trace-Hop"),
+            ("connection", "Keep-Alive"),
+            ("x-trace-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("content-length", "2"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+
+        let mut h = req(&[("content-type", "text/plain"), ("x-a", "1"), ("x-a", "2")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+
+        let mut h = req(&[
+            ("connection", "upgrade, x-b"),
+            ("x-b", "1"),
+            ("upgrade", "h2c"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["upgrade", "connection"]);
     }
 
     #[test]
