@@ -48,6 +48,10 @@ fn report_judges_the_budgets() {
         ("portcullis", "bulk_gbit", "6.0"),
         ("portcullis", "idle_mtls_kib_per_conn", "29.0"),
         ("portcullis", "idle_mtls_held", "10000"),
+        ("portcullis", "instructions_per_req_out", "30000"),
+        ("portcullis", "instructions_per_req_in", "40000"),
+        ("haproxy", "instructions_per_req_out", "60000"),
+        ("haproxy", "instructions_per_req_in", "80000"),
         ("haproxy", "max_rps", "20000"),
         ("haproxy", "cpu_s_per_1k", "0.050"),
         ("haproxy", "rate_p99_ms", "0.40"),
@@ -79,6 +83,12 @@ fn report_judges_the_budgets() {
         "{row}"
     );
     assert!(row.contains("29.0 (10,000)"), "{row}");
+    // User-space instructions per request, in thousands, and their ratio.
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert!(
+        cells.windows(2).any(|w| w == ["30.0/40.0", "0.50x"]),
+        "{row}"
+    );
     for (verdict, budget) in [
         ("MISSED", "max rps >= 2x HAProxy: 1.50x"),
         ("ok", "CPU per request <= 0.5x HAProxy: 0.40x"),

@@ -51,6 +51,8 @@ def main():
         rss = [num(r, t, "rss_kib_out"), num(r, t, "rss_kib_in")]
         warm = [num(r, t, "warm_rss_kib_out"), num(r, t, "warm_rss_kib_in")]
         sc = [num(r, t, "syscalls_per_req_out"), num(r, t, "syscalls_per_req_in")]
+        ins = [num(r, t, "instructions_per_req_out"), num(r, t, "instructions_per_req_in")]
+        ins_h = [num(r, "haproxy", "instructions_per_req_out"), num(r, "haproxy", "instructions_per_req_in")]
         idle = [num(r, t, "idle_l4_kib_per_conn_out"), num(r, t, "idle_l4_kib_per_conn_in")]
         rows.append(
             [
@@ -66,6 +68,8 @@ def main():
                 "/".join(fmt(x / 1024 if x else None, 1) for x in rss),
                 "/".join(fmt(x / 1024 if x else None, 1) for x in warm),
                 "/".join(fmt(x, 1) for x in sc),
+                "/".join(fmt(x / 1000 if x else None, 1) for x in ins),
+                ratio(sum(ins) if None not in ins else None, sum(ins_h) if None not in ins_h else None),
                 fmt(num(r, t, "bulk_gbit"), 2),
                 ratio(num(r, t, "bulk_gbit"), num(r, "stunnel", "bulk_gbit")),
                 fmt(num(r, t, "idle_mtls_kib_per_conn"), 1)
@@ -78,7 +82,7 @@ def main():
     head = [
         "target", "max rps", "/direct", "/haproxy", "cpu-s/1k req", "/haproxy",
         "p50 ms", "p99 ms", "p99.9 ms", "idle RSS MiB out/in", "warm RSS MiB", "syscalls/req out/in",
-        "L4 Gbit/s", "/stunnel", "KiB/idle mTLS conn (n)", "KiB/idle L4 conn out/in", "handshakes/s", "per core",
+        "k instr/req out/in", "/haproxy", "L4 Gbit/s", "/stunnel", "KiB/idle mTLS conn (n)", "KiB/idle L4 conn out/in", "handshakes/s", "per core",
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"

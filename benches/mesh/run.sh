@@ -54,9 +54,9 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$quick" = 1 ]; then
-  DUR=3; RATE=500; RATE_DUR=3; COUNT=2000; BULK=$((256 << 20)); IDLE=500; IDLE_L4=300; HS_DUR=2
+  DUR=3; RATE=500; RATE_DUR=3; COUNT=2000; ICOUNT=2000; BULK=$((256 << 20)); IDLE=500; IDLE_L4=300; HS_DUR=2
 else
-  DUR=10; RATE=2000; RATE_DUR=15; COUNT=20000; BULK=$((4 << 30)); IDLE=10000; IDLE_L4=5000; HS_DUR=5
+  DUR=10; RATE=2000; RATE_DUR=15; COUNT=20000; ICOUNT=10000; BULK=$((4 << 30)); IDLE=10000; IDLE_L4=5000; HS_DUR=5
 fi
 
 for tool in nginx haproxy stunnel4 wrk strace python3; do
@@ -115,6 +115,11 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
 start() { # name cmd...: background, output to name.log; its pid in LAST
   local name=$1; shift
+  # Under callgrind (measure_instructions) each process, children included,
+  # counts its own instructions into cg-NAME.PID.out.
+  if [ -n "${CALLGRIND:-}" ]; then
+    set -- valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$work/cg-$name.%p.out" "$@"
+  fi
   "$@" > "$name.log" 2>&1 &
   LAST=$!
   pids+=("$LAST")
@@ -388,6 +393,34 @@ for k in ("p50_ms", "p99_ms", "p999_ms", "achieved_rps", "errors"):
 EOF
 }
 
+measure_instructions() { # target: user-space instructions per request of each sidecar
+  # The pair is started again under callgrind, warmed up, and counted over
+  # exactly $ICOUNT requests (32 connections): like syscalls, a figure that
+  # does not swing with the VM's speed, here for the work in user space.
+  local t=$1 role f sum
+  command -v callgrind_control > /dev/null || { log "no valgrind: instructions per request skipped"; return 0; }
+  rm -f cg-*.out*
+  CALLGRIND=1 "start_$t"
+  for _ in $(seq 600); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$OUT_WEB/)" = 200 ] && break
+    sleep 0.1
+  done
+  "$LG" count --addr 127.0.0.1:"$OUT_WEB" --requests 2000 --conns 32 > /dev/null
+  callgrind_control -z > /dev/null
+  "$LG" count --addr 127.0.0.1:"$OUT_WEB" --requests $ICOUNT --conns 32 > /dev/null
+  callgrind_control --dump > /dev/null
+  for role in out in; do
+    sum=0
+    for f in cg-$role.*.out.1; do
+      [ -f "$f" ] || continue
+      sum=$((sum + $(awk '/^summary:/ {print $2; exit}' "$f")))
+    done
+    record "$t" "instructions_per_req_$role" "$((sum / ICOUNT))"
+  done
+  stop_all
+  fixtures
+}
+
 measure_syscalls() { # target port role=pids...
   local t=$1 port=$2; shift 2
   rm -f ready
@@ -509,6 +542,7 @@ for t in $targets; do
   measure_handshakes "$t" $IN_PIDS || failed "$t" handshakes
   stop_all
   fixtures
+  case $t in stunnel) ;; *) measure_instructions "$t" || failed "$t" instructions ;; esac
   [ -z "$results" ] || cp results.tsv "$results"
 done
 
