@@ -113,8 +113,20 @@ failed() { log "$1: $2 failed"; record "$1" "${2}_error" "failed (see the log ab
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> results.tsv; }
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
+# Each target's binary runs as when loaded from disk: its pages not mapped
+# by a running process are dropped from the page cache first, so its
+# resident code is what exec and page faults read in, not whatever a fresh
+# build or copy left behind (on kernels that map whole large folios, a file
+# just written can add most of a MiB of mapped text to RSS).
+uncache() { # executable
+  python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$(readlink -f "$(command -v "$1")")" 2> /dev/null || true
+}
+
 start() { # name cmd...: background, output to name.log; its pid in LAST
   local name=$1; shift
+  uncache "$1"
   # Under callgrind (measure_instructions) each process, children included,
   # counts its own instructions into cg-NAME.PID.out.
   if [ -n "${CALLGRIND:-}" ]; then
