@@ -418,9 +418,9 @@ measure_instructions() { # target: user-space instructions per request of each s
     sleep 0.1
   done
   "$LG" count --addr 127.0.0.1:"$OUT_WEB" --requests 2000 --conns 32 > /dev/null
-  callgrind_control -z > /dev/null
+  callgrind_control -z > /dev/null 2>&1
   "$LG" count --addr 127.0.0.1:"$OUT_WEB" --requests $ICOUNT --conns 32 > /dev/null
-  callgrind_control --dump > /dev/null
+  callgrind_control --dump > /dev/null 2>&1
   for role in out in; do
     sum=0
     for f in cg-$role.*.out.1; do
