@@ -128,7 +128,10 @@ async fn pings(ping: Option<h2::PingPong>, keep_alive: KeepAlive) {
 
 /// Pumps `body` into `stream`; polled once here, since a small body is
 /// usually all there and then needs no task.
-fn start_pump(body: ProxyBody, stream: SendStream<Bytes>) {
+fn start_pump<B>(body: B, stream: SendStream<Bytes>)
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+{
     let mut pump = Box::pin(pump(body, stream));
     let waker = std::task::Waker::noop();
     if pump
@@ -140,7 +143,10 @@ fn start_pump(body: ProxyBody, stream: SendStream<Bytes>) {
     }
 }
 
-async fn pump(mut body: ProxyBody, mut tx: SendStream<Bytes>) {
+async fn pump<B>(mut body: B, mut tx: SendStream<Bytes>)
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     loop {
         let next = poll_fn(|cx| {
             // A peer that resets the stream (it answered early, or gave up)
@@ -164,46 +170,41 @@ async fn pump(mut body: ProxyBody, mut tx: SendStream<Bytes>) {
             }
             Some(Some(Ok(frame))) => frame,
         };
-        match frame.into_data() {
-            Ok(mut data) => {
-                let end = body.is_end_stream();
-                if data.is_empty() && !end {
-                    continue;
-                }
-                loop {
-                    if data.is_empty() {
-                        if end {
-                            let _ = tx.send_data(data, true);
-                        }
-                        break;
-                    }
-                    tx.reserve_capacity(data.len());
-                    let granted = match poll_fn(|cx| tx.poll_capacity(cx)).await {
-                        Some(Ok(n)) => n,
-                        _ => return,
-                    };
-                    if granted == 0 {
-                        continue;
-                    }
-                    let chunk = data.split_to(granted.min(data.len()));
-                    let last = end && data.is_empty();
-                    if tx.send_data(chunk, last).is_err() {
-                        return;
-                    }
-                    if last {
-                        break;
-                    }
-                }
-                if end {
-                    return;
-                }
-            }
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     let _ = tx.send_trailers(trailers);
                 }
                 return;
             }
+        };
+        let end = body.is_end_stream();
+        if data.is_empty() {
+            if end {
+                let _ = tx.send_data(data, true);
+                return;
+            }
+            continue;
+        }
+        while !data.is_empty() {
+            tx.reserve_capacity(data.len());
+            // Capacity left over from an earlier frame is used as it is:
+            // `poll_capacity` only wakes when capacity grows.
+            let mut granted = tx.capacity();
+            if granted == 0 {
+                granted = match poll_fn(|cx| tx.poll_capacity(cx)).await {
+                    Some(Ok(n)) => n,
+                    _ => return,
+                };
+            }
+            let chunk = data.split_to(granted.min(data.len()));
+            if tx.send_data(chunk, end && data.is_empty()).is_err() {
+                return;
+            }
+        }
+        if end {
+            return;
         }
     }
 }
@@ -306,6 +307,85 @@ mod tests {
         let builder = h2::client::Builder::new();
         let sender = handshake(&builder, io, KEEP_ALIVE, ()).await.unwrap();
         (sender, server)
+    }
+
+    /// Request bodies arrive whole through a small flow-control window, in
+    /// frames of every size, with trailers.
+    #[tokio::test]
+    async fn request_bodies_pass_flow_control_in_any_frame_sizes() {
+        let (io, peer) = tokio::io::duplex(16 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::Builder::new()
+                .initial_window_size(1000)
+                .handshake::<_, Bytes>(peer)
+                .await
+                .unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut recv = req.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = recv.data().await {
+                let chunk = chunk.unwrap();
+                recv.flow_control().release_capacity(chunk.len()).unwrap();
+                got.extend_from_slice(&chunk);
+            }
+            let trailers = recv.trailers().await.unwrap();
+            let resp = Response::builder().status(200).body(()).unwrap();
+            respond.send_response(resp, true).unwrap();
+            (got, trailers)
+        });
+        let sender = handshake(&h2::client::Builder::new(), io, KEEP_ALIVE, ())
+            .await
+            .unwrap();
+        let sizes = [1500usize, 10, 3000, 1, 0, 2500, 999];
+        let mut want = Vec::new();
+        let mut frames = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            let chunk: Vec<u8> = (0..*n).map(|j| (i * 31 + j) as u8).collect();
+            want.extend_from_slice(&chunk);
+            frames.push(Frame::data(Bytes::from(chunk)));
+        }
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        frames.push(Frame::trailers(trailers));
+        let body = Frames {
+            frames: frames.into(),
+            stall: false,
+        };
+
+        let mut send = sender.send.clone().ready().await.unwrap();
+        let head = Request::post("http://x/").body(()).unwrap();
+        let (response, stream) = send.send_request(head, false).unwrap();
+        start_pump(body, stream);
+        assert_eq!(response.await.unwrap().status(), 200);
+        let (got, trailers) = server.await.unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "body bytes differ");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    }
+
+    /// A body whose frames come one every other poll, so the pump waits
+    /// on the body as well as on the window.
+    struct Frames {
+        frames: std::collections::VecDeque<Frame<Bytes>>,
+        stall: bool,
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.stall = !self.stall;
+            if self.stall {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(self.frames.pop_front().map(Ok))
+        }
     }
 
     #[tokio::test(start_paused = true)]
