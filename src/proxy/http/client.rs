@@ -222,9 +222,9 @@ impl Pool {
         self.idle_h1
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(s, since)| !s.is_closed() && now - since < IDLE_SWEEPS);
+            .retain(|(s, since)| !s.is_closed() && now.saturating_sub(*since) < IDLE_SWEEPS);
         let last = self.h2_used.load(Ordering::Relaxed);
-        if self.h2.load().is_some() && now - last >= IDLE_SWEEPS {
+        if self.h2.load().is_some() && now.saturating_sub(last) >= IDLE_SWEEPS {
             // Open streams keep the connection until they end; it closes
             // once the last handle and stream are gone.
             self.h2.store(None);

@@ -51,15 +51,15 @@ impl H2Sender {
     }
 
     /// Sends `req` and waits for the response head. A connection that is
-    /// already closed gives the request back unsent.
+    /// already closed gives the request back unsent. The caller has
+    /// stripped the hop-by-hop headers (both directions do, once per
+    /// request), which `h2` would refuse.
     pub async fn send(self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
-        let send = match self.send.ready().await {
+        let mut send = match self.send.ready().await {
             Ok(s) => s,
             Err(_) => return Err(SendError::NotSent(Box::new(req))),
         };
-        let mut send = send;
-        let (mut head, body) = req.into_parts();
-        super::headers::strip_hop_by_hop(&mut head.headers, false);
+        let (head, body) = req.into_parts();
         let eos = body.is_end_stream();
         let (response, stream) = send
             .send_request(Request::from_parts(head, ()), eos)
