@@ -6,7 +6,9 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use portcullis::identity::{IdPattern, SpiffeId};
-use portcullis::policy::{Action, Mode, PolicySpec, PolicyTable, Request, RuleSpec, ServiceSpec};
+use portcullis::policy::{
+    Action, Mode, PeerRulesCache, PolicySpec, PolicyTable, Request, RuleSpec, ServiceSpec,
+};
 
 /// `n` rules: a third exact IDs, a third one-segment wildcards, a third
 /// `**` prefixes, plus one deny; spread over 50 trust domains.
@@ -86,6 +88,23 @@ fn decisions(c: &mut Criterion) {
                 )
             })
         });
+        // What the inbound sidecar does per HTTP request: the connection
+        // looked its peer up once; each request is judged on those rules.
+        let cache = PeerRulesCache::default();
+        g.bench_with_input(
+            BenchmarkId::new("l7_request_on_connection", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    table.decide_cached(
+                        black_box(&cache),
+                        black_box("orders"),
+                        black_box(&wildcard),
+                        Some(black_box(&req)),
+                    )
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -6,9 +6,18 @@
 //! rules at the node where it starts, and a whole-trust-domain pattern a
 //! list at the top. Looking an ID up costs one hash lookup per path segment
 //! (plus the `*` branches that exist), whatever the number of rules.
+//!
+//! Every request on a connection comes from the same verified peer, so an
+//! HTTP connection looks the peer up once ([`PeerRulesCache`]) and judges
+//! each request against only the rules that peer matched: no hashing per
+//! request. The cache is tied to the table it was made from and is made
+//! again on the first request after a reload.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
 
 use super::model::{Action, Mode, PolicySpec, RateLimitSpec, RuleSpec};
 use crate::identity::{Segment, SpiffeId};
@@ -180,12 +189,34 @@ impl ServiceTable {
 pub struct PolicyTable {
     default: Action,
     default_rule: Arc<str>,
-    services: HashMap<Box<str>, ServiceTable>,
+    services: Vec<ServiceTable>,
+    by_name: HashMap<Box<str>, u32>,
+    /// Unique per compiled table: what a [`PeerRules`] was made from.
+    generation: u64,
+}
+
+/// The rules of one service that one peer's `from` patterns match, in
+/// file order, found once per connection.
+pub struct PeerRules {
+    generation: u64,
+    /// The service's index, or `None` when the policy does not name it.
+    service: Option<u32>,
+    rules: Box<[u32]>,
+}
+
+/// A connection's [`PeerRules`], made again when the policy changes.
+#[derive(Default)]
+pub struct PeerRulesCache(ArcSwapOption<PeerRules>);
+
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl PolicyTable {
     pub fn compile(spec: &PolicySpec) -> Self {
-        let mut services = HashMap::with_capacity(spec.services.len());
+        let mut services = Vec::with_capacity(spec.services.len());
+        let mut by_name = HashMap::with_capacity(spec.services.len());
         for s in &spec.services {
             let mut domains: HashMap<Box<str>, DomainIndex> = HashMap::new();
             for (i, r) in s.rules.iter().enumerate() {
@@ -198,20 +229,20 @@ impl PolicyTable {
                     }
                 }
             }
-            services.insert(
-                s.name.as_str().into(),
-                ServiceTable {
-                    mode: s.mode,
-                    rules: s.rules.iter().map(CompiledRule::compile).collect(),
-                    domains,
-                    rate_limit: s.rate_limit,
-                },
-            );
+            by_name.insert(s.name.as_str().into(), services.len() as u32);
+            services.push(ServiceTable {
+                mode: s.mode,
+                rules: s.rules.iter().map(CompiledRule::compile).collect(),
+                domains,
+                rate_limit: s.rate_limit,
+            });
         }
         PolicyTable {
             default: spec.default,
             default_rule: "default".into(),
             services,
+            by_name,
+            generation: next_generation(),
         }
     }
 
@@ -220,12 +251,19 @@ impl PolicyTable {
         PolicyTable {
             default: Action::Allow,
             default_rule: "default".into(),
-            services: HashMap::new(),
+            services: Vec::new(),
+            by_name: HashMap::new(),
+            generation: next_generation(),
         }
     }
 
+    fn service(&self, name: &str) -> Option<&ServiceTable> {
+        let i = *self.by_name.get(name)?;
+        self.services.get(i as usize)
+    }
+
     pub fn rate_limit(&self, service: &str) -> Option<RateLimitSpec> {
-        self.services.get(service).and_then(|s| s.rate_limit)
+        self.service(service).and_then(|s| s.rate_limit)
     }
 
     /// Decides whether `peer` may reach `service`: a connection when
@@ -238,17 +276,78 @@ impl PolicyTable {
         peer: &SpiffeId,
         request: Option<&Request<'_>>,
     ) -> Decision {
-        let Some(svc) = self.services.get(service) else {
-            return Decision {
-                action: self.default,
-                rule: self.default_rule.clone(),
-                mode: Mode::Enforce,
-            };
+        match self.service(service) {
+            None => self.default_decision(),
+            Some(svc) => self.judge(svc, |f| svc.for_each_match(peer, f), request),
+        }
+    }
+
+    /// [`PolicyTable::decide`] for a request on a connection whose peer
+    /// was looked up already: `cache` holds the rules it matched, made
+    /// here on first use and again whenever the table is not the one they
+    /// were made from.
+    pub fn decide_cached(
+        &self,
+        cache: &PeerRulesCache,
+        service: &str,
+        peer: &SpiffeId,
+        request: Option<&Request<'_>>,
+    ) -> Decision {
+        let guard = cache.0.load();
+        let fresh;
+        let rules = match &*guard {
+            Some(r) if r.generation == self.generation => r,
+            _ => {
+                fresh = Arc::new(self.resolve(service, peer));
+                cache.0.store(Some(fresh.clone()));
+                &fresh
+            }
         };
+        match rules.service.and_then(|i| self.services.get(i as usize)) {
+            None => self.default_decision(),
+            Some(svc) => self.judge(svc, |f| rules.rules.iter().for_each(|i| f(*i)), request),
+        }
+    }
+
+    /// The rules of `service` whose `from` matches `peer`.
+    pub fn resolve(&self, service: &str, peer: &SpiffeId) -> PeerRules {
+        let index = self.by_name.get(service).copied();
+        let mut rules = Vec::new();
+        if let Some(svc) = index.and_then(|i| self.services.get(i as usize)) {
+            svc.for_each_match(peer, |i| rules.push(i));
+            rules.sort_unstable();
+            rules.dedup();
+        }
+        PeerRules {
+            generation: self.generation,
+            service: index,
+            rules: rules.into(),
+        }
+    }
+
+    fn default_decision(&self) -> Decision {
+        Decision {
+            action: self.default,
+            rule: self.default_rule.clone(),
+            mode: Mode::Enforce,
+        }
+    }
+
+    /// The decision over the candidate rules `each` yields: a matching
+    /// deny beats every allow; among rules of one kind the first in the
+    /// file names the decision; none falls to the file's default.
+    fn judge(
+        &self,
+        svc: &ServiceTable,
+        each: impl FnOnce(&mut dyn FnMut(u32)),
+        request: Option<&Request<'_>>,
+    ) -> Decision {
         let mut first_deny = u32::MAX;
         let mut first_allow = u32::MAX;
-        svc.for_each_match(peer, |i| {
-            let rule = &svc.rules[i as usize];
+        each(&mut |i| {
+            let Some(rule) = svc.rules.get(i as usize) else {
+                return;
+            };
             if rule.applies(request) {
                 let slot = match rule.action {
                     Action::Deny => &mut first_deny,
@@ -274,7 +373,7 @@ impl PolicyTable {
     /// Whether any allow rule could admit `peer` to `service` for some
     /// request: the connection-level gate in front of per-request checks.
     pub fn may_allow_requests(&self, service: &str, peer: &SpiffeId) -> bool {
-        let Some(svc) = self.services.get(service) else {
+        let Some(svc) = self.service(service) else {
             return self.default == Action::Allow;
         };
         if svc.mode == Mode::Audit || self.default == Action::Allow {
@@ -503,7 +602,43 @@ services:
                 (action, rule),
                 "{svc} {peer} {req:?}"
             );
+            // A connection's cached lookup decides the same, made fresh
+            // and reused.
+            let cache = PeerRulesCache::default();
+            for _ in 0..2 {
+                let c = t.decide_cached(&cache, svc, &id(peer), req.as_ref());
+                assert_eq!(c, d, "cached: {svc} {peer} {req:?}");
+            }
         }
+    }
+
+    #[test]
+    fn a_connections_cached_rules_follow_a_new_table() {
+        let peer = id("spiffe://prod.example.org/ns/web/sa/reader");
+        let get = Request {
+            method: "GET",
+            path: "/orders",
+        };
+        let cache = PeerRulesCache::default();
+        let old = table(POLICY);
+        let d = old.decide_cached(&cache, "orders", &peer, Some(&get));
+        assert_eq!((d.action, &*d.rule), (Action::Allow, "readers"));
+
+        // The same file compiled again is a new table; then one where the
+        // reader may no longer GET. Both are judged on their own rules,
+        // not on what the connection looked up in the old one.
+        let same = table(POLICY);
+        let d = same.decide_cached(&cache, "orders", &peer, Some(&get));
+        assert_eq!((d.action, &*d.rule), (Action::Allow, "readers"));
+        let new = table(&POLICY.replace(
+            "from: [spiffe://prod.example.org/ns/web/sa/reader]",
+            "from: [spiffe://prod.example.org/ns/web/sa/other]",
+        ));
+        let d = new.decide_cached(&cache, "orders", &peer, Some(&get));
+        assert_eq!((d.action, &*d.rule), (Action::Deny, "default"));
+        // A policy without the service at all falls to its default.
+        let d = table("default: allow\n").decide_cached(&cache, "orders", &peer, Some(&get));
+        assert_eq!((d.action, &*d.rule), (Action::Allow, "default"));
     }
 
     #[test]
@@ -570,6 +705,12 @@ services:
                 let want = pat.matches(&id(i));
                 let got = t.decide("s", &id(i), None).action == Action::Allow;
                 assert_eq!(got, want, "pattern {p} id {i}");
+                let cached = t.decide_cached(&PeerRulesCache::default(), "s", &id(i), None);
+                assert_eq!(
+                    cached.action == Action::Allow,
+                    want,
+                    "cached: pattern {p} id {i}"
+                );
             }
         }
     }

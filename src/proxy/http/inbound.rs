@@ -25,7 +25,7 @@ use super::headers::{self, ORIG_PROTO, PEER_ID, XFCC};
 use super::server::{SeenRequest, ServeEnd, ServeLimits, ServerSettings, serve};
 use crate::config::{HttpConfig, Timeouts};
 use crate::identity::SpiffeId;
-use crate::policy::AuditEvent;
+use crate::policy::{AuditEvent, PeerRulesCache};
 use crate::proxy::InboundListener;
 use crate::proxy::admission::PeerIdentity;
 use crate::proxy::connect_with_timeout;
@@ -87,6 +87,8 @@ struct Conn {
     hop_h2: bool,
     seen: SeenRequest,
     authz_counter: crate::metrics::AuthzCache,
+    /// The policy rules this peer matches, looked up once, not per request.
+    peer_rules: PeerRulesCache,
 }
 
 /// Serves an admitted peer connection as HTTP until it ends.
@@ -126,6 +128,7 @@ pub async fn serve_inbound(
         hop_h2: h2,
         seen: seen.clone(),
         authz_counter: Default::default(),
+        peer_rules: Default::default(),
     });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -187,7 +190,8 @@ impl Conn {
             headers::normalize_path(req.uri().path())
         };
         let active = l.authz.policy.active();
-        let decision = active.table.decide(
+        let decision = active.table.decide_cached(
+            &self.peer_rules,
             &l.name,
             &self.peer,
             Some(&crate::policy::Request {
