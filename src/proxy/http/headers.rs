@@ -77,7 +77,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if found == 0 {
         return;
     }
-    if found & CONNECTION != 0 {
+    if found & CONNECTION != 0 && !connection_is_plain(headers) {
         // The tokens nearly always name only `keep-alive` (removed below
         // anyway), `close` (no header) or `upgrade` (handled below); a
         // list is collected only for others, before anything is removed.
@@ -97,6 +97,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         for n in named {
             headers.remove(n);
         }
+    }
+    if found & CONNECTION != 0 {
         headers.remove(header::CONNECTION);
     }
     if found & KEEP != 0 {
@@ -129,6 +131,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         } else {
             headers.remove(header::UPGRADE);
         }
+    }
+}
+
+/// Whether `Connection` is one value naming one token that names no other
+/// header (`keep-alive`, `close`, `upgrade`): what nearly every message
+/// carries, checked without splitting the value into tokens.
+fn connection_is_plain(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => {
+            let v = v.as_bytes();
+            [&b"keep-alive"[..], b"close", b"upgrade"]
+                .iter()
+                .any(|k| v.eq_ignore_ascii_case(k))
+        }
+        _ => false,
     }
 }
 
@@ -350,6 +368,21 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-length"]);
+
+        // One plain token (the common case, checked without tokenizing);
+        // a name that merely starts like one is still a header to drop.
+        let mut h = req(&[
+            ("connection", "Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a"]);
+        let mut h = req(&[("connection", "close-me"), ("close-me", "1"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a"]);
 
         let mut h = req(&[("content-type", "text/plain"), ("x-a", "1"), ("x-a", "2")]);
         let before = h.clone();
