@@ -7,6 +7,8 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Build settings (AWS-LC without its CPU-jitter entropy collector).
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 COPY scripts ./scripts
