@@ -201,8 +201,14 @@ pub struct PeerRules {
     generation: u64,
     /// The service's index, or `None` when the policy does not name it.
     service: Option<u32>,
-    rules: Box<[u32]>,
+    /// `None` when the peer matches more than [`MAX_CACHED_RULES`]: such a
+    /// peer is looked up on each request instead, so a policy of many
+    /// broad rules cannot make every connection hold a long list.
+    rules: Option<Box<[u32]>>,
 }
+
+/// The most rules a connection keeps for its peer.
+const MAX_CACHED_RULES: usize = 64;
 
 /// A connection's [`PeerRules`], made again when the policy changes.
 #[derive(Default)]
@@ -303,9 +309,12 @@ impl PolicyTable {
                 &fresh
             }
         };
-        match rules.service.and_then(|i| self.services.get(i as usize)) {
-            None => self.default_decision(),
-            Some(svc) => self.judge(svc, |f| rules.rules.iter().for_each(|i| f(*i)), request),
+        let Some(svc) = rules.service.and_then(|i| self.services.get(i as usize)) else {
+            return self.default_decision();
+        };
+        match &rules.rules {
+            Some(list) => self.judge(svc, |f| list.iter().for_each(|i| f(*i)), request),
+            None => self.judge(svc, |f| svc.for_each_match(peer, f), request),
         }
     }
 
@@ -321,7 +330,7 @@ impl PolicyTable {
         PeerRules {
             generation: self.generation,
             service: index,
-            rules: rules.into(),
+            rules: (rules.len() <= MAX_CACHED_RULES).then(|| rules.into()),
         }
     }
 
@@ -636,6 +645,30 @@ services:
         ));
         let d = new.decide_cached(&cache, "orders", &peer, Some(&get));
         assert_eq!((d.action, &*d.rule), (Action::Deny, "default"));
+        // A peer that matches more rules than a connection keeps is
+        // judged on the full lookup, with the same result.
+        let many: String = (0..MAX_CACHED_RULES + 2)
+            .map(|i| {
+                let action = if i == MAX_CACHED_RULES + 1 { "deny" } else { "allow" };
+                format!(
+                    "      - name: r{i}\n        action: {action}\n        from: [spiffe://prod.example.org/ns/web/**]\n        paths: [/p{i}]\n"
+                )
+            })
+            .collect();
+        let many = table(&format!("services:\n  orders:\n    rules:\n{many}"));
+        assert!(many.resolve("orders", &peer).rules.is_none());
+        let cache = PeerRulesCache::default();
+        let last = MAX_CACHED_RULES + 1;
+        for (i, action) in [(0, Action::Allow), (3, Action::Allow), (last, Action::Deny)] {
+            let path = format!("/p{i}");
+            let req = Request {
+                method: "GET",
+                path: &path,
+            };
+            let d = many.decide_cached(&cache, "orders", &peer, Some(&req));
+            assert_eq!(d, many.decide("orders", &peer, Some(&req)), "{path}");
+            assert_eq!((d.action, &*d.rule), (action, format!("r{i}").as_str()));
+        }
         // A policy without the service at all falls to its default.
         let d = table("default: allow\n").decide_cached(&cache, "orders", &peer, Some(&get));
         assert_eq!((d.action, &*d.rule), (Action::Allow, "default"));
