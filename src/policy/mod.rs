@@ -13,4 +13,4 @@ pub use audit::{AuditEvent, AuditLog, AuditSink};
 pub use model::{Action, Mode, PolicySpec, RateLimitSpec, RuleSpec, ServiceSpec, parse};
 pub use ratelimit::RateLimiter;
 pub use store::{ActivePolicy, PolicyStore, ReloadOutcome, load_file};
-pub use table::{Decision, PeerRules, PeerRulesCache, PolicyTable, Request};
+pub use table::{Decision, PeerRulesCache, PolicyTable, Request};

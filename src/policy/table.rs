@@ -197,7 +197,7 @@ pub struct PolicyTable {
 
 /// The rules of one service that one peer's `from` patterns match, in
 /// file order, found once per connection.
-pub struct PeerRules {
+struct PeerRules {
     generation: u64,
     /// The service's index, or `None` when the policy does not name it.
     service: Option<u32>,
@@ -319,7 +319,7 @@ impl PolicyTable {
     }
 
     /// The rules of `service` whose `from` matches `peer`.
-    pub fn resolve(&self, service: &str, peer: &SpiffeId) -> PeerRules {
+    fn resolve(&self, service: &str, peer: &SpiffeId) -> PeerRules {
         let index = self.by_name.get(service).copied();
         let mut rules = Vec::new();
         if let Some(svc) = index.and_then(|i| self.services.get(i as usize)) {
