@@ -29,7 +29,10 @@
 #                    CPU-second of it (= per core)
 #
 # Usage: benches/mesh/run.sh [--quick] [--targets "direct portcullis haproxy haproxy-h2 nginx stunnel"]
+#                            [--only "rss wrk rate syscalls bulk idle handshakes instructions"]
 #                            [--results FILE]
+#        (--only runs just the listed measurements: `--targets portcullis --only instructions`
+#        is the instruction count a hot-path change is judged by, in about a minute)
 #        benches/mesh/run.sh --serve TARGET   # start one pair and the app, print the ports, and
 #                                             # keep them up until Ctrl-C (for perf, strace, wrk by hand)
 # Needs: nginx (with the stream module), haproxy, stunnel4, wrk, strace, python3.
@@ -41,13 +44,15 @@ targets="direct portcullis haproxy haproxy-h2 nginx stunnel"
 quick=0
 results=""
 serve=""
+only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --targets) targets=$2; shift ;;
     --results) results=$2; shift ;;
+    --only) only=$2; shift ;;
     --serve) serve=$2; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -518,6 +523,9 @@ if cpu > 0:
 EOF
 }
 
+# Whether a measurement is wanted (all of them unless --only names some).
+want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
+
 fixtures
 if [ -n "$serve" ]; then
   [ "$serve" = direct ] || "start_$serve"
@@ -529,32 +537,40 @@ fi
 for t in $targets; do
   log "target $t"
   if [ "$t" = direct ]; then
-    measure_wrk direct http://127.0.0.1:$BACKEND/ || failed direct wrk
-    measure_rate direct $BACKEND || failed direct rate
-    measure_bulk direct $SINK || failed direct bulk
+    if want wrk; then measure_wrk direct http://127.0.0.1:$BACKEND/ || failed direct wrk; fi
+    if want rate; then measure_rate direct $BACKEND || failed direct rate; fi
+    if want bulk; then measure_bulk direct $SINK || failed direct bulk; fi
     continue
   fi
-  "start_$t"
-  wait_ok http://127.0.0.1:$OUT_WEB/
-  # Idle: started, one request through. Warm: after 32 connections of load
-  # came and went (pools to the app filled, allocator high-water marks).
-  record "$t" rss_kib_out "$(rss_kib $OUT_PIDS)"
-  record "$t" rss_kib_in "$(rss_kib $IN_PIDS)"
-  wrk -t1 -c32 -d1s http://127.0.0.1:$OUT_WEB/ > /dev/null
-  record "$t" warm_rss_kib_out "$(rss_kib $OUT_PIDS)"
-  record "$t" warm_rss_kib_in "$(rss_kib $IN_PIDS)"
-  measure_wrk "$t" http://127.0.0.1:$OUT_WEB/ $OUT_PIDS $IN_PIDS || failed "$t" wrk
-  measure_rate "$t" $OUT_WEB || failed "$t" rate
-  measure_syscalls "$t" $OUT_WEB "out=$OUT_PIDS" "in=$IN_PIDS" || failed "$t" syscalls
-  measure_bulk "$t" $OUT_SINK || failed "$t" bulk
-  # Proxies holding a descriptor on each side per connection are capped by the limit.
-  n=$IDLE; case $t in haproxy*|stunnel) n=$(min $IDLE $((HALF - 100))) ;; esac
-  measure_idle_mtls "$t" "$n"
-  measure_idle_l4 "$t" $IDLE_L4
-  measure_handshakes "$t" $IN_PIDS || failed "$t" handshakes
-  stop_all
-  fixtures
-  case $t in stunnel) ;; *) measure_instructions "$t" || failed "$t" instructions ;; esac
+  if [ "$only" != instructions ]; then
+    "start_$t"
+    wait_ok http://127.0.0.1:$OUT_WEB/
+    # Idle: started, one request through. Warm: after 32 connections of load
+    # came and went (pools to the app filled, allocator high-water marks).
+    if want rss; then
+      record "$t" rss_kib_out "$(rss_kib $OUT_PIDS)"
+      record "$t" rss_kib_in "$(rss_kib $IN_PIDS)"
+      wrk -t1 -c32 -d1s http://127.0.0.1:$OUT_WEB/ > /dev/null
+      record "$t" warm_rss_kib_out "$(rss_kib $OUT_PIDS)"
+      record "$t" warm_rss_kib_in "$(rss_kib $IN_PIDS)"
+    fi
+    if want wrk; then measure_wrk "$t" http://127.0.0.1:$OUT_WEB/ $OUT_PIDS $IN_PIDS || failed "$t" wrk; fi
+    if want rate; then measure_rate "$t" $OUT_WEB || failed "$t" rate; fi
+    if want syscalls; then measure_syscalls "$t" $OUT_WEB "out=$OUT_PIDS" "in=$IN_PIDS" || failed "$t" syscalls; fi
+    if want bulk; then measure_bulk "$t" $OUT_SINK || failed "$t" bulk; fi
+    if want idle; then
+      # Proxies holding a descriptor on each side per connection are capped by the limit.
+      n=$IDLE; case $t in haproxy*|stunnel) n=$(min $IDLE $((HALF - 100))) ;; esac
+      measure_idle_mtls "$t" "$n"
+      measure_idle_l4 "$t" $IDLE_L4
+    fi
+    if want handshakes; then measure_handshakes "$t" $IN_PIDS || failed "$t" handshakes; fi
+    stop_all
+    fixtures
+  fi
+  if want instructions; then
+    case $t in stunnel) ;; *) measure_instructions "$t" || failed "$t" instructions ;; esac
+  fi
   [ -z "$results" ] || cp results.tsv "$results"
 done
 
