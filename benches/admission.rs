@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::clock::unix_now;
+use portcullis::config::{OcspConfig, OcspMode, RevocationPolicy};
 use portcullis::identity::{IdPattern, SpiffeId, TrustDomain};
 use portcullis::metrics::Metrics;
 use portcullis::pki::{Ca, RevokedEntry};
 use portcullis::policy::{Action, Mode, PolicySpec, PolicyTable, RuleSpec, ServiceSpec};
 use portcullis::proxy::admission::{check_ocsp_of, peer_identity};
 use portcullis::revocation::ocsp::{OcspAnswer, OcspStatus};
-use portcullis::revocation::{
-    OcspChecker, OcspConfig, OcspMode, RevocationPolicy, Verdict, load_crls,
-};
-use portcullis::tls::{TlsContext, TrustStore, load_bundle, load_identity, unix_now};
+use portcullis::revocation::{OcspChecker, Verdict, load_crls};
+use portcullis::tls::{TlsContext, TrustStore, load_bundle, load_identity};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -81,11 +81,11 @@ fn admission(c: &mut Criterion) {
         .collect();
     let crl_path = write("ca.crl", &ca.crl(&revoked, 1, DAY).expect("crl"));
     let bundle = load_bundle(&bundle_path, &td).expect("bundle");
-    let plain = TrustStore::new([bundle.clone()]);
+    let roots: Vec<_> = bundle.certs.iter().collect();
     let crls = load_crls(
         &[crl_path],
         &[],
-        &plain,
+        &roots,
         RevocationPolicy {
             whole_chain: false,
             expired_is_unknown: true,

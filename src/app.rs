@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::credentials::{CredOutcome, Credentials};
+use crate::files::LoadError;
 use crate::identity::Role;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore, ReloadOutcome};
@@ -22,7 +23,7 @@ use crate::proxy::{
     OutboundParts, ProbeListener, StopReason, accept_loop,
 };
 use crate::tls::{
-    LoadError, LoadedIdentity, SvidVerifier, TlsContext, TrustStore, load_bundle, load_identity,
+    LoadedIdentity, SvidVerifier, TlsContext, TrustStore, issuer_of, load_bundle, load_identity,
 };
 
 /// What the admin server and listeners share.
@@ -368,7 +369,8 @@ pub fn load_tls_with(
     if let Some(r) = &config.revocation
         && (!r.crls.is_empty() || r.policy.fetch_distribution_points)
     {
-        let crls = crate::revocation::load_crls(&r.crls, fetched_crls, &trust, r.policy)?;
+        let roots: Vec<_> = trust.bundles().flat_map(|b| b.certs.iter()).collect();
+        let crls = crate::revocation::load_crls(&r.crls, fetched_crls, &roots, r.policy)?;
         trust = trust.with_revocation(crls);
     }
 
@@ -448,8 +450,9 @@ async fn fetch_crls(state: Arc<State>, stop: CancellationToken) {
             };
             // Validate on its own first, so a bad download never blocks reloads.
             let entry = [(url.clone(), bytes.clone())];
+            let roots: Vec<_> = trust.bundles().flat_map(|b| b.certs.iter()).collect();
             if let Some(policy) = policy
-                && let Err(e) = crate::revocation::load_crls(&[], &entry, &trust, policy)
+                && let Err(e) = crate::revocation::load_crls(&[], &entry, &roots, policy)
             {
                 tracing::warn!(%url, error = %e, "fetched CRL refused");
                 state.metrics.cert_reload("crl", "error");
@@ -462,7 +465,7 @@ async fn fetch_crls(state: Arc<State>, stop: CancellationToken) {
             {
                 wait = wait.min(crate::revocation::fetch::refresh_in(
                     der,
-                    crate::tls::unix_now(),
+                    crate::clock::unix_now(),
                     Duration::from_secs(10),
                     max_wait,
                 ));
@@ -543,7 +546,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     tracing::info!(
         spiffe_id = %identity.leaf.id,
         serial = %identity.leaf.serial,
-        not_after = %crate::tls::fmt_time(identity.leaf.not_after),
+        not_after = %crate::clock::fmt_time(identity.leaf.not_after),
         "identity loaded"
     );
     let counters = config
@@ -746,7 +749,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     if let Some(ocsp) = config.revocation.as_ref().and_then(|r| r.ocsp.clone())
         && !config.inbound.is_empty()
     {
-        tokio::spawn(crate::revocation::staple::run(
+        tokio::spawn(staple_loop(
             tls.clone(),
             ocsp,
             state.metrics.ocsp_staple_next_update.clone(),
@@ -875,4 +878,59 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         );
     }
     Ok(())
+}
+
+/// Keeps our SVID's OCSP staple fresh until `stop`: fetch, staple, and
+/// fetch again at half the answer's validity (sooner when our SVID
+/// rotates); a failed fetch is retried after 30 s.
+async fn staple_loop(
+    tls: Arc<TlsContext>,
+    config: crate::config::OcspConfig,
+    next_update: prometheus::Gauge,
+    stop: CancellationToken,
+) {
+    const RETRY: Duration = Duration::from_secs(30);
+    loop {
+        let identity = tls.identity().current();
+        let chain = &identity.certified.cert;
+        let fetched = match chain.first() {
+            None => Err("no certificate".to_string()),
+            Some(leaf) => match issuer_of(&tls.trust(), leaf, &chain[1..]) {
+                None => Err("our issuer is not in the chain or the bundle".to_string()),
+                Some(issuer) => crate::revocation::staple::fetch(leaf, &issuer, &config).await,
+            },
+        };
+        let wait = match fetched {
+            Ok(staple) => {
+                tls.identity()
+                    .set_staple(&identity.leaf.serial, staple.response);
+                next_update.set(staple.next_update as f64);
+                tracing::debug!(next_update = %crate::clock::fmt_time(staple.next_update), "OCSP staple refreshed");
+                staple.refresh_in
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch an OCSP staple for our SVID; retrying");
+                RETRY
+            }
+        };
+        // Re-check sooner than that if our SVID rotates.
+        let serial = identity.leaf.serial.clone();
+        drop(identity);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let step = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_secs(5));
+            if step.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(step) => {}
+            }
+            if tls.identity().current().leaf.serial != serial {
+                break;
+            }
+        }
+    }
 }

@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cli::CertCommand;
+use crate::clock::fmt_time;
 use crate::identity::{SpiffeId, TrustDomain, check_parsed_leaf, serial_hex, spiffe_id_of};
 use crate::pki::{Ca, LeafSpec, RevokedEntry, read_crl};
-use crate::tls::fmt_time;
 
 /// An error for the user: what failed and why.
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +267,7 @@ fn inspect_cert(path: &Path, n: usize, der: &[u8], out: &mut String) -> Result<(
         }
     };
     let not_after = c.validity().not_after.timestamp();
-    let left = not_after - crate::tls::unix_now();
+    let left = not_after - crate::clock::unix_now();
     let status = if left < 0 {
         "EXPIRED".to_string()
     } else {

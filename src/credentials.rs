@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::app::load_tls_with;
+use crate::clock::{fmt_time, unix_now};
 use crate::config::Config;
+use crate::files::LoadError;
 use crate::metrics::Metrics;
-use crate::tls::{LoadError, TlsContext, fmt_time, unix_now};
+use crate::tls::TlsContext;
 
 /// What one credentials reload did.
 #[derive(Debug, Clone)]

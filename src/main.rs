@@ -148,7 +148,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 "  identity:   {} (serial {}, expires {})",
                 identity.leaf.id,
                 identity.leaf.serial,
-                portcullis::tls::fmt_time(identity.leaf.not_after)
+                portcullis::clock::fmt_time(identity.leaf.not_after)
             );
             for b in trust.bundles() {
                 println!(

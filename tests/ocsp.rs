@@ -99,7 +99,7 @@ async fn answers_from_a_real_openssl_responder_are_verified() {
     pki.svid("stranger", "spiffe://prod.example.org/ns/a/sa/stranger");
     openssl(d, &["ca", "-config", "ca.cnf", "-valid", "good.pem"]);
     openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "revoked.pem"]);
-    let now = portcullis::tls::unix_now();
+    let now = portcullis::clock::unix_now();
 
     let (_r, url) = responder(d, "ca.pem", "ca-key.pem").await;
     let good = ask(&url, &pki, "good.pem", now).await.unwrap();
@@ -331,7 +331,7 @@ async fn servers_staple_their_status_and_clients_use_the_staple() {
                 &[],
             )
             .unwrap_or(0.0)
-                > portcullis::tls::unix_now() as f64)
+                > portcullis::clock::unix_now() as f64)
                 .then_some(())
         },
     )
@@ -460,8 +460,8 @@ async fn concurrent_checks_of_one_certificate_share_one_query() {
     let (_r, url) = responder(d, "ca.pem", "ca-key.pem").await;
     let metrics = portcullis::metrics::Metrics::new();
     let checker = std::sync::Arc::new(portcullis::revocation::OcspChecker::new(
-        portcullis::revocation::OcspConfig {
-            mode: portcullis::revocation::OcspMode::Require,
+        portcullis::config::OcspConfig {
+            mode: portcullis::config::OcspMode::Require,
             responder: Some(url),
             timeout: Duration::from_secs(5),
             max_age: Duration::from_secs(3600),

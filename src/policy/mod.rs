@@ -8,8 +8,7 @@ mod ratelimit;
 mod store;
 mod table;
 
-pub(crate) use audit::spawn_line_writer;
-pub use audit::{AuditEvent, AuditLog, AuditSink};
+pub use audit::{AuditEvent, AuditLog};
 pub use model::{Action, Mode, PolicySpec, RateLimitSpec, RuleSpec, ServiceSpec, parse};
 pub use ratelimit::RateLimiter;
 pub use store::{ActivePolicy, PolicyStore, ReloadOutcome, load_file};

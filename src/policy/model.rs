@@ -19,9 +19,9 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::Spanned;
 
-use crate::config::{ConfigError, Pairs};
+use crate::config::{Check, ConfigError, Pairs};
 use crate::identity::IdPattern;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -130,26 +130,16 @@ struct RawRateLimit {
     burst: Option<u32>,
 }
 
-fn at(file: &Path, loc: Location, reason: impl Into<String>) -> ConfigError {
-    let known = loc != Location::UNKNOWN;
-    ConfigError {
-        file: file.to_path_buf(),
-        line: known.then(|| loc.line()),
-        column: known.then(|| loc.column()),
-        reason: reason.into(),
-    }
-}
-
 /// Parses and validates a policy file's text.
 pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
+    let c = Check::new(file);
     let raw: RawPolicy =
         deserialize_map_as_pairs(text).map_err(|e| crate::config::yaml_error(&e, file))?;
     let mut services = Vec::with_capacity(raw.services.len());
     let mut seen_services = HashSet::new();
     for (name, svc) in raw.services {
-        if !crate::config::valid_listener_name(&name.value) {
-            return Err(at(
-                file,
+        if !crate::config::valid_name(&name.value) {
+            return Err(c.at(
                 name.referenced,
                 format!(
                     "service name {:?} must be 1-63 characters of a-z, 0-9, '-' and '_'",
@@ -158,8 +148,7 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
             ));
         }
         if !seen_services.insert(name.value.clone()) {
-            return Err(at(
-                file,
+            return Err(c.at(
                 name.referenced,
                 format!("service {:?} is listed twice", name.value),
             ));
@@ -171,22 +160,19 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
                 || r.name.value.len() > 128
                 || r.name.value.chars().any(|c| c.is_control() || c == '"')
             {
-                return Err(at(
-                    file,
+                return Err(c.at(
                     r.name.referenced,
                     "rule name must be 1-128 printable characters without '\"'",
                 ));
             }
             if r.name.value == "default" {
-                return Err(at(
-                    file,
+                return Err(c.at(
                     r.name.referenced,
                     "\"default\" is reserved for decisions no rule made",
                 ));
             }
             if !seen_rules.insert(r.name.value.clone()) {
-                return Err(at(
-                    file,
+                return Err(c.at(
                     r.name.referenced,
                     format!(
                         "rule name {:?} is used twice in service {:?}",
@@ -195,8 +181,7 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
                 ));
             }
             if r.from.value.is_empty() {
-                return Err(at(
-                    file,
+                return Err(c.at(
                     r.from.referenced,
                     format!("rule {:?} has an empty `from`", r.name.value),
                 ));
@@ -205,8 +190,7 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
                 None => None,
                 Some(m) => {
                     if m.value.is_empty() {
-                        return Err(at(
-                            file,
+                        return Err(c.at(
                             m.referenced,
                             "`methods` must not be empty (leave it out to allow any)",
                         ));
@@ -220,8 +204,7 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
                                 .bytes()
                                 .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
                         if !token {
-                            return Err(at(
-                                file,
+                            return Err(c.at(
                                 method.referenced,
                                 format!("{:?} is not an HTTP method", method.value),
                             ));
@@ -235,8 +218,7 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
                 None => None,
                 Some(p) => {
                     if p.value.is_empty() {
-                        return Err(at(
-                            file,
+                        return Err(c.at(
                             p.referenced,
                             "`paths` must not be empty (leave it out to allow any)",
                         ));
@@ -244,7 +226,7 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
                     let mut out = Vec::with_capacity(p.value.len());
                     for path in p.value {
                         check_path_pattern(&path.value)
-                            .map_err(|why| at(file, path.referenced, why))?;
+                            .map_err(|why| c.at(path.referenced, why))?;
                         out.push(path.value);
                     }
                     Some(out)
@@ -263,19 +245,14 @@ pub fn parse(text: &str, file: &Path) -> Result<PolicySpec, ConfigError> {
             Some(rl) => {
                 let per = rl.value.per_identity_per_second;
                 if !(per.is_finite() && per > 0.0) {
-                    return Err(at(
-                        file,
+                    return Err(c.at(
                         rl.referenced,
                         "rate_limit.per_identity_per_second must be more than 0",
                     ));
                 }
                 let burst = rl.value.burst.unwrap_or_else(|| per.ceil().max(1.0) as u32);
                 if burst == 0 {
-                    return Err(at(
-                        file,
-                        rl.referenced,
-                        "rate_limit.burst must be at least 1",
-                    ));
+                    return Err(c.at(rl.referenced, "rate_limit.burst must be at least 1"));
                 }
                 Some(RateLimitSpec {
                     per_identity_per_second: per,

@@ -45,7 +45,7 @@ impl ActivePolicy {
             table,
             spec,
             sha256,
-            loaded_at: crate::tls::unix_now(),
+            loaded_at: crate::clock::unix_now(),
             limiters,
         }
     }

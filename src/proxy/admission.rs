@@ -10,8 +10,9 @@
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::config::OcspMode;
 use crate::identity::{SpiffeId, SvidError, serial_hex, spiffe_id_of};
-use crate::revocation::{OcspMode, Verdict};
+use crate::revocation::Verdict;
 use crate::tls::{TlsContext, TrustStore};
 
 /// The verified identity of a connection's peer.

@@ -17,11 +17,11 @@ use super::admission::{Denial, PeerIdentity, peer_identity};
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::http::{Detected, Rewind, ServeEnd, ServeLimits, detect};
 use super::listener::ListenerParts;
-use super::loglimit::LogLimiter;
 use super::registry::{ConnRegistry, Registration, StopReason};
 use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
 use crate::config::{ConnectionsConfig, InboundConfig, Protocol, Timeouts};
 use crate::identity::SpiffeId;
+use crate::log_limit::LogLimiter;
 use crate::metrics::{CloseReason, ListenerMetrics, Metrics};
 use crate::policy::{AuditEvent, AuditLog, PolicyStore};
 use crate::tls::{ALPN_H2, ALPN_HTTP1};
@@ -138,7 +138,7 @@ impl InboundListener {
             peer_identity(
                 session.peer_certificates(),
                 &self.tls.trust(),
-                crate::tls::unix_now(),
+                crate::clock::unix_now(),
             )
         };
         let peer = match peer {

@@ -7,7 +7,6 @@ pub mod copy;
 pub mod http;
 mod inbound;
 mod listener;
-mod loglimit;
 mod outbound;
 mod probe;
 pub mod registry;
@@ -20,7 +19,6 @@ use tokio::net::TcpStream;
 
 pub use inbound::{Authz, InboundListener, InboundParts};
 pub use listener::{ListenerParts, accept_loop};
-pub use loglimit::LogLimiter;
 pub(crate) use outbound::ConnectError;
 pub use outbound::{OutboundListener, OutboundParts};
 pub use probe::ProbeListener;
@@ -56,7 +54,7 @@ fn connection_deadline(
 ) -> (Option<tokio::time::Instant>, CloseReason) {
     let now = tokio::time::Instant::now();
     let expiry = limits.close_on_peer_expiry.then(|| {
-        let left = (peer_not_after - crate::tls::unix_now()).max(0) as u64;
+        let left = (peer_not_after - crate::clock::unix_now()).max(0) as u64;
         now + Duration::from_secs(left)
     });
     let lifetime = limits.max_lifetime.map(|d| now + d.0);

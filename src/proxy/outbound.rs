@@ -16,9 +16,9 @@ use super::admission::{Denial, PeerIdentity, peer_identity};
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::http::{Detected, Rewind, ServeEnd, ServeLimits, detect};
 use super::listener::ListenerParts;
-use super::loglimit::LogLimiter;
 use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
 use crate::config::{ConnectionsConfig, Endpoint, OutboundConfig, Protocol, Timeouts};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{CloseReason, ListenerMetrics};
 use crate::tls::{ALPN_H2, Alpn, HandshakeFailure, OutboundTls, TlsContext};
 use crate::upstream::UpstreamSet;
@@ -338,7 +338,7 @@ impl OutboundListener {
             peer_identity(
                 session.peer_certificates(),
                 &self.tls.trust(),
-                crate::tls::unix_now(),
+                crate::clock::unix_now(),
             )
             .and_then(|p| {
                 if &p.id == self.upstream.expected() {

@@ -14,30 +14,7 @@ use tokio::sync::OnceCell;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ocsp::{self, OcspAnswer, OcspError, OcspStatus};
-
-/// How OCSP is used for peers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OcspMode {
-    Off,
-    /// Use OCSP when it answers; when it cannot, the CRLs (if any) and the
-    /// failure policy decide.
-    Prefer,
-    /// An OCSP answer is required; without one the failure policy decides.
-    Require,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct OcspConfig {
-    pub mode: OcspMode,
-    /// Used instead of the certificate's AIA responder when set.
-    pub responder: Option<String>,
-    pub timeout: Duration,
-    /// Answers are re-queried after this long even if their nextUpdate is
-    /// later.
-    pub max_age: Duration,
-    pub cache_size: usize,
-}
+use crate::config::{OcspConfig, OcspMode};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +97,7 @@ impl OcspChecker {
         let by_age = fetched + self.config.max_age;
         match answer.next_update {
             Some(nu) => {
-                let left = (nu - crate::tls::unix_now()).max(0) as u64;
+                let left = (nu - crate::clock::unix_now()).max(0) as u64;
                 by_age.min(Instant::now() + Duration::from_secs(left))
             }
             None => by_age,
@@ -267,6 +244,6 @@ impl OcspChecker {
         };
         let request = ocsp::request(leaf_der, issuer_der)?;
         let response = ocsp::query(&url, request, self.config.timeout).await?;
-        ocsp::verify(&response, leaf_der, issuer_der, crate::tls::unix_now())
+        ocsp::verify(&response, leaf_der, issuer_der, crate::clock::unix_now())
     }
 }

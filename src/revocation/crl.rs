@@ -12,22 +12,11 @@ use webpki::{CertRevocationList, OwnedCertRevocationList};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::tls::{LoadError, TrustStore, fmt_time, unix_now};
+use rustls_pki_types::CertificateDer;
 
-/// How revocation status is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct RevocationPolicy {
-    /// Check every certificate of the chain (true) or only the leaf.
-    pub whole_chain: bool,
-    /// A CRL past its nextUpdate gives "unknown" (true) or still counts.
-    pub expired_is_unknown: bool,
-    /// Unknown status admits the peer (logged and counted) instead of
-    /// refusing it.
-    pub fail_open: bool,
-    /// CRLs are fetched from distribution points: until one arrives,
-    /// every status is unknown.
-    pub fetch_distribution_points: bool,
-}
+use crate::clock::{fmt_time, unix_now};
+use crate::config::RevocationPolicy;
+use crate::files::LoadError;
 
 /// What operators see of one loaded CRL.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -69,13 +58,13 @@ fn trim(serial: &[u8]) -> &[u8] {
 }
 
 /// Loads every CRL in `paths`, verifying each one's signature with the
-/// root of `trust` that issued it. A CRL whose issuer is not a trusted root
+/// root among `roots` (the trust bundles' certificates) that issued it. A CRL whose issuer is not a trusted root
 /// (an intermediate's) is checked by webpki against the intermediate in the
 /// chain when it is used.
 pub fn load_crls(
     paths: &[std::path::PathBuf],
     fetched: &[(String, Vec<u8>)],
-    trust: &TrustStore,
+    roots: &[&CertificateDer<'_>],
     policy: RevocationPolicy,
 ) -> Result<CrlSet, LoadError> {
     let mut lists = Vec::new();
@@ -96,7 +85,7 @@ pub fn load_crls(
         for der in ders {
             let (_, parsed) = CertificateRevocationList::from_der(der)
                 .map_err(|e| LoadError::new(path, format!("CRL cannot be parsed: {e}")))?;
-            verify_issuer(path, &parsed, trust)?;
+            verify_issuer(path, &parsed, roots)?;
             let owned = OwnedCertRevocationList::from_der(der)
                 .map_err(|e| LoadError::new(path, format!("CRL is not usable: {e}")))?;
             let issuer_raw = parsed.tbs_cert_list.issuer.as_raw().to_vec();
@@ -131,9 +120,7 @@ pub fn load_crls(
 }
 
 fn read_crl_file(path: &Path) -> Result<Vec<Vec<u8>>, LoadError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
-    parse_crl_bytes(path, bytes)
+    parse_crl_bytes(path, crate::files::read(path)?)
 }
 
 /// PEM (one or more lists) or DER (one list); `path` names the source.
@@ -162,27 +149,25 @@ pub fn parse_crl_bytes(path: &Path, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, Load
 fn verify_issuer(
     path: &Path,
     crl: &CertificateRevocationList<'_>,
-    trust: &TrustStore,
+    roots: &[&CertificateDer<'_>],
 ) -> Result<(), LoadError> {
     let issuer = crl.issuer().as_raw();
-    for bundle in trust.bundles() {
-        for der in &bundle.certs {
-            let Ok((_, ca)) = X509Certificate::from_der(der) else {
-                continue;
-            };
-            if ca.subject().as_raw() != issuer {
-                continue;
-            }
-            return crl.verify_signature(ca.public_key()).map_err(|e| {
-                LoadError::new(
-                    path,
-                    format!(
-                        "CRL signature does not verify with its issuer {} in the trust bundle: {e}",
-                        ca.subject()
-                    ),
-                )
-            });
+    for der in roots {
+        let Ok((_, ca)) = X509Certificate::from_der(der) else {
+            continue;
+        };
+        if ca.subject().as_raw() != issuer {
+            continue;
         }
+        return crl.verify_signature(ca.public_key()).map_err(|e| {
+            LoadError::new(
+                path,
+                format!(
+                    "CRL signature does not verify with its issuer {} in the trust bundle: {e}",
+                    ca.subject()
+                ),
+            )
+        });
     }
     tracing::info!(file = %path.display(), issuer = %crl.issuer(), "CRL issuer is not a trusted root; its signature is checked against the intermediate in each chain");
     Ok(())

@@ -72,7 +72,7 @@ mod tests {
         let pem = ca.crl(&[], 1, Duration::from_secs(10 * 3600)).unwrap();
         let der =
             rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let now = crate::tls::unix_now();
+        let now = crate::clock::unix_now();
         let wait = refresh_in(
             &der,
             now,

@@ -9,8 +9,8 @@ pub mod fetch;
 pub mod ocsp;
 pub mod staple;
 
-pub use checker::{OcspChecker, OcspConfig, OcspMetrics, OcspMode, Verdict};
-pub use crl::{CrlInfo, CrlSet, RevocationPolicy, load_crls, parse_crl_bytes};
+pub use checker::{OcspChecker, OcspMetrics, Verdict};
+pub use crl::{CrlInfo, CrlSet, load_crls, parse_crl_bytes};
 
 /// Whether two DER serial numbers are the same number (leading zero bytes
 /// aside).

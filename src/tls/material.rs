@@ -3,7 +3,7 @@
 //! reason, and nothing is returned until the whole set is valid.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
@@ -12,30 +12,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::clock::{fmt_time, unix_now};
+use crate::files::{LoadError, read};
 use crate::identity::{
     LeafInfo, SpiffeId, TrustDomain, check_parsed_leaf, serial_hex, spiffe_id_of,
 };
-
-/// A file that could not be used, and why.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}: {reason}", path.display())]
-pub struct LoadError {
-    pub path: PathBuf,
-    pub reason: String,
-    /// The key does not belong to the certificate: during a rotation this
-    /// is often a moment between two writes, not a mistake.
-    pub key_mismatch: bool,
-}
-
-impl LoadError {
-    pub fn new(path: &Path, reason: impl Into<String>) -> Self {
-        LoadError {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-            key_mismatch: false,
-        }
-    }
-}
 
 /// Where a certificate sits in a chain, for metrics and `/certs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -148,10 +129,6 @@ impl TrustStore {
     pub fn bundles(&self) -> impl Iterator<Item = &TrustBundle> {
         self.bundles.values().map(|b| b.as_ref())
     }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, LoadError> {
@@ -307,21 +284,4 @@ impl LoadedIdentity {
     pub fn id(&self) -> &SpiffeId {
         &self.leaf.id
     }
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-pub fn fmt_time(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }

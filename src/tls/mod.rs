@@ -12,10 +12,8 @@ mod verifier;
 pub use context::{ALPN_H2, ALPN_HTTP1, Alpn, OutboundTls, TlsContext};
 pub use failure::HandshakeFailure;
 pub use material::{
-    CertKind, CertSummary, LoadError, LoadedIdentity, TrustBundle, TrustStore, load_bundle,
-    load_identity,
+    CertKind, CertSummary, LoadedIdentity, TrustBundle, TrustStore, load_bundle, load_identity,
 };
-pub use material::{fmt_time, unix_now};
 pub use provider::provider;
 pub use store::IdentityStore;
 pub use verifier::{

@@ -370,7 +370,7 @@ impl ServerCertVerifier for OutboundVerifier {
                 ocsp_response,
                 end_entity,
                 &issuer,
-                crate::tls::unix_now(),
+                crate::clock::unix_now(),
             ) {
                 Ok(answer) if answer.status == crate::revocation::ocsp::OcspStatus::Revoked => {
                     return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));

@@ -14,46 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The breaker's settings (per upstream, shared by its endpoints).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct BreakerConfig {
-    /// Open after this many failures in a row.
-    pub consecutive_failures: u32,
-    /// Open when this share of the window's calls failed...
-    pub failure_rate: f64,
-    /// ...or this share was slower than `slow_call_duration`...
-    pub slow_call_rate: f64,
-    pub slow_call_duration: Duration,
-    /// ...once the window holds at least this many calls.
-    pub minimum_calls: u32,
-    /// The sliding window: the last this-many calls.
-    pub window: u32,
-    /// How long the first trip stays open; each further trip in a row
-    /// doubles it, up to `max_open_duration`, less up to 20 % jitter.
-    pub open_duration: Duration,
-    pub max_open_duration: Duration,
-    /// Probe calls let through while half-open...
-    pub half_open_max_calls: u32,
-    /// ...of which this many must succeed to close.
-    pub success_threshold: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            consecutive_failures: 5,
-            failure_rate: 0.5,
-            slow_call_rate: 0.5,
-            slow_call_duration: Duration::from_secs(1),
-            minimum_calls: 20,
-            window: 100,
-            open_duration: Duration::from_secs(60),
-            max_open_duration: Duration::from_secs(600),
-            half_open_max_calls: 3,
-            success_threshold: 2,
-        }
-    }
-}
+use crate::config::BreakerConfig;
 
 /// The breaker's state, as exported: 0 closed, 1 open, 2 half-open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

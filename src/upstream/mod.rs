@@ -5,5 +5,5 @@
 pub mod breaker;
 pub mod set;
 
-pub use breaker::{Admitted, Breaker, BreakerConfig, CircuitState, Outcome, Transition};
+pub use breaker::{Admitted, Breaker, CircuitState, Outcome, Transition};
 pub use set::{Call, Rejection, Slot, UpstreamSet};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 
-use crate::policy::AuditSink;
+use crate::config::LogSink;
 
 pub struct AccessLog {
     tx: Option<SyncSender<String>>,
@@ -34,9 +34,9 @@ pub struct AccessEntry<'a> {
 }
 
 impl AccessLog {
-    pub fn start(sink: &AuditSink, dropped: IntCounter) -> std::io::Result<Self> {
+    pub fn start(sink: &LogSink, dropped: IntCounter) -> std::io::Result<Self> {
         Ok(AccessLog {
-            tx: crate::policy::spawn_line_writer(sink, "portcullis-access")?,
+            tx: crate::line_writer::spawn(sink, "portcullis-access")?,
             dropped,
         })
     }
@@ -48,9 +48,7 @@ impl AccessLog {
     pub fn record(&self, e: &AccessEntry<'_>) {
         let Some(tx) = &self.tx else { return };
         let mut v = serde_json::json!({
-            "time": time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            "time": crate::clock::now_rfc3339(),
             "type": "access",
             "direction": e.direction,
             "service": e.service,

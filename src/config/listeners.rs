@@ -1,0 +1,349 @@
+//! `inbound`, `outbound`, `probes` and `admin`: what the sidecar listens
+//! on, where each listener forwards, and the rules that keep names and
+//! addresses unique and the sensitive listeners on loopback.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use rustls_pki_types::ServerName;
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use super::check::{Check, ConfigError, valid_name};
+use super::upstream::{self, RawBreaker, RawLimits, UpstreamConfig};
+use crate::identity::SpiffeId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes, copied both ways.
+    Tcp,
+    /// HTTP/1.1 or HTTP/2, proxied request by request.
+    Http,
+    /// Looks at the first bytes: HTTP/1.x and HTTP/2 are proxied as
+    /// `http`, anything else (or silence) as `tcp`.
+    Auto,
+}
+
+impl Protocol {
+    /// Whether connections may be served as HTTP.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Auto)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InboundConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub forward: SocketAddr,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboundConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub endpoints: Vec<Endpoint>,
+    pub identity: SpiffeId,
+    pub protocol: Protocol,
+    pub upstream: UpstreamConfig,
+}
+
+/// A plaintext listener that forwards only the listed GET/HEAD paths to the
+/// app, so kubelet probes work under default deny.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeConfig {
+    pub listen: SocketAddr,
+    pub forward: SocketAddr,
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 15000)),
+        }
+    }
+}
+
+/// An upstream endpoint: `ip:port`, or `host:port` resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "String")]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+    addr: Option<SocketAddr>,
+    /// The TLS server name, computed once: an IP literal sends no SNI.
+    server_name: ServerName<'static>,
+}
+
+impl Endpoint {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Endpoint {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                addr: Some(addr),
+                server_name: ServerName::IpAddress(addr.ip().into()),
+            });
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("endpoint {s:?} must be host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("endpoint {s:?} has an invalid port"))?;
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| format!("endpoint {s:?}: {host:?} is not a valid host name"))?;
+        if port == 0 {
+            return Err(format!("endpoint {s:?} must not use port 0"));
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+            addr: None,
+            server_name,
+        })
+    }
+
+    /// The address when the endpoint was written as an IP literal.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            Some(a) => write!(f, "{a}"),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(e: Endpoint) -> String {
+        e.to_string()
+    }
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInbound {
+    name: Spanned<String>,
+    listen: Spanned<SocketAddr>,
+    forward: SocketAddr,
+    #[serde(default = "tcp")]
+    protocol: Protocol,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutbound {
+    name: Spanned<String>,
+    listen: Spanned<SocketAddr>,
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    identity: SpiffeId,
+    #[serde(default = "tcp")]
+    protocol: Protocol,
+    circuit_breaker: Option<RawBreaker>,
+    limits: Option<RawLimits>,
+    /// Percent of requests that retries may add.
+    retry_budget: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProbes {
+    listen: SocketAddr,
+    forward: SocketAddr,
+    paths: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    listen: Spanned<SocketAddr>,
+    /// Admin binds to loopback unless this is set: it exposes config and
+    /// reload, which must not be reachable from the network by accident.
+    #[serde(default)]
+    allow_non_loopback: bool,
+}
+
+/// Names and listen addresses seen so far: each may be used once.
+#[derive(Default)]
+pub(super) struct Listeners {
+    names: HashMap<String, Location>,
+    listens: HashMap<SocketAddr, Location>,
+}
+
+impl Listeners {
+    fn check(
+        &mut self,
+        c: &Check<'_>,
+        name: &Spanned<String>,
+        listen: &Spanned<SocketAddr>,
+    ) -> Result<(), ConfigError> {
+        let n = &name.value;
+        if !valid_name(n) {
+            // Listener names become metric labels and policy keys.
+            return Err(c.at(
+                name.referenced,
+                format!(
+                    "listener name {n:?} must be 1-63 characters of a-z, 0-9, '-' and '_', \
+                     starting with a letter or digit"
+                ),
+            ));
+        }
+        if let Some(prev) = self.names.insert(n.clone(), name.referenced) {
+            return Err(c.at(
+                name.referenced,
+                format!(
+                    "listener name {n:?} is already used at line {}",
+                    prev.line()
+                ),
+            ));
+        }
+        if listen.value.port() != 0
+            && let Some(prev) = self.listens.insert(listen.value, listen.referenced)
+        {
+            return Err(c.at(
+                listen.referenced,
+                format!(
+                    "listen address {} is already used at line {}",
+                    listen.value,
+                    prev.line()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn inbound(
+        &mut self,
+        c: &Check<'_>,
+        l: RawInbound,
+    ) -> Result<InboundConfig, ConfigError> {
+        self.check(c, &l.name, &l.listen)?;
+        Ok(InboundConfig {
+            name: l.name.value,
+            listen: l.listen.value,
+            forward: l.forward,
+            protocol: l.protocol,
+        })
+    }
+
+    pub(super) fn outbound(
+        &mut self,
+        c: &Check<'_>,
+        l: RawOutbound,
+    ) -> Result<OutboundConfig, ConfigError> {
+        self.check(c, &l.name, &l.listen)?;
+        if !l.listen.value.ip().is_loopback() {
+            return Err(c.at(
+                l.listen.referenced,
+                format!(
+                    "outbound listener {:?} must listen on loopback (it originates mTLS with this \
+                     pod's identity, so anyone who can reach it can act as this pod)",
+                    l.name.value
+                ),
+            ));
+        }
+        if l.endpoints.value.is_empty() {
+            return Err(c.at(
+                l.endpoints.referenced,
+                format!(
+                    "outbound listener {:?} needs at least one endpoint",
+                    l.name.value
+                ),
+            ));
+        }
+        let mut endpoints = Vec::with_capacity(l.endpoints.value.len());
+        for e in &l.endpoints.value {
+            endpoints.push(Endpoint::parse(&e.value).map_err(|why| c.at(e.referenced, why))?);
+        }
+        Ok(OutboundConfig {
+            upstream: upstream::validate(c, l.circuit_breaker, l.limits, l.retry_budget)?,
+            name: l.name.value,
+            listen: l.listen.value,
+            endpoints,
+            identity: l.identity,
+            protocol: l.protocol,
+        })
+    }
+}
+
+impl RawProbes {
+    pub(super) fn validate(self, c: &Check<'_>) -> Result<ProbeConfig, ConfigError> {
+        if self.paths.value.is_empty() {
+            return Err(c.at(
+                self.paths.referenced,
+                "probes.paths must list at least one path",
+            ));
+        }
+        let mut paths = Vec::with_capacity(self.paths.value.len());
+        for path in self.paths.value {
+            let ok = path.value.starts_with('/')
+                && !path
+                    .value
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#');
+            if !ok {
+                return Err(c.at(
+                    path.referenced,
+                    format!(
+                        "probe path {:?} must be a plain path starting with '/'",
+                        path.value
+                    ),
+                ));
+            }
+            paths.push(path.value);
+        }
+        Ok(ProbeConfig {
+            listen: self.listen,
+            forward: self.forward,
+            paths,
+        })
+    }
+}
+
+impl RawAdmin {
+    pub(super) fn validate(self, c: &Check<'_>) -> Result<AdminConfig, ConfigError> {
+        if !self.listen.value.ip().is_loopback() && !self.allow_non_loopback {
+            return Err(c.at(
+                self.listen.referenced,
+                format!(
+                    "admin.listen {} is not a loopback address; the admin server exposes \
+                     config and reload, so set admin.allow_non_loopback: true to mean it",
+                    self.listen.value
+                ),
+            ));
+        }
+        Ok(AdminConfig {
+            listen: self.listen.value,
+        })
+    }
+}
