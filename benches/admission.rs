@@ -105,7 +105,7 @@ fn admission(c: &mut Criterion) {
             max_age: Duration::from_secs(3_600),
             cache_size: 10_000,
         },
-        metrics.ocsp_metrics(),
+        portcullis::revocation::OcspMetrics::new(&metrics.revocation),
     ));
     let now = unix_now();
     checker.remember(

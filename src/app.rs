@@ -16,11 +16,11 @@ use crate::config::Config;
 use crate::credentials::{CredOutcome, Credentials};
 use crate::files::LoadError;
 use crate::identity::Role;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Metrics;
 use crate::policy::{AuditEvent, AuditLog, PolicyStore, ReloadOutcome};
 use crate::proxy::{
-    Authz, ConnRegistry, InboundListener, InboundParts, ListenerParts, OutboundListener,
-    OutboundParts, ProbeListener, StopReason, accept_loop,
+    Authz, ConnRegistry, Direction, InboundListener, InboundParts, ListenerMetrics, ListenerParts,
+    OutboundListener, OutboundParts, ProbeListener, StopReason, accept_loop,
 };
 use crate::tls::{
     LoadedIdentity, SvidVerifier, TlsContext, TrustStore, issuer_of, load_bundle, load_identity,
@@ -197,13 +197,14 @@ impl State {
                 })
             });
         if !matches!(outcome, ReloadOutcome::NotConfigured) {
-            self.metrics.policy_reload(outcome.label());
+            self.metrics.policy.reload(outcome.label());
         }
         match &outcome {
             ReloadOutcome::Applied { sha256 } => {
                 let active = self.policy.active();
                 self.metrics
-                    .policy_active(active.sha256.as_deref(), active.loaded_at);
+                    .policy
+                    .active(active.sha256.as_deref(), active.loaded_at);
                 tracing::info!(trigger, sha256 = %sha256, "policy reloaded");
                 self.enforce_policy();
             }
@@ -227,7 +228,7 @@ impl State {
             |c| !crls.is_revoked(&c.issuer_raw, &c.serial_raw),
             |c| {
                 tracing::warn!(service = %c.service, peer = %c.peer, src = %c.src, "closing open connection: the peer certificate is now revoked");
-                self.metrics.revoked_closed();
+                self.metrics.revocation.revoked_closed.inc();
             },
         );
         if closed > 0 {
@@ -244,7 +245,7 @@ impl State {
             |c| {
                 let d = active.table.decide(&c.service, &c.peer, None);
                 tracing::warn!(service = %c.service, peer = %c.peer, src = %c.src, rule = %d.rule, "closing open connection: the new policy denies it");
-                self.metrics.policy_closed(&c.service);
+                self.metrics.policy.closed.with_label_values(&[&c.service]).inc();
                 self.authz.audit.record(&AuditEvent {
                     peer: &c.peer,
                     service: &c.service,
@@ -273,7 +274,7 @@ impl State {
             && !self.draining.load(Ordering::Acquire)
             && !expired;
         self.ready.store(ready, Ordering::Release);
-        self.metrics.set_ready(ready);
+        self.metrics.process.set_ready(ready);
     }
 
     /// The effective config and identity, for `/config_dump`. Paths only:
@@ -455,7 +456,7 @@ async fn fetch_crls(state: Arc<State>, stop: CancellationToken) {
                 && let Err(e) = crate::revocation::load_crls(&[], &entry, &roots, policy)
             {
                 tracing::warn!(%url, error = %e, "fetched CRL refused");
-                state.metrics.cert_reload("crl", "error");
+                state.metrics.identity.cert_reload("crl", "error");
                 wait = wait.min(RETRY);
                 continue;
             }
@@ -518,7 +519,9 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     let metrics = Arc::new(Metrics::new());
     {
         let active = policy.active();
-        metrics.policy_active(active.sha256.as_deref(), active.loaded_at);
+        metrics
+            .policy
+            .active(active.sha256.as_deref(), active.loaded_at);
         match &active.sha256 {
             Some(sha) => tracing::info!(file = ?config.policy, sha256 = %sha, "policy loaded"),
             None if !config.inbound.is_empty() => tracing::warn!(
@@ -531,8 +534,8 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         &config.audit.sink,
         config.audit.log_allows,
         config.audit.max_per_second,
-        metrics.audit_suppressed.clone(),
-        metrics.audit_dropped.clone(),
+        metrics.policy.audit_suppressed.clone(),
+        metrics.policy.audit_dropped.clone(),
     )
     .map_err(StartError::Audit)?;
     let policy = Arc::new(policy);
@@ -553,7 +556,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         .revocation
         .as_ref()
         .filter(|r| !r.crls.is_empty() || r.policy.fetch_distribution_points)
-        .map(|_| metrics.revocation_counters());
+        .map(|_| crate::tls::RevocationCounters::new(&metrics.revocation));
     let ocsp = config
         .revocation
         .as_ref()
@@ -561,7 +564,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         .map(|o| {
             Arc::new(crate::revocation::OcspChecker::new(
                 o,
-                metrics.ocsp_metrics(),
+                crate::revocation::OcspMetrics::new(&metrics.revocation),
             ))
         });
     let fail_open = config
@@ -628,13 +631,13 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     let access_log = Arc::new(
         crate::proxy::http::AccessLog::start(
             &config.http.access_log,
-            metrics.access_log_dropped.clone(),
+            metrics.http.access_log_dropped.clone(),
         )
         .map_err(StartError::Audit)?,
     );
     let parts = |direction, name: &str| ListenerParts {
         tls: tls.clone(),
-        metrics: state.metrics.listener(direction, name),
+        metrics: ListenerMetrics::new(&state.metrics, direction, name),
         timeouts: config.timeouts,
         connections: config.connections,
         http: config.http.clone(),
@@ -669,7 +672,8 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
             OutboundParts {
                 common: parts(Direction::Outbound, &l.name),
                 upstream: tls.outbound(l.identity.clone())?,
-                upstream_metrics: state.metrics.upstream(
+                upstream_metrics: crate::upstream::UpstreamMetrics::new(
+                    &state.metrics.upstream,
                     &l.name,
                     &l.endpoints
                         .iter()
@@ -722,7 +726,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
                 |c| !(&*c.issuer_raw == issuer && crate::revocation::same_serial(&c.serial_raw, serial)),
                 |c| {
                     tracing::warn!(service = %c.service, peer = %c.peer, src = %c.src, "closing open connection: OCSP says the peer certificate is revoked");
-                    metrics.revoked_closed();
+                    metrics.revocation.revoked_closed.inc();
                 },
             );
             if closed > 0 {
@@ -752,7 +756,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         tokio::spawn(staple_loop(
             tls.clone(),
             ocsp,
-            state.metrics.ocsp_staple_next_update.clone(),
+            state.metrics.revocation.ocsp_staple_next_update.clone(),
             stop_admin.clone(),
         ));
     }

@@ -20,7 +20,7 @@ use crate::app::load_tls_with;
 use crate::clock::{fmt_time, unix_now};
 use crate::config::Config;
 use crate::files::LoadError;
-use crate::metrics::Metrics;
+use crate::metrics::{CertExpiry, CrlSeries, Metrics};
 use crate::tls::TlsContext;
 
 /// What one credentials reload did.
@@ -174,14 +174,26 @@ impl Credentials {
     fn export_certificates(&self) {
         let identity = self.tls.identity().current();
         let trust = self.tls.trust();
-        self.metrics.set_certificates(
+        self.metrics.identity.set_certificates(
             identity
                 .chain
                 .iter()
-                .chain(trust.bundles().flat_map(|b| b.roots.iter())),
+                .chain(trust.bundles().flat_map(|b| b.roots.iter()))
+                .map(|c| CertExpiry {
+                    kind: c.kind.as_str(),
+                    spiffe_id: &c.spiffe_id,
+                    serial: &c.serial,
+                    not_after: c.not_after,
+                }),
         );
+        let crls = trust.revocation().map(|r| r.info.as_slice()).unwrap_or(&[]);
         self.metrics
-            .set_crls(trust.revocation().map(|r| r.info.as_slice()).unwrap_or(&[]));
+            .revocation
+            .set_crls(crls.iter().map(|c| CrlSeries {
+                issuer: &c.issuer,
+                next_update: c.next_update,
+                entries: c.entries,
+            }));
     }
 
     /// Re-reads and, if it changed and is valid, swaps in our identity
@@ -227,7 +239,7 @@ impl Credentials {
                         &self.config.identity.trust_bundle,
                         format!("cannot build TLS configs: {e}"),
                     );
-                    self.metrics.cert_reload("bundle", "error");
+                    self.metrics.identity.cert_reload("bundle", "error");
                     tracing::error!(trigger, error = %err, "trust bundle refused; the previous one keeps serving");
                     return CredOutcome::Failed(err);
                 }
@@ -241,7 +253,7 @@ impl Credentials {
                         "new SVID in use for new handshakes"
                     );
                     self.tls.identity().swap(identity);
-                    self.metrics.cert_reload("identity", "success");
+                    self.metrics.identity.cert_reload("identity", "success");
                 }
                 if bundle_changed {
                     let tds: Vec<String> = self
@@ -251,7 +263,7 @@ impl Credentials {
                         .map(|b| format!("{} ({} roots)", b.trust_domain, b.roots.len()))
                         .collect();
                     tracing::info!(trigger, bundles = ?tds, "new trust bundle in use for new handshakes");
-                    self.metrics.cert_reload("bundle", "success");
+                    self.metrics.identity.cert_reload("bundle", "success");
                 }
                 {
                     let mut t = self.tracked();
@@ -274,14 +286,14 @@ impl Credentials {
                     .mismatch_since
                     .get_or_insert_with(Instant::now);
                 if since.elapsed() < grace {
-                    self.metrics.cert_reload("identity", "pending");
+                    self.metrics.identity.cert_reload("identity", "pending");
                     tracing::info!(trigger, error = %e, "certificate and key do not match yet; waiting for the other file");
                     CredOutcome::Pending(
                         e,
                         (grace / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
                     )
                 } else {
-                    self.metrics.cert_reload("identity", "error");
+                    self.metrics.identity.cert_reload("identity", "error");
                     tracing::error!(trigger, error = %e, waited = ?grace, "certificate and key still do not match; the previous identity keeps serving");
                     CredOutcome::Failed(e)
                 }
@@ -291,7 +303,7 @@ impl Credentials {
                 let bundle_file =
                     e.path == ic.trust_bundle || ic.trust_bundles.iter().any(|(_, p)| *p == e.path);
                 let kind = if bundle_file { "bundle" } else { kind };
-                self.metrics.cert_reload(kind, "error");
+                self.metrics.identity.cert_reload(kind, "error");
                 tracing::error!(trigger, error = %e, "new {kind} refused; the previous one keeps serving");
                 CredOutcome::Failed(e)
             }

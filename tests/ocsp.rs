@@ -467,7 +467,7 @@ async fn concurrent_checks_of_one_certificate_share_one_query() {
             max_age: Duration::from_secs(3600),
             cache_size: 10,
         },
-        metrics.ocsp_metrics(),
+        portcullis::revocation::OcspMetrics::new(&metrics.revocation),
     ));
     let (leaf, ca) = (der(&pki, "good.pem"), der(&pki, "ca.pem"));
     let checks: Vec<_> = (0..16)

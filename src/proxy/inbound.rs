@@ -14,15 +14,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::admission::{Denial, PeerIdentity, peer_identity};
+use super::close::CloseReason;
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::http::{Detected, Rewind, ServeEnd, ServeLimits, detect};
+use super::listener::ListenerMetrics;
 use super::listener::ListenerParts;
 use super::registry::{ConnRegistry, Registration, StopReason};
 use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
 use crate::config::{ConnectionsConfig, InboundConfig, Protocol, Timeouts};
 use crate::identity::SpiffeId;
 use crate::log_limit::LogLimiter;
-use crate::metrics::{CloseReason, ListenerMetrics, Metrics};
+use crate::metrics::Metrics;
 use crate::policy::{AuditEvent, AuditLog, PolicyStore};
 use crate::tls::{ALPN_H2, ALPN_HTTP1};
 use crate::tls::{HandshakeFailure, TlsContext};
@@ -318,7 +320,8 @@ impl InboundListener {
         let decision = active.table.decide(&self.name, peer, None);
         self.authz
             .metrics
-            .authz(&self.name, decision.label(), &decision.rule);
+            .policy
+            .decision(&self.name, decision.label(), &decision.rule);
         self.authz.audit.record(&AuditEvent {
             peer,
             service: &self.name,

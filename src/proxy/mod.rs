@@ -3,10 +3,11 @@
 //! L4 byte copy, and L7 HTTP proxying (`http`).
 
 pub mod admission;
+pub mod close;
 pub mod copy;
 pub mod http;
 mod inbound;
-mod listener;
+pub mod listener;
 mod outbound;
 mod probe;
 pub mod registry;
@@ -17,8 +18,9 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
 
+pub use close::CloseReason;
 pub use inbound::{Authz, InboundListener, InboundParts};
-pub use listener::{ListenerParts, accept_loop};
+pub use listener::{Direction, ListenerMetrics, ListenerParts, accept_loop};
 pub(crate) use outbound::ConnectError;
 pub use outbound::{OutboundListener, OutboundParts};
 pub use probe::ProbeListener;
@@ -26,7 +28,6 @@ pub use registry::{ConnRegistry, StopReason};
 
 use crate::config::ConnectionsConfig;
 use crate::identity::SpiffeId;
-use crate::metrics::CloseReason;
 use copy::{CopyEnd, CopyStats};
 
 /// Keeps a connection counted in the active gauge for as long as it lives.

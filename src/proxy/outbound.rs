@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::admission::{Denial, PeerIdentity, peer_identity};
+use super::close::CloseReason;
 use super::copy::{CopyCounters, CopyEnd, CopyLimits, copy_bidirectional};
 use super::http::{Detected, Rewind, ServeEnd, ServeLimits, detect};
+use super::listener::ListenerMetrics;
 use super::listener::ListenerParts;
 use super::{ActiveGuard, connect_with_timeout, connection_deadline, log_copy_end};
 use crate::config::{ConnectionsConfig, Endpoint, OutboundConfig, Protocol, Timeouts};
 use crate::log_limit::LogLimiter;
-use crate::metrics::{CloseReason, ListenerMetrics};
 use crate::tls::{ALPN_H2, Alpn, HandshakeFailure, OutboundTls, TlsContext};
 use crate::upstream::UpstreamSet;
 
@@ -49,7 +50,7 @@ pub struct OutboundParts {
     pub common: ListenerParts,
     /// Verifies that the upstream is the identity it must be.
     pub upstream: Arc<OutboundTls>,
-    pub upstream_metrics: crate::metrics::UpstreamMetrics,
+    pub upstream_metrics: crate::upstream::UpstreamMetrics,
 }
 
 /// Why no verified connection to an upstream endpoint could be made.

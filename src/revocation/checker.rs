@@ -15,6 +15,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ocsp::{self, OcspAnswer, OcspError, OcspStatus};
 use crate::config::{OcspConfig, OcspMode};
+use crate::metrics::RevocationFamilies;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,21 @@ pub struct OcspMetrics {
     pub error: IntCounter,
     pub cache_size: IntGauge,
     pub latency: Histogram,
+}
+
+impl OcspMetrics {
+    /// The checker's series, resolved once.
+    pub fn new(families: &RevocationFamilies) -> Self {
+        let r = |result| families.checks.with_label_values(&["ocsp", result]);
+        OcspMetrics {
+            good: r("good"),
+            revoked: r("revoked"),
+            unknown: r("unknown"),
+            error: r("error"),
+            cache_size: families.ocsp_cache.clone(),
+            latency: families.ocsp_latency.clone(),
+        }
+    }
 }
 
 type Key = Vec<u8>;

@@ -22,6 +22,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::material::TrustStore;
 use crate::identity::{LeafInfo, Role, SpiffeId, SvidError, check_parsed_leaf, spiffe_id_of};
+use crate::metrics::RevocationFamilies;
 use crate::revocation::OcspChecker;
 
 /// Verification failures of our own, carried inside
@@ -72,6 +73,18 @@ pub struct RevocationCounters {
     pub good: prometheus::IntCounter,
     pub revoked: prometheus::IntCounter,
     pub unknown: prometheus::IntCounter,
+}
+
+impl RevocationCounters {
+    /// The CRL check series, resolved once.
+    pub fn new(families: &RevocationFamilies) -> Self {
+        let r = |result| families.checks.with_label_values(&["crl", result]);
+        RevocationCounters {
+            good: r("good"),
+            revoked: r("revoked"),
+            unknown: r("unknown"),
+        }
+    }
 }
 
 /// Chain and SVID verification against a [`TrustStore`].

@@ -6,4 +6,4 @@ pub mod breaker;
 pub mod set;
 
 pub use breaker::{Admitted, Breaker, CircuitState, Outcome, Transition};
-pub use set::{Call, Rejection, Slot, UpstreamSet};
+pub use set::{Call, EndpointMetrics, Rejection, Slot, UpstreamMetrics, UpstreamSet};

@@ -11,7 +11,60 @@ use tokio::time::Instant;
 
 use super::breaker::{Admitted, Breaker, CircuitState, Outcome, Transition};
 use crate::config::{Endpoint, UpstreamConfig};
-use crate::metrics::UpstreamMetrics;
+use prometheus::{Gauge, IntCounter, IntGauge};
+
+use crate::metrics::UpstreamFamilies;
+
+/// One upstream's series, resolved once.
+pub struct UpstreamMetrics {
+    pub endpoints: Vec<EndpointMetrics>,
+    rejections: Vec<(&'static str, IntCounter)>,
+    pub retries: IntCounter,
+}
+
+impl UpstreamMetrics {
+    /// Resolves (and so exports) every series of one upstream.
+    pub fn new(families: &UpstreamFamilies, name: &str, endpoints: &[String]) -> Self {
+        UpstreamMetrics {
+            endpoints: endpoints
+                .iter()
+                .map(|e| EndpointMetrics {
+                    state: families.circuit_state.with_label_values(&[name, e]),
+                    transitions: ["closed", "open", "half_open"].map(|to| {
+                        families
+                            .circuit_transitions
+                            .with_label_values(&[name, e, to])
+                    }),
+                    ewma_seconds: families.endpoint_ewma.with_label_values(&[name, e]),
+                })
+                .collect(),
+            rejections: [
+                "circuit_open",
+                "max_connections",
+                "max_pending_requests",
+                "max_requests",
+            ]
+            .into_iter()
+            .map(|r| (r, families.rejections.with_label_values(&[name, r])))
+            .collect(),
+            retries: families.retries.with_label_values(&[name]),
+        }
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        if let Some((_, c)) = self.rejections.iter().find(|(r, _)| *r == reason) {
+            c.inc();
+        }
+    }
+}
+
+/// One endpoint's breaker and latency series.
+pub struct EndpointMetrics {
+    pub state: IntGauge,
+    /// Transitions to closed, open, half_open.
+    pub transitions: [IntCounter; 3],
+    pub ewma_seconds: Gauge,
+}
 
 /// Why a connection or request was refused before reaching the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,7 +461,7 @@ mod tests {
             .map(|i| Endpoint::parse(&format!("127.0.0.1:{}", 1000 + i)).unwrap())
             .collect();
         let names: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
-        let metrics = Metrics::new().upstream("u", &names);
+        let metrics = UpstreamMetrics::new(&Metrics::new().upstream, "u", &names);
         UpstreamSet::new("u", &endpoints, config, metrics)
     }
 

@@ -86,7 +86,7 @@ struct Conn {
     /// came from an HTTP/2 client and go to the app as HTTP/2.
     hop_h2: bool,
     seen: SeenRequest,
-    authz_counter: crate::metrics::AuthzCache,
+    authz_counter: crate::metrics::DecisionCounterCache,
     /// The policy rules this peer matches, looked up once, not per request.
     peer_rules: PeerRulesCache,
 }
@@ -199,7 +199,7 @@ impl Conn {
                 path: &path,
             }),
         );
-        l.authz.metrics.authz_cached(
+        l.authz.metrics.policy.count_decision(
             &self.authz_counter,
             &l.name,
             decision.label(),
@@ -340,7 +340,7 @@ impl Conn {
                     tracing::warn!(listener = %self.listener.name, forward = %http.forward, reason = reason.as_str(), suppressed, "cannot reach the local app");
                 }
                 match reason {
-                    crate::metrics::CloseReason::ConnectTimeout => HttpError::ConnectTimeout,
+                    crate::proxy::close::CloseReason::ConnectTimeout => HttpError::ConnectTimeout,
                     _ => HttpError::ConnectFailed,
                 }
             })?;

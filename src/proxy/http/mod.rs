@@ -34,7 +34,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::copy::{CopyCounters, CopyLimits, copy_bidirectional};
-use crate::metrics::ListenerMetrics;
+use crate::proxy::listener::ListenerMetrics;
 
 /// Joins a downstream and an upstream that both left HTTP (a `101` or a
 /// `CONNECT` answered `2xx`) and copies bytes between them until either
@@ -72,11 +72,6 @@ async fn tunnel(
     tracing::debug!(%listener, ?end, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "tunnel closed");
 }
 
-/// Seconds since `start`, for the duration histogram.
-fn since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
-}
-
 /// How every request ends, either way: an error becomes our answer (and
 /// is counted), hop-by-hop headers are dropped (except on a 101, whose
 /// `Upgrade`/`Connection` the client needs), the client's HTTP version is
@@ -99,6 +94,6 @@ fn finish(
         headers::strip_hop_by_hop(resp.headers_mut(), false);
     }
     *resp.version_mut() = version;
-    metrics.request(resp.status().as_u16(), since(start));
+    metrics.request(resp.status().as_u16(), crate::clock::seconds_since(start));
     (resp, error)
 }

@@ -329,7 +329,7 @@ impl Conn {
     ) -> Result<Sender, crate::proxy::ConnectError> {
         self.http.client.handshake(tls, h2, slot).await.map_err(|e| {
             tracing::debug!(listener = %self.listener.name, error = %e, "HTTP handshake with upstream failed");
-            crate::proxy::ConnectError::Connect(crate::metrics::CloseReason::Error)
+            crate::proxy::ConnectError::Connect(crate::proxy::close::CloseReason::Error)
         })
     }
 

@@ -1,0 +1,56 @@
+//! Connections through the listeners: opened, open, closed (by reason),
+//! TLS handshakes (by result) and bytes.
+
+use prometheus::{IntCounterVec, IntGaugeVec, Registry};
+
+use super::register::{counter_vec, int_gauge_vec};
+
+pub struct ConnectionFamilies {
+    /// direction, listener
+    pub opened: IntCounterVec,
+    /// direction, listener
+    pub active: IntGaugeVec,
+    /// direction, listener, reason
+    pub closed: IntCounterVec,
+    /// direction, listener, result
+    pub handshakes: IntCounterVec,
+    /// direction, listener, flow
+    pub bytes: IntCounterVec,
+}
+
+impl ConnectionFamilies {
+    pub(super) fn new(registry: &Registry) -> Self {
+        ConnectionFamilies {
+            opened: counter_vec(
+                registry,
+                "portcullis_connections_opened_total",
+                "Connections accepted by a listener.",
+                &["direction", "listener"],
+            ),
+            active: int_gauge_vec(
+                registry,
+                "portcullis_connections_active",
+                "Connections currently open on a listener.",
+                &["direction", "listener"],
+            ),
+            closed: counter_vec(
+                registry,
+                "portcullis_connections_closed_total",
+                "Connections closed, by the reason they ended.",
+                &["direction", "listener", "reason"],
+            ),
+            handshakes: counter_vec(
+                registry,
+                "portcullis_tls_handshakes_total",
+                "TLS handshakes, by result: success or the failure reason.",
+                &["direction", "listener", "result"],
+            ),
+            bytes: counter_vec(
+                registry,
+                "portcullis_bytes_total",
+                "Bytes proxied; flow=to_upstream is from the listener's client onwards, to_downstream is back to it.",
+                &["direction", "listener", "flow"],
+            ),
+        }
+    }
+}
