@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use portcullis::cli::{Cli, Command, RunArgs};
+use portcullis::cmd::args::{Cli, Command, RunArgs};
+use portcullis::cmd::{cert, check, demo};
 use portcullis::config::{Config, LogFormat};
-use portcullis::{app, cert_cmd, demo, runtime};
+use portcullis::{runtime, sidecar};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,12 +19,12 @@ fn main() -> ExitCode {
         Command::Check { config, policy } => {
             let mut code = ExitCode::SUCCESS;
             if let Some(config) = config {
-                code = check(&config);
+                code = check::check_config(&config);
             }
             if let Some(policy) = policy
                 && code == ExitCode::SUCCESS
             {
-                code = check_policy(&policy);
+                code = check::check_policy(&policy);
             }
             code
         }
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Cert(cmd) => match cert_cmd::run(cmd) {
+        Command::Cert(cmd) => match cert::run(cmd) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
@@ -86,113 +87,15 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(app::run(config)) {
+    match rt.block_on(sidecar::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("portcullis: {e}");
             ExitCode::from(match e {
-                app::StartError::Load(_) => 2,
+                sidecar::StartError::Load(_) => 2,
                 _ => 1,
             })
-        }
-    }
-}
-
-fn print_policy(path: &std::path::Path, spec: &portcullis::policy::PolicySpec, sha: &str) {
-    let rules: usize = spec.services.iter().map(|s| s.rules.len()).sum();
-    println!(
-        "  policy:     {} (sha256 {sha}): default {}, {} service(s), {rules} rule(s)",
-        path.display(),
-        spec.default.as_str(),
-        spec.services.len()
-    );
-}
-
-fn check_policy(path: &std::path::Path) -> ExitCode {
-    match portcullis::policy::load_file(path) {
-        Ok((spec, sha)) => {
-            println!("{}: ok", path.display());
-            print_policy(path, &spec, &sha);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("portcullis check: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn check(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("portcullis check: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let policy = match &config.policy {
-        None => None,
-        Some(p) => match portcullis::policy::load_file(p) {
-            Ok(loaded) => Some(loaded),
-            Err(e) => {
-                eprintln!("portcullis check: {e}");
-                return ExitCode::from(2);
-            }
-        },
-    };
-    match app::load_tls(&config) {
-        Ok((identity, trust)) => {
-            println!("{}: ok", path.display());
-            println!(
-                "  identity:   {} (serial {}, expires {})",
-                identity.leaf.id,
-                identity.leaf.serial,
-                portcullis::clock::fmt_time(identity.leaf.not_after)
-            );
-            for b in trust.bundles() {
-                println!(
-                    "  trust:      {} ({} root(s))",
-                    b.trust_domain,
-                    b.roots.len()
-                );
-            }
-            for l in &config.inbound {
-                println!("  inbound:    {} {} -> {}", l.name, l.listen, l.forward);
-            }
-            for l in &config.outbound {
-                let eps: Vec<String> = l.endpoints.iter().map(|e| e.to_string()).collect();
-                println!(
-                    "  outbound:   {} {} -> [{}] as {}",
-                    l.name,
-                    l.listen,
-                    eps.join(", "),
-                    l.identity
-                );
-            }
-            println!("  admin:      {}", config.admin.listen);
-            match (&config.policy, &policy) {
-                (Some(path), Some((spec, sha))) => {
-                    print_policy(path, spec, sha);
-                    for l in &config.inbound {
-                        if !spec.services.iter().any(|s| s.name == l.name) {
-                            println!(
-                                "  note:       inbound {:?} is not in the policy: it gets `default: {}`",
-                                l.name,
-                                spec.default.as_str()
-                            );
-                        }
-                    }
-                }
-                _ => println!(
-                    "  policy:     none (every authenticated peer of a trusted trust domain is admitted)"
-                ),
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("portcullis check: {e}");
-            ExitCode::from(2)
         }
     }
 }

@@ -45,7 +45,7 @@ async fn metrics_pass_promtool_and_show_expiry() {
             &[("kind", "root"), ("spiffe_id", "spiffe://prod.example.org")],
         )
         .expect("root expiry");
-        let now = portcullis::tls::unix_now() as f64;
+        let now = portcullis::clock::unix_now() as f64;
         assert!(
             leaf > now && leaf <= now + 86400.0 + 5.0,
             "leaf expiry {leaf}"
@@ -78,7 +78,14 @@ async fn metrics_pass_promtool_and_show_expiry() {
         }
     }
     let (_, body) = http_get(server.admin_addr(), "/metrics").await.unwrap();
-    let leaf_serial = server.state().tls.identity().current().leaf.serial.clone();
+    let leaf_serial = server
+        .control()
+        .tls
+        .identity()
+        .current()
+        .leaf
+        .serial
+        .clone();
     assert!(
         body.contains(&format!("spiffe_id=\"{SERVER_ID}\"")),
         "{body}"

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use portcullis::app::{Sidecar, start};
+use portcullis::sidecar::{Sidecar, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -719,7 +719,7 @@ async fn limits_answer_431_413_and_400_and_nothing_breaks() {
 
     // Both sidecars still serve.
     assert_eq!(http_get(out, "/after").await.unwrap().0, 200);
-    assert!(server.state().is_ready() && client.state().is_ready());
+    assert!(server.control().is_ready() && client.control().is_ready());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

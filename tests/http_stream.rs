@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use http_body_util::BodyExt;
-use portcullis::app::start;
+use portcullis::sidecar::start;
 
 const ORDERS: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
 const FRONTEND: &str = "spiffe://prod.example.org/ns/web/sa/frontend";

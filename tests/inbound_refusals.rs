@@ -9,9 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use portcullis::app::Sidecar;
 use portcullis::identity::TrustDomain;
 use portcullis::pki::{Ca, KeyUsagePurpose, LeafSpec};
+use portcullis::sidecar::Sidecar;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -293,7 +293,7 @@ async fn a_silent_client_is_cut_at_the_handshake_timeout() {
     let pki = Pki::new();
     let app = echo_app().await;
     pki.svid("srv", SERVER_ID);
-    let server = portcullis::app::start(pki.config(
+    let server = portcullis::sidecar::start(pki.config(
         "s.yaml",
         &format!("identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\ninbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\ntimeouts:\n  handshake: 200ms\n"),
     ))

@@ -119,14 +119,14 @@ async fn chains_with_intermediates_verify_both_ways() {
     pki.write("srv", &s);
     let c = inter.issue_svid(&id(CLIENT_ID), DAY).unwrap();
     pki.write("cli", &c);
-    let server = portcullis::app::start(pki.config(
+    let server = portcullis::sidecar::start(pki.config(
         "s.yaml",
         &format!("identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\ninbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"),
     ))
     .await
     .unwrap();
     let inbound = server.inbound_addr("orders").unwrap();
-    let client = portcullis::app::start(pki.config(
+    let client = portcullis::sidecar::start(pki.config(
         "c.yaml",
         &format!("identity:\n  cert: cli.pem\n  key: cli-key.pem\n  trust_bundle: bundle.pem\noutbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{inbound}]\n    identity: {SERVER_ID}\nadmin:\n  listen: 127.0.0.1:0\n"),
     ))
@@ -246,7 +246,7 @@ async fn outbound_fails_over_to_the_next_endpoint() {
         .local_addr()
         .unwrap();
     pki.svid("c", CLIENT_ID);
-    let client = portcullis::app::start(pki.config(
+    let client = portcullis::sidecar::start(pki.config(
         "c.yaml",
         &format!("identity:\n  cert: c.pem\n  key: c-key.pem\n  trust_bundle: bundle.pem\noutbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{dead}, {good}]\n    identity: {SERVER_ID}\nadmin:\n  listen: 127.0.0.1:0\n"),
     ))

@@ -164,9 +164,9 @@ async fn answers_from_a_real_openssl_responder_are_verified() {
     ));
 }
 
-async fn ocsp_server(pki: &Pki, name: &str, revocation: &str) -> portcullis::app::Sidecar {
+async fn ocsp_server(pki: &Pki, name: &str, revocation: &str) -> portcullis::sidecar::Sidecar {
     let app = echo_app().await;
-    portcullis::app::start(pki.config(
+    portcullis::sidecar::start(pki.config(
         &format!("{name}.yaml"),
         &format!(
             "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n{revocation}\
@@ -346,7 +346,7 @@ async fn servers_staple_their_status_and_clients_use_the_staple() {
             .local_addr()
             .unwrap()
     );
-    let client = portcullis::app::start(pki.config(
+    let client = portcullis::sidecar::start(pki.config(
         "cli.yaml",
         &format!(
             "identity:\n  cert: cli.pem\n  key: cli-key.pem\n  trust_bundle: bundle.pem\n\

@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use portcullis::app::{Sidecar, start};
 use portcullis::identity::TrustDomain;
 use portcullis::pki::Ca;
+use portcullis::sidecar::{Sidecar, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
@@ -97,7 +97,7 @@ async fn an_openssl_ca_crl_refuses_the_revoked_client_only() {
     );
     assert_eq!(metric(&m, "portcullis_crl_entries", &[]), Some(1.0));
     let next = metric(&m, "portcullis_crl_next_update_timestamp_seconds", &[]).unwrap();
-    assert!(next > portcullis::tls::unix_now() as f64 + 6.0 * 86400.0);
+    assert!(next > portcullis::clock::unix_now() as f64 + 6.0 * 86400.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use portcullis::app::{Sidecar, start};
 use portcullis::identity::TrustDomain;
 use portcullis::pki::{Ca, Issued, LeafSpec};
+use portcullis::sidecar::{Sidecar, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
@@ -149,7 +149,14 @@ async fn svid_and_ca_rotation_under_traffic_drop_nothing() {
     wait_traffic(5).await;
 
     // The server's SVID is reissued three times.
-    let first_serial = server.state().tls.identity().current().leaf.serial.clone();
+    let first_serial = server
+        .control()
+        .tls
+        .identity()
+        .current()
+        .leaf
+        .serial
+        .clone();
     let mut last_serial = first_serial.clone();
     for _ in 0..3 {
         let next = pki.ca.issue_svid(&id(SERVER_ID), DAY).unwrap();
@@ -261,7 +268,14 @@ async fn bad_pairs_are_refused_and_the_old_identity_keeps_serving() {
     .await
     .unwrap();
     let addr = server.inbound_addr("orders").unwrap();
-    let original = server.state().tls.identity().current().leaf.serial.clone();
+    let original = server
+        .control()
+        .tls
+        .identity()
+        .current()
+        .leaf
+        .serial
+        .clone();
 
     // A new certificate whose key never arrives: pending, then an error.
     let next = pki.ca.issue_svid(&id(SERVER_ID), DAY).unwrap();
@@ -300,7 +314,7 @@ async fn bad_pairs_are_refused_and_the_old_identity_keeps_serving() {
     assert!(err.contains("srv.pem"), "{err}");
     assert!(echoes(&pki, "peer", SERVER_ID, addr).await);
     assert_eq!(
-        server.state().tls.identity().current().leaf.serial,
+        server.control().tls.identity().current().leaf.serial,
         original
     );
 

@@ -23,7 +23,7 @@ pub struct PolicyFamilies {
 }
 
 /// The decision counter a connection used last (see
-/// [`PolicyFamilies::count_decision`]). A policy reload makes new rule
+/// [`DecisionCounterCache::count`]). A policy reload makes new rule
 /// names, so a cached entry never outlives the rule it counts.
 #[derive(Default)]
 pub struct DecisionCounterCache(arc_swap::ArcSwapOption<CachedCounter>);
@@ -32,6 +32,34 @@ pub struct CachedCounter {
     rule: Arc<str>,
     decision: &'static str,
     counter: IntCounter,
+}
+
+impl DecisionCounterCache {
+    /// Counts a decision in `decisions` through this cache: the requests
+    /// of one connection nearly always meet the same rule, and the
+    /// labelled lookup (three strings hashed under a lock) is then skipped.
+    pub fn count(
+        &self,
+        decisions: &IntCounterVec,
+        service: &str,
+        decision: &'static str,
+        rule: &Arc<str>,
+    ) {
+        if let Some(last) = &*self.0.load()
+            && Arc::ptr_eq(&last.rule, rule)
+            && last.decision == decision
+        {
+            last.counter.inc();
+            return;
+        }
+        let counter = decisions.with_label_values(&[service, decision, rule]);
+        counter.inc();
+        self.0.store(Some(Arc::new(CachedCounter {
+            rule: rule.clone(),
+            decision,
+            counter,
+        })));
+    }
 }
 
 impl PolicyFamilies {
@@ -92,32 +120,6 @@ impl PolicyFamilies {
             .inc();
     }
 
-    /// Counts a decision through `cache`: the requests of one connection
-    /// nearly always meet the same rule, and the labelled lookup (three
-    /// strings hashed under a lock) is then skipped.
-    pub fn count_decision(
-        &self,
-        cache: &DecisionCounterCache,
-        service: &str,
-        decision: &'static str,
-        rule: &Arc<str>,
-    ) {
-        if let Some(last) = &*cache.0.load()
-            && Arc::ptr_eq(&last.rule, rule)
-            && last.decision == decision
-        {
-            last.counter.inc();
-            return;
-        }
-        let counter = self.decisions.with_label_values(&[service, decision, rule]);
-        counter.inc();
-        cache.0.store(Some(Arc::new(CachedCounter {
-            rule: rule.clone(),
-            decision,
-            counter,
-        })));
-    }
-
     /// Counts a reload attempt by its result.
     pub fn reload(&self, result: &str) {
         self.reloads.with_label_values(&[result]).inc();
@@ -155,21 +157,21 @@ mod tests {
         let cache = DecisionCounterCache::default();
         let read: Arc<str> = Arc::from("read");
         for _ in 0..3 {
-            m.policy.count_decision(&cache, "web", "allow", &read);
+            cache.count(&m.policy.decisions, "web", "allow", &read);
         }
         assert_eq!(series(&m, "allow", "read"), Some(3));
         // Another decision by the same rule, and another rule, each get
         // their own series, and switching back still counts.
-        m.policy.count_decision(&cache, "web", "audit_deny", &read);
+        cache.count(&m.policy.decisions, "web", "audit_deny", &read);
         let write: Arc<str> = Arc::from("write");
-        m.policy.count_decision(&cache, "web", "deny", &write);
-        m.policy.count_decision(&cache, "web", "allow", &read);
+        cache.count(&m.policy.decisions, "web", "deny", &write);
+        cache.count(&m.policy.decisions, "web", "allow", &read);
         assert_eq!(series(&m, "allow", "read"), Some(4));
         assert_eq!(series(&m, "audit_deny", "read"), Some(1));
         assert_eq!(series(&m, "deny", "write"), Some(1));
         // A reloaded policy names its rules anew: same name, same series.
         let reloaded: Arc<str> = Arc::from("read");
-        m.policy.count_decision(&cache, "web", "allow", &reloaded);
+        cache.count(&m.policy.decisions, "web", "allow", &reloaded);
         assert_eq!(series(&m, "allow", "read"), Some(5));
     }
 }

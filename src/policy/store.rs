@@ -1,11 +1,11 @@
-//! The active policy behind an `ArcSwap`, and reloading it: the new file
-//! is read, parsed, validated and compiled in full before it replaces the
-//! old one; an invalid file changes nothing. A file whose content hash is
-//! unchanged is not swapped at all.
+//! The active policy behind an `ArcSwap`: read, parsed, validated and
+//! compiled in full before it is put in force, so a decision only ever
+//! sees a whole policy. (When to reload, and what an unchanged or invalid
+//! file means, is the control plane's.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -56,37 +56,9 @@ impl ActivePolicy {
     }
 }
 
-/// What a reload did.
-#[derive(Debug, Clone)]
-pub enum ReloadOutcome {
-    Applied {
-        sha256: String,
-    },
-    Unchanged {
-        sha256: String,
-    },
-    Failed(ConfigError),
-    /// No policy file is configured.
-    NotConfigured,
-}
-
-impl ReloadOutcome {
-    /// The `result` label of `portcullis_policy_reloads_total`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            ReloadOutcome::Applied { .. } => "success",
-            ReloadOutcome::Unchanged { .. } => "unchanged",
-            ReloadOutcome::Failed(_) => "error",
-            ReloadOutcome::NotConfigured => "not_configured",
-        }
-    }
-}
-
 pub struct PolicyStore {
     path: Option<PathBuf>,
     active: ArcSwap<ActivePolicy>,
-    /// Serializes reloads (they run on blocking threads).
-    reloading: Mutex<()>,
 }
 
 /// Reads, hashes, parses and validates a policy file.
@@ -121,7 +93,6 @@ impl PolicyStore {
         Ok(PolicyStore {
             path: path.map(Path::to_path_buf),
             active: ArcSwap::from_pointee(active),
-            reloading: Mutex::new(()),
         })
     }
 
@@ -134,24 +105,11 @@ impl PolicyStore {
         self.active.load()
     }
 
-    /// Re-reads the file; blocking (call it on a blocking thread).
-    pub fn reload(&self) -> ReloadOutcome {
-        let Some(path) = &self.path else {
-            return ReloadOutcome::NotConfigured;
-        };
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        match load_file(path) {
-            Err(e) => ReloadOutcome::Failed(e),
-            Ok((spec, sha256)) => {
-                if self.active.load().sha256.as_deref() == Some(sha256.as_str()) {
-                    return ReloadOutcome::Unchanged { sha256 };
-                }
-                self.active.store(Arc::new(ActivePolicy::new(
-                    Some(spec),
-                    Some(sha256.clone()),
-                )));
-                ReloadOutcome::Applied { sha256 }
-            }
-        }
+    /// Compiles `spec` (read from the file with hash `sha256`) and puts it
+    /// in force for the next decision. Compiling a large policy takes time:
+    /// call it on a blocking thread.
+    pub fn install(&self, spec: PolicySpec, sha256: String) {
+        self.active
+            .store(Arc::new(ActivePolicy::new(Some(spec), Some(sha256))));
     }
 }

@@ -96,6 +96,32 @@ pub fn peer_identity(
     })
 }
 
+/// The peer's certificate chain and issuer, kept for OCSP re-checks of
+/// the open connection.
+pub type OcspCerts = std::sync::Arc<(Vec<u8>, Vec<u8>)>;
+
+/// Everything admission checks, in order: the peer's identity from the
+/// session's certificates (see [`peer_identity`]), that it is `expected`
+/// when one is required (outbound), and its live OCSP status. Returns the
+/// identity and, with OCSP on, the certificates to re-check it with.
+pub async fn admit(
+    tls: &TlsContext,
+    certs: Option<&[CertificateDer<'_>]>,
+    expected: Option<&SpiffeId>,
+) -> Result<(PeerIdentity, Option<OcspCerts>), Denial> {
+    let peer = peer_identity(certs, &tls.trust(), crate::clock::unix_now())?;
+    if let Some(expected) = expected
+        && peer.id != *expected
+    {
+        return Err(Denial::WrongIdentity {
+            expected: expected.clone(),
+            got: peer.id,
+        });
+    }
+    let ocsp = check_ocsp_of(tls, certs).await?;
+    Ok((peer, ocsp))
+}
+
 /// Live OCSP for a session's peer, whose handshake and identity checks
 /// passed. Returns the (leaf, issuer) pair for re-checks of the open
 /// connection, or `None` when OCSP is off. The issuer is found once and
@@ -103,7 +129,7 @@ pub fn peer_identity(
 pub async fn check_ocsp_of(
     tls: &TlsContext,
     certs: Option<&[CertificateDer<'_>]>,
-) -> Result<Option<std::sync::Arc<(Vec<u8>, Vec<u8>)>>, Denial> {
+) -> Result<Option<OcspCerts>, Denial> {
     let Some(checker) = tls.ocsp() else {
         return Ok(None);
     };

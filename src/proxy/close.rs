@@ -1,9 +1,10 @@
 //! Why a proxied connection ended: the `reason` label of
-//! `portcullis_connections_closed_total`, and one mapping from how each
-//! kind of connection ends (a byte copy, an HTTP server) to it.
+//! `portcullis_connections_closed_total`, how an L4 copy's end maps to it
+//! (an HTTP connection's is `ServeEnd::close_reason`), and the lifetime
+//! deadline.
 
 use super::copy::CopyEnd;
-use super::http::ServeEnd;
+use crate::config::ConnectionsConfig;
 
 /// Why a proxied connection ended; the `reason` label of
 /// `portcullis_connections_closed_total`.
@@ -91,14 +92,11 @@ pub fn copy_end(end: &CopyEnd, deadline: CloseReason, stopped: CloseReason) -> C
     }
 }
 
-/// How an HTTP connection's end is counted, as [`copy_end`].
-pub fn serve_end(end: ServeEnd, deadline: CloseReason, stopped: CloseReason) -> CloseReason {
-    match end {
-        ServeEnd::Completed => CloseReason::Completed,
-        ServeEnd::Idle => CloseReason::IdleTimeout,
-        ServeEnd::HeaderTimeout => CloseReason::HeaderTimeout,
-        ServeEnd::Error => CloseReason::Error,
-        ServeEnd::Deadline => deadline,
-        ServeEnd::Stopped => stopped,
-    }
+/// When a connection must end whatever it is doing: its maximum lifetime,
+/// if one is configured. (A peer certificate's expiry is the enforcement
+/// sweep's: it closes every kind of connection the same way.)
+pub fn lifetime_deadline(limits: &ConnectionsConfig) -> Option<tokio::time::Instant> {
+    limits
+        .max_lifetime
+        .map(|d| tokio::time::Instant::now() + d.0)
 }

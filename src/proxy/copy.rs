@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::SpiffeId;
+
 /// Four TLS records' worth: a bulk transfer moves 64 KiB per read and
 /// rustls seals it into four records sent with one `writev`, a quarter of
 /// the syscalls of one record at a time. Idle connections hold none (see
@@ -279,6 +281,34 @@ impl<'a> Half<'a> {
                 give_buf(std::mem::take(&mut self.buf));
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+}
+
+/// Logs how a copy ended, at the level its end deserves.
+pub fn log_copy_end(
+    listener: &str,
+    direction: &str,
+    end: &CopyEnd,
+    stats: CopyStats,
+    peer: Option<&SpiffeId>,
+) {
+    let peer = peer.map(|p| p.as_str()).unwrap_or("");
+    match end {
+        CopyEnd::Error(e) => {
+            tracing::debug!(%listener, direction, peer, error = %e, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection ended with an error")
+        }
+        CopyEnd::IdleTimeout => {
+            tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection idle, closed")
+        }
+        CopyEnd::Deadline => {
+            tracing::info!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed: peer certificate expired or maximum lifetime reached")
+        }
+        CopyEnd::Stopped => {
+            tracing::info!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed: no longer allowed")
+        }
+        CopyEnd::Completed => {
+            tracing::debug!(%listener, direction, peer, to_upstream = stats.to_upstream, to_downstream = stats.to_downstream, "connection closed")
         }
     }
 }

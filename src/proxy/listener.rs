@@ -1,25 +1,23 @@
-//! What every listener shares: the parts it is built from (its counters
-//! among them, labels resolved once), and the accept
-//! loop (accept until shutdown, hand each connection to its handler as a
-//! tracked task, and survive accept errors: a full file descriptor table
-//! must not end the listener).
+//! What every listener shares: the parts it is built from, the accept loop (accept until
+//! shutdown, hand each connection to its handler as a tracked task, and
+//! survive accept errors: a full file descriptor table must not end the
+//! listener), and connecting onwards with a timeout.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConnectionsConfig, HttpConfig, Timeouts};
-use prometheus::{IntCounter, IntCounterVec, IntGauge};
-
 use super::close::CloseReason;
-use crate::metrics::Metrics;
-use crate::tls::HandshakeFailure;
+use super::counters::ListenerMetrics;
+use super::http::access_log::AccessLog;
+use super::registry::ConnRegistry;
+use crate::config::{ConnectionsConfig, HttpConfig, Timeouts};
 use crate::tls::TlsContext;
 
 /// What a listener of either direction is built from, besides its own
@@ -31,113 +29,28 @@ pub struct ListenerParts {
     pub timeouts: Timeouts,
     pub connections: ConnectionsConfig,
     pub http: HttpConfig,
-    pub access_log: Arc<super::http::AccessLog>,
+    pub access_log: Arc<AccessLog>,
     /// Fires when the sidecar stops accepting (drain).
     pub drain: CancellationToken,
     /// Every connection task, so draining can wait for them.
     pub tasks: TaskTracker,
+    /// Where connections with a verified peer register for the sweep.
+    pub registry: Arc<ConnRegistry>,
 }
 
-/// Which way traffic flows through a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Peer sidecar → us (mTLS) → local app.
-    Inbound,
-    /// Local app → us → upstream sidecar (mTLS).
-    Outbound,
-}
+/// Keeps a connection counted in the active gauge for as long as it lives.
+pub(crate) struct ActiveGuard<'a>(&'a IntGauge);
 
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
+impl<'a> ActiveGuard<'a> {
+    pub(crate) fn new(g: &'a IntGauge) -> Self {
+        g.inc();
+        ActiveGuard(g)
     }
 }
 
-/// The counters of one listener, with labels already applied.
-#[derive(Clone)]
-pub struct ListenerMetrics {
-    pub opened: IntCounter,
-    pub rate_limited: IntCounter,
-    pub policy_closed: IntCounter,
-    pub active: IntGauge,
-    /// Bytes from the listener's client towards the far side.
-    pub to_upstream: IntCounter,
-    /// Bytes from the far side back to the listener's client.
-    pub to_downstream: IntCounter,
-    handshake_ok: IntCounter,
-    handshake_failed: Vec<(HandshakeFailure, IntCounter)>,
-    closed: Vec<(CloseReason, IntCounter)>,
-    /// HTTP requests answered, by status class 1xx..5xx.
-    requests: [IntCounter; 5],
-    pub request_duration: prometheus::Histogram,
-    request_errors: IntCounterVec,
-    direction: &'static str,
-    name: std::sync::Arc<str>,
-}
-
-impl ListenerMetrics {
-    /// Resolves (and so exports, at zero) every series of one listener.
-    pub fn new(metrics: &Metrics, direction: Direction, name: &str) -> Self {
-        let d = direction.as_str();
-        let c = &metrics.connections;
-        ListenerMetrics {
-            opened: c.opened.with_label_values(&[d, name]),
-            rate_limited: metrics.policy.rate_limited.with_label_values(&[name]),
-            policy_closed: metrics.policy.closed.with_label_values(&[name]),
-            active: c.active.with_label_values(&[d, name]),
-            to_upstream: c.bytes.with_label_values(&[d, name, "to_upstream"]),
-            to_downstream: c.bytes.with_label_values(&[d, name, "to_downstream"]),
-            handshake_ok: c.handshakes.with_label_values(&[d, name, "success"]),
-            handshake_failed: HandshakeFailure::ALL
-                .iter()
-                .map(|f| (*f, c.handshakes.with_label_values(&[d, name, f.as_str()])))
-                .collect(),
-            closed: CloseReason::ALL
-                .iter()
-                .map(|r| (*r, c.closed.with_label_values(&[d, name, r.as_str()])))
-                .collect(),
-            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|class| metrics.http.requests.with_label_values(&[d, name, class])),
-            request_duration: metrics.http.duration.with_label_values(&[d, name]),
-            request_errors: metrics.http.errors.clone(),
-            direction: d,
-            name: name.into(),
-        }
-    }
-
-    pub fn handshake_ok(&self) {
-        self.handshake_ok.inc();
-    }
-
-    pub fn handshake_failed(&self, why: HandshakeFailure) {
-        if let Some((_, c)) = self.handshake_failed.iter().find(|(f, _)| *f == why) {
-            c.inc();
-        }
-    }
-
-    pub fn closed(&self, why: CloseReason) {
-        if let Some((_, c)) = self.closed.iter().find(|(r, _)| *r == why) {
-            c.inc();
-        }
-    }
-
-    /// Counts one answered HTTP request and how long its response headers
-    /// took.
-    pub fn request(&self, status: u16, seconds: f64) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].inc();
-        self.request_duration.observe(seconds);
-    }
-
-    /// Counts a request portcullis answered itself, by reason. Off the
-    /// hot path, so the label lookup happens here.
-    pub fn request_error(&self, reason: &str) {
-        self.request_errors
-            .with_label_values(&[self.direction, &self.name, reason])
-            .inc();
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -181,4 +94,19 @@ pub async fn accept_loop<F, Fut>(
         }
     }
     tracing::debug!(listener = %name, "stopped accepting");
+}
+
+/// Connects to `addr` with `TCP_NODELAY`, within `timeout`.
+pub async fn connect_with_timeout(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, CloseReason> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(_)) => Err(CloseReason::ConnectFailed),
+        Err(_) => Err(CloseReason::ConnectTimeout),
+    }
 }

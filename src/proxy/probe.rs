@@ -27,7 +27,7 @@ pub struct ProbeListener {
 
 impl ProbeListener {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        crate::http_server::serve(listener, shutdown, "probe", move |req| {
+        super::plaintext::serve(listener, shutdown, "probe", move |req| {
             let this = self.clone();
             async move { this.handle(req).await }
         })

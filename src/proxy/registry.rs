@@ -1,180 +1,350 @@
-//! The registry of open, admitted connections: who the peer is, which
-//! service it reached, and a handle to close it. When the policy changes
-//! (and later, when a CRL or OCSP answer revokes a peer), the registry is
-//! walked and connections that are no longer allowed are closed at once.
+//! The registry of every live connection that has a verified peer: a
+//! peer's L4 and HTTP connections to the local app, tunnels opened by an
+//! upgrade or `CONNECT` (either way), the local app's L4 connections to
+//! upstreams, and pooled HTTP connections to upstream sidecars. Each is
+//! registered with the identity and certificate its peer verified and a
+//! handle to close it. The control plane's enforcement sweep walks them
+//! all when a policy, a CRL, an OCSP answer, the trust bundles or the
+//! clock changes what is admitted, and closes what no longer is.
 //!
 //! Registering costs one short lock per connection, never per byte.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::PeerIdentity;
-use crate::identity::SpiffeId;
+use super::close::CloseReason;
 
-/// Why a live connection was closed from outside its own task.
+/// What a registered connection is; the sweep's rules differ by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum StopReason {
-    /// A policy reload no longer allows the peer.
-    Policy = 1,
-    /// A new CRL revokes the peer's certificate.
-    Revoked = 2,
+pub enum ConnKind {
+    /// A peer's L4 connection to the local app: authorized as a whole.
+    InboundTcp,
+    /// A peer's HTTP connection: each request is authorized on its own.
+    InboundHttp,
+    /// A WebSocket or `CONNECT` tunnel a peer opened with an authorized
+    /// request.
+    InboundTunnel,
+    /// The local app's L4 connection to an upstream.
+    OutboundTcp,
+    /// A tunnel the local app opened to an upstream.
+    OutboundTunnel,
+    /// A pooled HTTP/1.1 or HTTP/2 connection to an upstream sidecar.
+    UpstreamPooled,
 }
 
-/// The handle a connection task watches.
-pub struct ConnControl {
-    token: CancellationToken,
-    reason: AtomicU8,
-}
-
-impl ConnControl {
-    pub fn stopped(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    pub fn reason(&self) -> Option<StopReason> {
-        match self.reason.load(Ordering::Acquire) {
-            1 => Some(StopReason::Policy),
-            2 => Some(StopReason::Revoked),
-            _ => None,
+impl ConnKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnKind::InboundTcp => "inbound_tcp",
+            ConnKind::InboundHttp => "inbound_http",
+            ConnKind::InboundTunnel => "inbound_tunnel",
+            ConnKind::OutboundTcp => "outbound_tcp",
+            ConnKind::OutboundTunnel => "outbound_tunnel",
+            ConnKind::UpstreamPooled => "upstream_pooled",
         }
     }
+}
 
-    fn stop(&self, why: StopReason) {
-        self.reason.store(why as u8, Ordering::Release);
-        self.token.cancel();
-    }
+/// The request that opened a tunnel, judged again when the policy changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRequest {
+    pub method: String,
+    /// The normalized path (or, for `CONNECT`, the authority) that was
+    /// authorized.
+    pub path: String,
 }
 
 /// What the registry knows of one connection.
 pub struct ConnInfo {
-    pub service: Arc<str>,
-    pub peer: SpiffeId,
-    pub src: SocketAddr,
-    /// The peer leaf's issuer name and serial (DER), for CRL checks.
-    pub issuer_raw: Box<[u8]>,
-    pub serial_raw: Box<[u8]>,
+    pub kind: ConnKind,
+    /// The inbound service or the outbound listener it belongs to.
+    pub listener: Arc<str>,
+    /// Who the peer proved to be, with its certificate's issuer, serial
+    /// and expiry.
+    pub peer: Arc<PeerIdentity>,
+    /// The far end: the peer's address inbound, the endpoint's outbound.
+    pub remote: SocketAddr,
+    /// For inbound tunnels: the request that opened it.
+    pub request: Option<Box<TunnelRequest>>,
     /// The peer's leaf and issuer certificates (DER), kept only when OCSP
     /// re-checks open connections.
     pub ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
-    /// HTTP connections are authorized request by request, so a policy
-    /// reload does not judge the connection as a whole.
-    pub per_request: bool,
     control: Arc<ConnControl>,
+}
+
+/// A connection to register.
+pub struct NewConn {
+    pub kind: ConnKind,
+    pub listener: Arc<str>,
+    pub peer: Arc<PeerIdentity>,
+    pub remote: SocketAddr,
+    pub request: Option<Box<TunnelRequest>>,
+    pub ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// The handle a connection's task watches.
+struct ConnControl {
+    token: CancellationToken,
+    /// The [`CloseReason`] it was stopped for, as its index (0: none).
+    reason: AtomicU8,
 }
 
 #[derive(Default)]
 pub struct ConnRegistry {
     next: AtomicU64,
     conns: Mutex<HashMap<u64, ConnInfo>>,
+    /// The earliest notAfter among registered peers (Unix seconds), or
+    /// `i64::MAX`: when the expiry sweep must run next. It may be earlier
+    /// than any connection still open (closing does not raise it); a sweep
+    /// recomputes it.
+    earliest_expiry: AtomicI64Max,
+    /// Woken when a registration lowers `earliest_expiry`.
+    expiry_moved: Notify,
+}
+
+/// An `AtomicI64` that starts at `i64::MAX`.
+struct AtomicI64Max(AtomicI64);
+
+impl Default for AtomicI64Max {
+    fn default() -> Self {
+        AtomicI64Max(AtomicI64::new(i64::MAX))
+    }
 }
 
 /// Keeps a connection registered until dropped.
-pub struct Registration<'a> {
-    registry: &'a ConnRegistry,
+pub struct Registration {
+    registry: Arc<ConnRegistry>,
     id: u64,
-    pub control: Arc<ConnControl>,
+    control: Arc<ConnControl>,
 }
 
-impl Drop for Registration<'_> {
+impl Registration {
+    /// Cancelled when the sweep closes the connection.
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.control.token
+    }
+
+    /// Why the sweep closed the connection, once it has.
+    pub fn reason(&self) -> Option<CloseReason> {
+        reason_of(&self.control)
+    }
+}
+
+impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+fn reason_of(control: &ConnControl) -> Option<CloseReason> {
+    match control.reason.load(Ordering::Acquire) {
+        0 => None,
+        n => CloseReason::ALL.get(usize::from(n) - 1).copied(),
     }
 }
 
 impl ConnRegistry {
-    pub fn register(
-        &self,
-        service: Arc<str>,
-        peer: &PeerIdentity,
-        src: SocketAddr,
-    ) -> Registration<'_> {
-        self.register_with(service, peer, src, None, false)
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, ConnInfo>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// As [`ConnRegistry::register`], keeping the peer's certificates for
-    /// OCSP re-checks, and marking HTTP connections (`per_request`).
-    pub fn register_with(
-        &self,
-        service: Arc<str>,
-        peer: &PeerIdentity,
-        src: SocketAddr,
-        ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
-        per_request: bool,
-    ) -> Registration<'_> {
+    /// Registers a connection; it stays registered until the returned
+    /// handle is dropped.
+    pub fn register(self: &Arc<Self>, conn: NewConn) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(ConnControl {
             token: CancellationToken::new(),
             reason: AtomicU8::new(0),
         });
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let not_after = conn.peer.not_after;
+        self.lock().insert(
             id,
             ConnInfo {
-                service,
-                peer: peer.id.clone(),
-                src,
-                issuer_raw: peer.issuer_raw.clone(),
-                serial_raw: peer.serial_raw.clone(),
-                ocsp_certs,
-                per_request,
+                kind: conn.kind,
+                listener: conn.listener,
+                peer: conn.peer,
+                remote: conn.remote,
+                request: conn.request,
+                ocsp_certs: conn.ocsp_certs,
                 control: control.clone(),
             },
         );
+        if not_after
+            < self
+                .earliest_expiry
+                .0
+                .fetch_min(not_after, Ordering::AcqRel)
+        {
+            self.expiry_moved.notify_one();
+        }
         Registration {
-            registry: self,
+            registry: self.clone(),
             id,
             control,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The distinct peer certificates kept for OCSP re-checks.
-    pub fn ocsp_certs(&self) -> Vec<Arc<(Vec<u8>, Vec<u8>)>> {
-        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Arc<(Vec<u8>, Vec<u8>)>> = Vec::new();
-        for c in conns.values() {
-            if let Some(certs) = &c.ocsp_certs
-                && !out.iter().any(|o| o.0 == certs.0)
-            {
-                out.push(certs.clone());
-            }
-        }
-        out
+    /// How many registered connections are of `kind`.
+    pub fn count(&self, kind: ConnKind) -> usize {
+        self.lock().values().filter(|c| c.kind == kind).count()
     }
 
-    /// Stops every connection for which `still_allowed` says no, calling
-    /// `closed` for each; returns how many were stopped.
-    pub fn enforce(
+    /// The distinct peer certificates kept for OCSP re-checks.
+    pub fn ocsp_certs(&self) -> Vec<Arc<(Vec<u8>, Vec<u8>)>> {
+        let conns = self.lock();
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        conns
+            .values()
+            .filter_map(|c| c.ocsp_certs.as_ref())
+            .filter(|certs| seen.insert(certs.0.as_slice()))
+            .cloned()
+            .collect()
+    }
+
+    /// The earliest notAfter of a registered peer, Unix seconds
+    /// (`i64::MAX`: none).
+    pub fn earliest_expiry(&self) -> i64 {
+        self.earliest_expiry.0.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a new registration's peer expires sooner than any
+    /// before it.
+    pub async fn expiry_moved(&self) {
+        self.expiry_moved.notified().await
+    }
+
+    /// Asks `judge` about every open connection; each one it gives a
+    /// reason for is stopped (its task ends it and counts that reason) and
+    /// passed to `closed`. Returns how many were stopped.
+    pub fn sweep(
         &self,
-        why: StopReason,
-        mut still_allowed: impl FnMut(&ConnInfo) -> bool,
-        mut closed: impl FnMut(&ConnInfo),
+        mut judge: impl FnMut(&ConnInfo) -> Option<CloseReason>,
+        mut closed: impl FnMut(&ConnInfo, CloseReason),
     ) -> usize {
-        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = self.lock();
         let mut n = 0;
+        let mut earliest = i64::MAX;
         for info in conns.values() {
-            if info.control.token.is_cancelled() || still_allowed(info) {
+            if info.control.token.is_cancelled() {
                 continue;
             }
-            info.control.stop(why);
-            closed(info);
-            n += 1;
+            match judge(info) {
+                Some(why) => {
+                    let index = CloseReason::ALL.iter().position(|r| *r == why).unwrap_or(0);
+                    info.control
+                        .reason
+                        .store(index as u8 + 1, Ordering::Release);
+                    info.control.token.cancel();
+                    closed(info, why);
+                    n += 1;
+                }
+                None => earliest = earliest.min(info.peer.not_after),
+            }
         }
+        self.earliest_expiry.0.store(earliest, Ordering::Release);
         n
+    }
+}
+
+impl ConnInfo {
+    /// Why the connection was stopped, if it was.
+    pub fn stopped_for(&self) -> Option<CloseReason> {
+        reason_of(&self.control)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SpiffeId;
+
+    fn peer(id: &str, not_after: i64) -> Arc<PeerIdentity> {
+        Arc::new(PeerIdentity {
+            id: SpiffeId::parse(id).unwrap(),
+            serial: "01".into(),
+            not_after,
+            issuer_raw: b"issuer".to_vec().into(),
+            serial_raw: vec![1].into(),
+        })
+    }
+
+    fn conn(kind: ConnKind, peer: Arc<PeerIdentity>) -> NewConn {
+        NewConn {
+            kind,
+            listener: "svc".into(),
+            peer,
+            remote: "127.0.0.1:1".parse().unwrap(),
+            request: None,
+            ocsp_certs: None,
+        }
+    }
+
+    #[test]
+    fn the_sweep_stops_what_it_judges_and_tracks_the_next_expiry() {
+        let registry = Arc::new(ConnRegistry::default());
+        assert_eq!(registry.earliest_expiry(), i64::MAX);
+        let a = registry.register(conn(ConnKind::InboundTcp, peer("spiffe://td/a", 300)));
+        let b = registry.register(conn(ConnKind::UpstreamPooled, peer("spiffe://td/b", 100)));
+        let c = registry.register(conn(ConnKind::OutboundTcp, peer("spiffe://td/c", 200)));
+        assert_eq!(registry.earliest_expiry(), 100);
+        assert_eq!(registry.count(ConnKind::UpstreamPooled), 1);
+
+        let mut seen = Vec::new();
+        let n = registry.sweep(
+            |c| (c.peer.not_after <= 150).then_some(CloseReason::PeerExpired),
+            |c, why| seen.push((c.kind, why)),
+        );
+        assert_eq!(n, 1);
+        assert_eq!(seen, [(ConnKind::UpstreamPooled, CloseReason::PeerExpired)]);
+        assert!(b.stopped().is_cancelled());
+        assert_eq!(b.reason(), Some(CloseReason::PeerExpired));
+        assert!(!a.stopped().is_cancelled() && a.reason().is_none());
+        assert_eq!(registry.earliest_expiry(), 200, "recomputed over survivors");
+
+        // A stopped connection is not judged again; dropping deregisters.
+        let n = registry.sweep(|_| Some(CloseReason::Revoked), |_, _| {});
+        assert_eq!(n, 2);
+        assert_eq!(a.reason(), Some(CloseReason::Revoked));
+        assert_eq!(b.reason(), Some(CloseReason::PeerExpired));
+        drop((a, b, c));
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registration_that_expires_sooner_wakes_the_expiry_sweep() {
+        use std::time::Duration;
+        let registry = Arc::new(ConnRegistry::default());
+        let _late = registry.register(conn(ConnKind::InboundTcp, peer("spiffe://td/a", 500)));
+        // The first registration moved it from "never".
+        registry.expiry_moved().await;
+        let quiet = tokio::time::timeout(Duration::from_secs(60), registry.expiry_moved());
+        let _later = registry.register(conn(ConnKind::InboundTcp, peer("spiffe://td/b", 900)));
+        assert!(quiet.await.is_err(), "a later expiry changes nothing");
+        let waiter = {
+            let registry = registry.clone();
+            tokio::spawn(async move { registry.expiry_moved().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let _soon = registry.register(conn(ConnKind::InboundTcp, peer("spiffe://td/c", 50)));
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(registry.earliest_expiry(), 50);
     }
 }

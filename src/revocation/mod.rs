@@ -1,11 +1,13 @@
 //! Revocation: certificate revocation lists, loaded from files, verified
 //! against their issuer before use, enforced in every handshake (through
-//! rustls-webpki) and on open connections when a new list arrives; and
-//! the OCSP protocol core (`ocsp`).
+//! rustls-webpki) and on open connections when a new list arrives; the
+//! OCSP protocol core (`ocsp`), its cache (`checker`) and our own staple;
+//! and fetching all of it over plain HTTP (`http_fetch`).
 
 mod checker;
 mod crl;
 pub mod fetch;
+pub mod http_fetch;
 pub mod ocsp;
 pub mod staple;
 

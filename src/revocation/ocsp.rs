@@ -137,7 +137,7 @@ pub fn responder_url(cert_der: &[u8]) -> Option<String> {
 
 /// POSTs `request` to an `http://` responder and returns the raw answer.
 pub async fn query(url: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, OcspError> {
-    use crate::http_client::{HttpError, send};
+    use super::http_fetch::{FetchError, send};
     send(
         hyper::Method::POST,
         url,
@@ -148,10 +148,10 @@ pub async fn query(url: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec
     )
     .await
     .map_err(|e| match e {
-        HttpError::Unreachable(why) => OcspError::Unreachable(why),
-        HttpError::Status(code) => OcspError::Http(code),
-        HttpError::Body(why) => OcspError::Malformed(format!("reading the body: {why}")),
-        HttpError::Timeout => OcspError::Timeout,
+        FetchError::Unreachable(why) => OcspError::Unreachable(why),
+        FetchError::Status(code) => OcspError::Http(code),
+        FetchError::Body(why) => OcspError::Malformed(format!("reading the body: {why}")),
+        FetchError::Timeout => OcspError::Timeout,
     })
 }
 

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::app::{Sidecar, start};
 use portcullis::config::Config;
 use portcullis::identity::{SpiffeId, TrustDomain};
 use portcullis::pki::{Ca, Issued, LeafSpec};
+use portcullis::sidecar::{Sidecar, start};
 use portcullis::tls::{TlsContext, TrustStore, load_bundle, load_identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -91,7 +91,7 @@ impl Pki {
 pub async fn echo_app() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(portcullis::demo::echo_server(l));
+    tokio::spawn(portcullis::cmd::demo::echo_server(l));
     addr
 }
 

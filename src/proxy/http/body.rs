@@ -1,17 +1,17 @@
 //! The one body type the proxy sends, either way: a streamed body from the
-//! other side (frame by frame, trailers included, never buffered whole), or
-//! a short body portcullis writes itself. An enum, not a boxed trait
+//! other side (frame by frame, trailers included, never buffered whole:
+//! hyper's, or an HTTP/2 stream of our own client), or a short body
+//! portcullis writes itself. An enum, not a boxed trait
 //! object, so forwarding a request allocates nothing for its body.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use h2::RecvStream;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-
-use super::h2_client::H2Body;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -126,6 +126,77 @@ pub async fn response_deadline(
             tokio::time::sleep(timeout).await;
         }
         None => tokio::time::sleep_until(start + timeout).await,
+    }
+}
+
+/// A response body read from an HTTP/2 stream; each chunk read gives its
+/// window back to the peer.
+pub struct H2Body {
+    recv: RecvStream,
+    /// What `content-length` says is still to come.
+    length: Option<u64>,
+    data_done: bool,
+    done: bool,
+}
+
+impl H2Body {
+    pub fn new(recv: RecvStream, length: Option<u64>) -> Self {
+        let done = recv.is_end_stream();
+        H2Body {
+            recv,
+            length,
+            data_done: done,
+            done,
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = self.length.as_mut() {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => self.data_done = true,
+            }
+        }
+        let trailers = ready!(self.recv.poll_trailers(cx));
+        self.done = true;
+        match trailers {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(n) if !self.data_done => SizeHint::with_exact(n),
+            _ if self.is_end_stream() => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 

@@ -18,9 +18,13 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::HttpVersion;
 use super::body::{BoxError, OnEnd, ProxyBody};
-use super::h2_client::{self, H2Sender, KeepAlive};
+use super::h2_client::{self, H2Sender, KeepAlive, SendError};
 use crate::config::HttpConfig;
+use crate::proxy::registry::Registration;
+use crate::upstream::Slot;
+use tokio_util::sync::CancellationToken;
 
 /// A connection ready to take a request.
 pub enum Sender {
@@ -28,14 +32,25 @@ pub enum Sender {
     H1(http1::SendRequest<ProxyBody>),
 }
 
-/// Why a request did not get a response.
-pub enum SendError {
-    /// The connection was already closed; the request was not sent and may
-    /// go out on another connection.
-    /// Boxed: the rare path should not make every result large.
-    NotSent(Box<Request<ProxyBody>>),
-    /// The request was (perhaps partly) sent; it must not be repeated.
-    Failed(BoxError),
+/// What an upstream connection keeps for as long as it is open: its slot in
+/// the upstream's connection limit, its registration with the sweep, and
+/// the token through which the sweep closes it.
+#[derive(Default)]
+pub struct Held {
+    pub slot: Option<Slot>,
+    pub registration: Option<Registration>,
+    pub stop: Option<CancellationToken>,
+}
+
+impl Held {
+    /// A connection registered with the sweep, closed when it says so.
+    pub fn registered(slot: Option<Slot>, registration: Registration) -> Self {
+        Held {
+            slot,
+            stop: Some(registration.stopped().clone()),
+            registration: Some(registration),
+        }
+    }
 }
 
 /// Builders for upstream connections, made once per listener.
@@ -74,22 +89,25 @@ impl ClientSettings {
         }
     }
 
-    /// Starts HTTP/2 (`h2`) or HTTP/1.1 over `io`; the connection is driven
-    /// by its own task until every sender is gone.
+    /// Starts `version` over `io`; the connection is driven by its own
+    /// task until every sender is gone, or the sweep closes it.
     pub async fn handshake<I>(
         &self,
         io: I,
-        h2: bool,
-        slot: Option<crate::upstream::Slot>,
+        version: HttpVersion,
+        held: Held,
     ) -> Result<Sender, BoxError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        if h2 {
-            let sender = h2_client::handshake(&self.h2, io, self.keep_alive, slot).await?;
-            Ok(Sender::H2(sender))
-        } else {
-            Ok(Sender::H1(self.handshake_h1(io, slot).await?))
+        match version {
+            HttpVersion::Http2 => {
+                let stop = held.stop.clone();
+                let sender =
+                    h2_client::handshake(&self.h2, io, self.keep_alive, held, stop).await?;
+                Ok(Sender::H2(sender))
+            }
+            HttpVersion::Http1 => Ok(Sender::H1(self.handshake_h1(io, held).await?)),
         }
     }
 
@@ -98,18 +116,24 @@ impl ClientSettings {
     pub async fn handshake_h1<I>(
         &self,
         io: I,
-        slot: Option<crate::upstream::Slot>,
+        held: Held,
     ) -> Result<http1::SendRequest<ProxyBody>, hyper::Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (sender, conn) = self.h1.handshake(TokioIo::new(io)).await?;
         tokio::spawn(async move {
-            // The upstream's connection limit counts this connection for
-            // as long as it is open.
-            let _slot = slot;
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            let stop = held.stop.clone();
+            let _held = held;
+            tokio::select! {
+                r = conn.with_upgrades() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                }
+                _ = h2_client::cancelled(stop) => {
+                    tracing::debug!("upstream HTTP/1.1 connection closed: no longer admitted");
+                }
             }
         });
         Ok(sender)
@@ -157,9 +181,12 @@ impl Pool {
         self.learned.load(Ordering::Relaxed) == H1
     }
 
-    pub fn learn(&self, h2: bool) {
-        self.learned
-            .store(if h2 { H2 } else { H1 }, Ordering::Relaxed);
+    pub fn learn(&self, version: HttpVersion) {
+        let v = match version {
+            HttpVersion::Http2 => H2,
+            HttpVersion::Http1 => H1,
+        };
+        self.learned.store(v, Ordering::Relaxed);
     }
 
     /// The shared HTTP/2 connection, if it is open.
@@ -324,7 +351,7 @@ mod tests {
         let pool = Pool::new(8);
 
         let (h1_io, _h1_peer) = tokio::io::duplex(1024);
-        pool.put_h1(settings.handshake_h1(h1_io, None).await.unwrap());
+        pool.put_h1(settings.handshake_h1(h1_io, Held::default()).await.unwrap());
         pool.sweep();
         pool.sweep();
         assert_eq!(idle_h1(&pool), 1, "idle for less than max_idle_time");
@@ -336,7 +363,7 @@ mod tests {
             let mut conn = h2::server::handshake(h2_peer).await.unwrap();
             while conn.accept().await.is_some() {}
         });
-        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, ())
+        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, (), None)
             .await
             .unwrap();
         pool.set_h2(&sender);
@@ -352,7 +379,7 @@ mod tests {
 
         // A connection whose peer went away is not handed out.
         let (h2_io, h2_peer) = tokio::io::duplex(64 * 1024);
-        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, ())
+        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, (), None)
             .await
             .unwrap();
         pool.set_h2(&sender);

@@ -14,19 +14,29 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{Ping, Reason, RecvStream, SendStream};
-use hyper::body::{Body, Frame, SizeHint};
+use h2::{Ping, Reason, SendStream};
+use hyper::body::Body;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 
-use super::body::{BoxError, ProxyBody};
-use super::client::SendError;
+use super::body::{BoxError, H2Body, ProxyBody};
+
+/// Why a request did not get a response.
+pub enum SendError {
+    /// The connection was already closed; the request was not sent and may
+    /// go out on another connection.
+    /// Boxed: the rare path should not make every result large.
+    NotSent(Box<Request<ProxyBody>>),
+    /// The request was (perhaps partly) sent; it must not be repeated.
+    Failed(BoxError),
+}
 
 /// Pings on an otherwise quiet connection find peers that went away
 /// without a reset (a dead node, a dropped NAT entry).
@@ -78,12 +88,15 @@ impl H2Sender {
 }
 
 /// Starts HTTP/2 over `io`. The connection is driven by its own task until
-/// every handle and stream is gone, or a keep-alive ping goes unanswered.
+/// every handle and stream is gone, a keep-alive ping goes unanswered, or
+/// `stop` is cancelled (the enforcement sweep closing it); `hold` is kept
+/// for as long as it is open.
 pub async fn handshake<I, S>(
     builder: &h2::client::Builder,
     io: I,
     keep_alive: KeepAlive,
     hold: S,
+    stop: Option<CancellationToken>,
 ) -> Result<H2Sender, h2::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -95,7 +108,7 @@ where
     let ping = conn.ping_pong();
     tokio::spawn(async move {
         // Held for as long as the connection is open (the upstream's
-        // connection-limit slot).
+        // connection-limit slot, its registration).
         let _hold = hold;
         tokio::select! {
             r = &mut conn => {
@@ -106,10 +119,21 @@ where
             _ = pings(ping, keep_alive) => {
                 tracing::debug!("upstream HTTP/2 connection: keep-alive ping unanswered, closing");
             }
+            _ = cancelled(stop) => {
+                tracing::debug!("upstream HTTP/2 connection closed: no longer admitted");
+            }
         }
         flag.store(true, Ordering::Release);
     });
     Ok(H2Sender { send, closed })
+}
+
+/// Resolves when `stop` is cancelled; never without one.
+pub(super) async fn cancelled(stop: Option<CancellationToken>) {
+    match stop {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Returns when a ping goes unanswered for `timeout`.
@@ -209,80 +233,10 @@ where
     }
 }
 
-/// A response body read from an HTTP/2 stream; each chunk read gives its
-/// window back to the peer.
-pub struct H2Body {
-    recv: RecvStream,
-    /// What `content-length` says is still to come.
-    length: Option<u64>,
-    data_done: bool,
-    done: bool,
-}
-
-impl H2Body {
-    fn new(recv: RecvStream, length: Option<u64>) -> Self {
-        let done = recv.is_end_stream();
-        H2Body {
-            recv,
-            length,
-            data_done: done,
-            done,
-        }
-    }
-}
-
-impl Body for H2Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = self.length.as_mut() {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                None => self.data_done = true,
-            }
-        }
-        let trailers = ready!(self.recv.poll_trailers(cx));
-        self.done = true;
-        match trailers {
-            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.length {
-            Some(n) if !self.data_done => SizeHint::with_exact(n),
-            _ if self.is_end_stream() => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::body::Frame;
 
     const KEEP_ALIVE: KeepAlive = KeepAlive {
         interval: Duration::from_secs(1),
@@ -305,7 +259,7 @@ mod tests {
             }
         });
         let builder = h2::client::Builder::new();
-        let sender = handshake(&builder, io, KEEP_ALIVE, ()).await.unwrap();
+        let sender = handshake(&builder, io, KEEP_ALIVE, (), None).await.unwrap();
         (sender, server)
     }
 
@@ -334,7 +288,7 @@ mod tests {
             respond.send_response(resp, true).unwrap();
             (got, trailers)
         });
-        let sender = handshake(&h2::client::Builder::new(), io, KEEP_ALIVE, ())
+        let sender = handshake(&h2::client::Builder::new(), io, KEEP_ALIVE, (), None)
             .await
             .unwrap();
         let sizes = [1500usize, 10, 3000, 1, 0, 2500, 999];

@@ -23,8 +23,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::HttpVersion;
 use super::body::ProxyBody;
 use crate::config::HttpConfig;
+use crate::proxy::close::CloseReason;
 
 /// hyper's builders for downstream connections, made once per listener.
 #[derive(Clone)]
@@ -79,6 +81,21 @@ pub enum ServeEnd {
     Error,
 }
 
+impl ServeEnd {
+    /// How this end is counted; `deadline` is what the connection's
+    /// deadline meant, `stopped` why it was closed from outside.
+    pub fn close_reason(self, deadline: CloseReason, stopped: CloseReason) -> CloseReason {
+        match self {
+            ServeEnd::Completed => CloseReason::Completed,
+            ServeEnd::Idle => CloseReason::IdleTimeout,
+            ServeEnd::HeaderTimeout => CloseReason::HeaderTimeout,
+            ServeEnd::Error => CloseReason::Error,
+            ServeEnd::Deadline => deadline,
+            ServeEnd::Stopped => stopped,
+        }
+    }
+}
+
 /// What may end a connection besides its peer.
 pub struct ServeLimits<'a> {
     pub stop: &'a CancellationToken,
@@ -96,12 +113,12 @@ impl SeenRequest {
     }
 }
 
-/// Serves `io` as HTTP/2 (`h2`) or HTTP/1.1 with `service` until the
-/// connection ends or a limit ends it.
+/// Serves `io` as `version` with `service` until the connection ends or a
+/// limit ends it.
 pub async fn serve<I, S>(
     settings: &ServerSettings,
     io: I,
-    h2: bool,
+    version: HttpVersion,
     service: S,
     seen: SeenRequest,
     limits: ServeLimits<'_>,
@@ -119,12 +136,15 @@ where
         inner: io,
         activity: activity.clone(),
     });
-    if h2 {
-        let conn = settings.h2.serve_connection(io, service);
-        drive(conn, settings, &activity, &seen, limits).await
-    } else {
-        let conn = settings.h1.serve_connection(io, service).with_upgrades();
-        drive(conn, settings, &activity, &seen, limits).await
+    match version {
+        HttpVersion::Http2 => {
+            let conn = settings.h2.serve_connection(io, service);
+            drive(conn, settings, &activity, &seen, limits).await
+        }
+        HttpVersion::Http1 => {
+            let conn = settings.h1.serve_connection(io, service).with_upgrades();
+            drive(conn, settings, &activity, &seen, limits).await
+        }
     }
 }
 
@@ -350,7 +370,7 @@ mod tests {
             let end = serve(
                 &settings(),
                 server,
-                false,
+                HttpVersion::Http1,
                 service,
                 SeenRequest::default(),
                 limits,

@@ -1,4 +1,5 @@
-//! The command line: `run`, `check`, `demo` and `cert {ca,issue,revoke,inspect}`.
+//! The command line's arguments (clap): `run`, `check`, `demo` and
+//! `cert {ca,issue,revoke,inspect}`.
 
 use std::path::PathBuf;
 

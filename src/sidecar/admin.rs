@@ -1,5 +1,6 @@
 //! The admin HTTP server: liveness, readiness, Prometheus metrics, the
-//! effective config, the loaded certificates, and `POST /reload`. It binds to loopback
+//! effective config (`/config_dump`), the loaded certificates (`/certs`),
+//! and `POST /reload`. It binds to loopback
 //! unless the config explicitly allows otherwise, and never shows a key.
 
 use std::sync::Arc;
@@ -12,24 +13,24 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::State;
+use super::control::ControlPlane;
 
 /// Serves the admin API on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
-    crate::http_server::serve(listener, shutdown, "admin", move |req| {
-        let state = state.clone();
-        async move { route(&state, req).await }
+pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: CancellationToken) {
+    crate::proxy::plaintext::serve(listener, shutdown, "admin", move |req| {
+        let plane = plane.clone();
+        async move { route(&plane, req).await }
     })
     .await
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(plane: &Arc<ControlPlane>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == "/reload" {
         if req.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
         }
-        let report = state.reload("POST /reload").await;
+        let report = plane.reload("POST /reload").await;
         let mut r = json(&report.to_json());
         if !report.ok() {
             *r.status_mut() = StatusCode::BAD_REQUEST;
@@ -42,28 +43,63 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     match path {
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => {
-            if state.is_ready() {
+            if plane.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            let mut r = Response::new(Full::new(Bytes::from(plane.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             r
         }
-        "/config_dump" => json(&state.config_dump()),
-        "/certs" => json(&state.certs_dump()),
+        "/config_dump" => json(&config_dump(plane)),
+        "/certs" => json(&certs_dump(plane)),
         "/" => text(
             StatusCode::OK,
             "portcullis admin: /live /ready /metrics /config_dump /certs, POST /reload\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The effective config and identity, for `/config_dump`. Paths only:
+/// never key material.
+fn config_dump(plane: &ControlPlane) -> serde_json::Value {
+    let id = plane.tls.identity().current();
+    let policy = plane.policy.active();
+    serde_json::json!({
+        "config": &plane.config,
+        "policy": {
+            "file": plane.policy.path(),
+            "sha256": policy.sha256,
+            "loaded_at": policy.loaded_at,
+            "spec": policy.spec,
+            "note": if policy.spec.is_none() { Some("no policy file: every authenticated peer of a trusted trust domain is admitted") } else { None },
+        },
+        "identity": {
+            "spiffe_id": id.leaf.id.as_str(),
+            "serial": id.leaf.serial,
+            "not_after": id.leaf.not_after,
+        },
+        "upstreams": plane.upstreams().iter().map(|s| s.dump()).collect::<Vec<_>>(),
+    })
+}
+
+/// Every loaded certificate, for `/certs`.
+fn certs_dump(plane: &ControlPlane) -> serde_json::Value {
+    let id = plane.tls.identity().current();
+    let trust = plane.tls.trust();
+    let mut bundles: Vec<_> = trust
+        .bundles()
+        .map(|b| serde_json::json!({ "trust_domain": b.trust_domain.as_str(), "roots": &b.roots }))
+        .collect();
+    bundles.sort_by(|a, b| a["trust_domain"].as_str().cmp(&b["trust_domain"].as_str()));
+    serde_json::json!({ "identity": &id.chain, "trust_bundles": bundles })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -10,26 +10,40 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
-use super::access_log::{AccessEntry, AccessLog};
-use super::body::{ProxyBody, response_deadline, track_sent};
-use super::client::{ClientSettings, Pool, SendError, Sender, send_once};
-use super::error::HttpError;
-use super::headers::{self, ORIG_PROTO};
-use super::server::{SeenRequest, ServeEnd, ServeLimits, ServerSettings, serve};
-use crate::config::{Endpoint, HttpConfig, Timeouts};
-use crate::proxy::OutboundListener;
+use super::connect::{ConnectError, Connector};
+use crate::config::OutboundConfig;
+use crate::proxy::close::CloseReason;
+use crate::proxy::copy::CopyLimits;
+use crate::proxy::counters::ListenerMetrics;
+use crate::proxy::http::HttpVersion;
+use crate::proxy::http::access_log::{AccessEntry, AccessLog};
+use crate::proxy::http::body::{ProxyBody, response_deadline, track_sent};
+use crate::proxy::http::client::{ClientSettings, Held, Pool, Sender, send_once, spawn_sweeper};
+use crate::proxy::http::error::HttpError;
+use crate::proxy::http::exchange::{finish, tunnel};
+use crate::proxy::http::h2_client::SendError;
+use crate::proxy::http::headers::{self, ORIG_PROTO};
+use crate::proxy::http::server::{SeenRequest, ServeEnd, ServeLimits, ServerSettings, serve};
+use crate::proxy::listener::ListenerParts;
+use crate::proxy::registry::ConnKind;
 use crate::tls::Alpn;
 
-/// An outbound listener's HTTP settings and its pools, one per endpoint.
+/// What an outbound listener's HTTP connections share: the way to the
+/// upstream, the HTTP settings, and a pool per endpoint.
 pub struct OutboundHttp {
+    connector: Arc<Connector>,
+    metrics: ListenerMetrics,
+    /// Tracks upgraded tunnels, which outlive their request.
+    tasks: TaskTracker,
     server: ServerSettings,
     client: ClientSettings,
     pools: Vec<Arc<Pool>>,
@@ -37,70 +51,73 @@ pub struct OutboundHttp {
     fallback_authority: Authority,
     request_timeout: Duration,
     idle: Duration,
-    pub(crate) detect_timeout: Duration,
+    detect_timeout: Duration,
     access_log: Arc<AccessLog>,
 }
 
 impl OutboundHttp {
-    pub fn new(
-        endpoints: &[Endpoint],
-        http: &HttpConfig,
-        timeouts: Timeouts,
-        access_log: Arc<AccessLog>,
-    ) -> Self {
-        let pools: Vec<Arc<Pool>> = endpoints.iter().map(|_| Pool::new(256)).collect();
-        super::client::spawn_sweeper(
+    pub fn new(config: &OutboundConfig, parts: &ListenerParts, connector: Arc<Connector>) -> Self {
+        let http = &parts.http;
+        let pools: Vec<Arc<Pool>> = config.endpoints.iter().map(|_| Pool::new(256)).collect();
+        spawn_sweeper(
             pools.iter().map(Arc::downgrade).collect(),
             http.pool_idle_timeout.0,
         );
-        let fallback_authority = endpoints
+        let fallback_authority = config
+            .endpoints
             .first()
             .and_then(|e| Authority::try_from(e.to_string().as_str()).ok())
             .unwrap_or_else(|| Authority::from_static("localhost"));
         OutboundHttp {
-            server: ServerSettings::new(http, timeouts.idle.0),
+            connector,
+            metrics: parts.metrics.clone(),
+            tasks: parts.tasks.clone(),
+            server: ServerSettings::new(http, parts.timeouts.idle.0),
             client: ClientSettings::new(http),
             pools,
             fallback_authority,
             request_timeout: http.request_timeout.0,
-            idle: timeouts.idle.0,
+            idle: parts.timeouts.idle.0,
             detect_timeout: http.detect_timeout.0,
-            access_log,
+            access_log: parts.access_log.clone(),
         }
+    }
+
+    /// How long detection waits for the app's first byte.
+    pub fn detect_timeout(&self) -> Duration {
+        self.detect_timeout
+    }
+
+    /// Serves a connection from the local app as HTTP until it ends.
+    pub async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        version: HttpVersion,
+        src: SocketAddr,
+        limits: ServeLimits<'_>,
+    ) -> ServeEnd
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let seen = SeenRequest::default();
+        let conn = Arc::new(Conn {
+            http: self.clone(),
+            src,
+            seen: seen.clone(),
+        });
+        let service = hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        });
+        serve(&self.server, io, version, service, seen, limits).await
     }
 }
 
+/// One connection from the local app.
 struct Conn {
-    listener: Arc<OutboundListener>,
     http: Arc<OutboundHttp>,
     src: SocketAddr,
     seen: SeenRequest,
-}
-
-/// Serves a connection from the local app as HTTP until it ends.
-pub async fn serve_outbound<I>(
-    listener: Arc<OutboundListener>,
-    http: Arc<OutboundHttp>,
-    io: I,
-    h2: bool,
-    src: SocketAddr,
-    limits: ServeLimits<'_>,
-) -> ServeEnd
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let seen = SeenRequest::default();
-    let conn = Arc::new(Conn {
-        listener,
-        http: http.clone(),
-        src,
-        seen: seen.clone(),
-    });
-    let service = hyper::service::service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
-    serve(&http.server, io, h2, service, seen, limits).await
 }
 
 /// Where a request goes: a pooled connection, and which pool it is from.
@@ -125,12 +142,12 @@ impl Conn {
             let req = req.map(|b| ProxyBody::streaming(b, None, sent_tx));
             self.forward(req, sent_rx, start).await
         };
-        let (resp, error) = super::finish(forwarded, version, &self.listener.metrics, start);
+        let (resp, error) = finish(forwarded, version, &self.http.metrics, start);
         let status = resp.status().as_u16();
         if log {
             self.http.access_log.record(&AccessEntry {
                 direction: "outbound",
-                service: &self.listener.name,
+                service: self.http.connector.listener(),
                 peer: None,
                 src: self.src,
                 method: method.as_str(),
@@ -157,7 +174,7 @@ impl Conn {
         sent: Option<tokio::sync::oneshot::Receiver<()>>,
         start: Instant,
     ) -> Result<Response<ProxyBody>, HttpError> {
-        let set = &self.listener.set;
+        let set = self.http.connector.set();
         let _request = set.request().map_err(|_| HttpError::Overloaded)?;
         let from_h1 = req.version() < Version::HTTP_2;
         headers::strip_hop_by_hop(req.headers_mut(), false);
@@ -174,50 +191,41 @@ impl Conn {
         let deadline = response_deadline(sent, start, self.http.request_timeout);
         let mut deadline = std::pin::pin!(deadline);
 
-        let mut exclude = None;
-        for attempt in 0..set.len() {
-            let call = set.pick(exclude).map_err(|_| HttpError::CircuitOpen)?;
-            let idx = call.index();
-            let target = {
-                let _pending = set.pending().map_err(|_| HttpError::Overloaded)?;
-                self.target(idx).await
-            };
-            let target = match target {
-                Ok(t) => t,
-                Err(e) => {
-                    call.finish(true);
-                    let again =
-                        e.try_next() && idempotent && attempt + 1 < set.len() && set.take_retry();
-                    if again {
-                        exclude = Some(idx);
-                        continue;
-                    }
-                    return Err(e.http());
-                }
-            };
-            let sent = tokio::select! {
-                r = self.send_once_more(target, req, from_h1) => r,
-                _ = &mut deadline => {
-                    call.finish(true);
-                    return Err(HttpError::RequestTimeout);
-                }
-            };
-            return match sent {
-                Ok(resp) => {
-                    let failed = set
-                        .config()
-                        .failure_statuses
-                        .contains(&resp.status().as_u16());
-                    call.finish(failed);
-                    Ok(resp)
-                }
-                Err(e) => {
-                    call.finish(true);
-                    Err(e)
-                }
-            };
+        // A connect failure means the request never left: an idempotent
+        // one may go to another endpoint, within the retry budget.
+        let picked = self
+            .http
+            .connector
+            .with_fallback(
+                || idempotent && set.take_retry(),
+                |idx| async move {
+                    let _pending = set.pending().map_err(|_| ConnectError::Overloaded)?;
+                    self.target(idx).await
+                },
+            )
+            .await;
+        let (call, target) = picked.map_err(|e| e.http())?;
+        let sent = tokio::select! {
+            r = self.send_once_more(target, req, from_h1) => r,
+            _ = &mut deadline => {
+                call.finish(true);
+                return Err(HttpError::RequestTimeout);
+            }
+        };
+        match sent {
+            Ok(resp) => {
+                let failed = set
+                    .config()
+                    .failure_statuses
+                    .contains(&resp.status().as_u16());
+                call.finish(failed);
+                Ok(resp)
+            }
+            Err(e) => {
+                call.finish(true);
+                Err(e)
+            }
         }
-        Err(HttpError::ConnectFailed)
     }
 
     /// Sends on `target`; a pooled connection that had already closed gets
@@ -270,8 +278,9 @@ impl Conn {
             Ok(resp) => Ok(resp),
             Err(SendError::NotSent(r)) => Err(Retry::Fresh(r)),
             Err(SendError::Failed(e)) => {
-                if let Some(suppressed) = self.listener.log_limit.allow() {
-                    tracing::info!(listener = %self.listener.name, error = %e, suppressed, "upstream failed a request");
+                let connector = &self.http.connector;
+                if let Some(suppressed) = connector.log_limit().allow() {
+                    tracing::info!(listener = %connector.listener(), error = %e, suppressed, "upstream failed a request");
                 }
                 Err(Retry::No(HttpError::UpstreamReset))
             }
@@ -279,7 +288,7 @@ impl Conn {
     }
 
     /// A pooled connection to endpoint `idx`, or a new one.
-    async fn target(&self, idx: usize) -> Result<Target, crate::proxy::ConnectError> {
+    async fn target(&self, idx: usize) -> Result<Target, ConnectError> {
         let pool = &self.http.pools[idx];
         if pool.is_h1_only() {
             if let Some(sender) = pool.take_h1() {
@@ -303,18 +312,21 @@ impl Conn {
         self.fresh(idx).await
     }
 
-    /// A new connection to endpoint `idx`; ALPN decides its HTTP version
-    /// and teaches the pool what the endpoint speaks.
-    async fn fresh(&self, idx: usize) -> Result<Target, crate::proxy::ConnectError> {
-        let slot = self
-            .listener
-            .set
+    /// A new connection to endpoint `idx`, registered with the sweep; ALPN
+    /// decides its HTTP version and teaches the pool what the endpoint
+    /// speaks.
+    async fn fresh(&self, idx: usize) -> Result<Target, ConnectError> {
+        let connector = &self.http.connector;
+        let slot = connector
+            .set()
             .connection()
-            .map_err(|_| crate::proxy::ConnectError::Overloaded)?;
-        let up = self.listener.connect_endpoint(idx, Alpn::Http).await?;
+            .map_err(|_| ConnectError::Overloaded)?;
+        let up = connector.connect_endpoint(idx, Alpn::Http).await?;
         let pool = &self.http.pools[idx];
-        pool.learn(up.h2);
-        let sender = self.handshake(up.tls, up.h2, Some(slot)).await?;
+        pool.learn(up.version);
+        let registration = connector.register(ConnKind::UpstreamPooled, &up);
+        let held = Held::registered(Some(slot), registration);
+        let sender = self.handshake(up.tls, up.version, held).await?;
         if let Sender::H2(s) = &sender {
             pool.set_h2(s);
         }
@@ -324,12 +336,12 @@ impl Conn {
     async fn handshake(
         &self,
         tls: tokio_rustls::client::TlsStream<TcpStream>,
-        h2: bool,
-        slot: Option<crate::upstream::Slot>,
-    ) -> Result<Sender, crate::proxy::ConnectError> {
-        self.http.client.handshake(tls, h2, slot).await.map_err(|e| {
-            tracing::debug!(listener = %self.listener.name, error = %e, "HTTP handshake with upstream failed");
-            crate::proxy::ConnectError::Connect(crate::proxy::close::CloseReason::Error)
+        version: HttpVersion,
+        held: Held,
+    ) -> Result<Sender, ConnectError> {
+        self.http.client.handshake(tls, version, held).await.map_err(|e| {
+            tracing::debug!(listener = %self.http.connector.listener(), error = %e, "HTTP handshake with upstream failed");
+            ConnectError::Connect(CloseReason::Error)
         })
     }
 
@@ -343,43 +355,25 @@ impl Conn {
         if headers::to_h1(&mut req, &self.http.fallback_authority).is_err() {
             return Err(HttpError::BadRequest);
         }
-        let set = &self.listener.set;
-        let mut last = HttpError::ConnectFailed;
-        let mut up = None;
-        let mut exclude = None;
-        for _ in 0..set.len() {
-            let call = match set.pick(exclude) {
-                Ok(c) => c,
-                Err(_) if exclude.is_none() => return Err(HttpError::CircuitOpen),
-                Err(_) => break,
-            };
-            let idx = call.index();
-            match self.listener.connect_endpoint(idx, Alpn::Http1).await {
-                Ok(u) => {
-                    call.finish(false);
-                    up = Some(u);
-                    break;
-                }
-                Err(e) => {
-                    call.finish(true);
-                    if !e.try_next() {
-                        return Err(e.http());
-                    }
-                    last = e.http();
-                    exclude = Some(idx);
-                }
-            }
-        }
-        let up = up.ok_or(last)?;
-        let slot = self
-            .listener
-            .set
+        let connector = &self.http.connector;
+        let up = connector
+            .connect_any(Alpn::Http1)
+            .await
+            .map_err(|e| e.http())?;
+        let slot = connector
+            .set()
             .connection()
             .map_err(|_| HttpError::Overloaded)?;
+        let registration = connector.register(ConnKind::OutboundTunnel, &up);
+        let held = Held {
+            slot: Some(slot),
+            registration: None,
+            stop: Some(registration.stopped().clone()),
+        };
         let sender = self
             .http
             .client
-            .handshake_h1(up.tls, Some(slot))
+            .handshake_h1(up.tls, held)
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         let req = req.map(ProxyBody::stream);
@@ -391,10 +385,15 @@ impl Conn {
             || (is_connect && resp.status().is_success());
         if switched {
             let upgraded = hyper::upgrade::on(&mut resp);
-            let listener = self.listener.clone();
-            let idle = self.http.idle;
-            self.listener.tasks.spawn(async move {
-                super::tunnel(down, upgraded, &listener.metrics, idle, &listener.name).await;
+            let http = self.http.clone();
+            self.http.tasks.spawn(async move {
+                let limits = CopyLimits {
+                    idle: http.idle,
+                    deadline: None,
+                    stop: registration.stopped(),
+                };
+                let listener = http.connector.listener();
+                tunnel(down, upgraded, &http.metrics, limits, listener).await;
             });
             headers::strip_hop_by_hop(resp.headers_mut(), true);
         }

@@ -1,5 +1,5 @@
-//! A minimal plain-HTTP/1.1 client for fetching revocation data (OCSP
-//! answers, CRLs). Both are signed, so they travel over `http://` as their
+//! The control plane's HTTP client: a minimal plain-HTTP/1.1 client for
+//! fetching revocation data (OCSP answers, CRLs). Both are signed, so they travel over `http://` as their
 //! URLs in certificates say. Every request has a timeout and a cap on the
 //! body size.
 
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HttpError {
+pub enum FetchError {
     #[error("unreachable: {0}")]
     Unreachable(String),
     #[error("answered HTTP {0}")]
@@ -28,20 +28,20 @@ pub async fn send(
     body: Vec<u8>,
     max_body: usize,
     timeout: Duration,
-) -> Result<Vec<u8>, HttpError> {
-    let unreachable = |e: &dyn std::fmt::Display| HttpError::Unreachable(e.to_string());
+) -> Result<Vec<u8>, FetchError> {
+    let unreachable = |e: &dyn std::fmt::Display| FetchError::Unreachable(e.to_string());
     let io = async {
         let uri: hyper::Uri = url
             .parse()
-            .map_err(|e| HttpError::Unreachable(format!("bad URL {url:?}: {e}")))?;
+            .map_err(|e| FetchError::Unreachable(format!("bad URL {url:?}: {e}")))?;
         if uri.scheme_str() != Some("http") {
-            return Err(HttpError::Unreachable(format!(
+            return Err(FetchError::Unreachable(format!(
                 "{url}: only http:// URLs are supported"
             )));
         }
         let host = uri
             .host()
-            .ok_or_else(|| HttpError::Unreachable(format!("{url}: no host")))?
+            .ok_or_else(|| FetchError::Unreachable(format!("{url}: no host")))?
             .to_string();
         let port = uri.port_u16().unwrap_or(80);
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
@@ -69,15 +69,15 @@ pub async fn send(
             .await
             .map_err(|e| unreachable(&e))?;
         if !resp.status().is_success() {
-            return Err(HttpError::Status(resp.status().as_u16()));
+            return Err(FetchError::Status(resp.status().as_u16()));
         }
         let body = Limited::new(resp.into_body(), max_body)
             .collect()
             .await
-            .map_err(|e| HttpError::Body(e.to_string()))?;
+            .map_err(|e| FetchError::Body(e.to_string()))?;
         Ok(body.to_bytes().to_vec())
     };
     tokio::time::timeout(timeout, io)
         .await
-        .map_err(|_| HttpError::Timeout)?
+        .map_err(|_| FetchError::Timeout)?
 }

@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::app::{Sidecar, start};
 use crate::config::Config;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::pki::Ca;
+use crate::sidecar::{Sidecar, start};
 use crate::tls::{TlsContext, TrustStore, load_bundle, load_identity};
 
 const DAY: Duration = Duration::from_secs(86400);

@@ -1,6 +1,6 @@
-//! The small HTTP/1.1 server loop behind the admin and probe listeners:
-//! accept until shutdown, serve each connection with hyper, and survive
-//! accept errors.
+//! The small plaintext HTTP/1.1 server loop behind the probe listener and
+//! the admin server: accept until shutdown, serve each connection with
+//! hyper, and survive accept errors.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -10,29 +10,46 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
-use super::access_log::{AccessEntry, AccessLog};
-use super::body::{ProxyBody, response_deadline, track_sent};
-use super::client::{ClientSettings, Pool, SendError, Sender, send_once};
-use super::error::HttpError;
-use super::headers::{self, ORIG_PROTO, PEER_ID, XFCC};
-use super::server::{SeenRequest, ServeEnd, ServeLimits, ServerSettings, serve};
-use crate::config::{HttpConfig, Timeouts};
-use crate::identity::SpiffeId;
-use crate::policy::{AuditEvent, PeerRulesCache};
-use crate::proxy::InboundListener;
-use crate::proxy::admission::PeerIdentity;
-use crate::proxy::connect_with_timeout;
-use crate::proxy::inbound::InboundIo;
+use crate::config::InboundConfig;
+use crate::log_limit::LogLimiter;
+use crate::policy::{ConnectionAuthz, Refusal, ServiceAuthorizer};
+use crate::proxy::admission::{OcspCerts, PeerIdentity};
+use crate::proxy::close::CloseReason;
+use crate::proxy::copy::CopyLimits;
+use crate::proxy::counters::ListenerMetrics;
+use crate::proxy::http::HttpVersion;
+use crate::proxy::http::access_log::{AccessEntry, AccessLog};
+use crate::proxy::http::body::{ProxyBody, response_deadline, track_sent};
+use crate::proxy::http::client::{ClientSettings, Held, Pool, Sender, send_once, spawn_sweeper};
+use crate::proxy::http::error::HttpError;
+use crate::proxy::http::exchange::{finish, tunnel};
+use crate::proxy::http::h2_client::SendError;
+use crate::proxy::http::headers::{self, ORIG_PROTO, PEER_ID, XFCC};
+use crate::proxy::http::server::{SeenRequest, ServeEnd, ServeLimits, ServerSettings, serve};
+use crate::proxy::listener::{ListenerParts, connect_with_timeout};
+use crate::proxy::registry::{ConnKind, ConnRegistry, NewConn, TunnelRequest};
+use crate::tls::IdentityStore;
 
-/// An inbound listener's HTTP settings and its pool to the app.
+/// What an inbound listener's HTTP connections share: the service's
+/// authorizer and counters, the HTTP settings, and the pool to the app.
 pub struct InboundHttp {
+    service: Arc<str>,
+    authz: Arc<ServiceAuthorizer>,
+    metrics: ListenerMetrics,
+    log_limit: LogLimiter,
+    /// Our own identity, named in `x-forwarded-client-cert`.
+    identity: Arc<IdentityStore>,
+    /// Where upgraded tunnels register, and what tracks their tasks.
+    registry: Arc<ConnRegistry>,
+    tasks: TaskTracker,
     server: ServerSettings,
     client: ClientSettings,
     app: Arc<Pool>,
@@ -43,98 +60,129 @@ pub struct InboundHttp {
     idle: Duration,
     max_body: Option<u64>,
     forward_client_cert: bool,
-    pub(crate) detect_timeout: Duration,
+    detect_timeout: Duration,
     access_log: Arc<AccessLog>,
 }
 
 impl InboundHttp {
     pub fn new(
-        forward: SocketAddr,
-        http: &HttpConfig,
-        timeouts: Timeouts,
-        access_log: Arc<AccessLog>,
+        config: &InboundConfig,
+        parts: &ListenerParts,
+        authz: Arc<ServiceAuthorizer>,
     ) -> Self {
+        let http = &parts.http;
         let app = Pool::new(256);
-        super::client::spawn_sweeper(vec![Arc::downgrade(&app)], http.pool_idle_timeout.0);
+        spawn_sweeper(vec![Arc::downgrade(&app)], http.pool_idle_timeout.0);
         InboundHttp {
-            server: ServerSettings::new(http, timeouts.idle.0),
+            service: config.name.as_str().into(),
+            authz,
+            metrics: parts.metrics.clone(),
+            log_limit: LogLimiter::new(20),
+            identity: parts.tls.identity().clone(),
+            registry: parts.registry.clone(),
+            tasks: parts.tasks.clone(),
+            server: ServerSettings::new(http, parts.timeouts.idle.0),
             client: ClientSettings::new(http),
             app,
-            forward,
-            forward_authority: Authority::try_from(forward.to_string().as_str())
+            forward: config.forward,
+            forward_authority: Authority::try_from(config.forward.to_string().as_str())
                 .unwrap_or_else(|_| Authority::from_static("localhost")),
             request_timeout: http.request_timeout.0,
-            connect_timeout: timeouts.connect.0,
-            idle: timeouts.idle.0,
+            connect_timeout: parts.timeouts.connect.0,
+            idle: parts.timeouts.idle.0,
             max_body: http.max_request_body,
             forward_client_cert: http.forward_client_cert,
             detect_timeout: http.detect_timeout.0,
-            access_log,
+            access_log: parts.access_log.clone(),
         }
     }
+
+    /// How long `auto` detection waits for a first byte.
+    pub fn detect_timeout(&self) -> Duration {
+        self.detect_timeout
+    }
+
+    /// Whether requests carry `x-forwarded-client-cert`, which needs the
+    /// peer's certificate.
+    pub fn forwards_client_cert(&self) -> bool {
+        self.forward_client_cert
+    }
+
+    /// Serves an admitted peer connection as HTTP until it ends.
+    pub async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        version: HttpVersion,
+        from: AdmittedPeer,
+        limits: ServeLimits<'_>,
+    ) -> ServeEnd
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let AdmittedPeer {
+            peer,
+            leaf,
+            ocsp_certs,
+            src,
+        } = from;
+        let xfcc = match (self.forward_client_cert, &leaf) {
+            (true, Some(leaf)) => {
+                let ours = self.identity.current().leaf.id.clone();
+                headers::xfcc_value(ours.as_str(), leaf, peer.id.as_str())
+            }
+            _ => None,
+        };
+        let Ok(peer_header) = HeaderValue::from_str(peer.id.as_str()) else {
+            return ServeEnd::Error;
+        };
+        let seen = SeenRequest::default();
+        let conn = Arc::new(Conn {
+            http: self.clone(),
+            peer,
+            ocsp_certs,
+            peer_header,
+            xfcc,
+            src,
+            hop: version,
+            seen: seen.clone(),
+            authz: ConnectionAuthz::default(),
+            deadline: limits.deadline,
+        });
+        let service = hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        });
+        serve(&self.server, io, version, service, seen, limits).await
+    }
+}
+
+/// Who an HTTP connection comes from, as admission found.
+pub struct AdmittedPeer {
+    pub peer: Arc<PeerIdentity>,
+    /// The peer's certificate (DER), when `x-forwarded-client-cert` needs it.
+    pub leaf: Option<Vec<u8>>,
+    pub ocsp_certs: Option<OcspCerts>,
+    pub src: SocketAddr,
 }
 
 /// One admitted HTTP connection from a peer sidecar.
 struct Conn {
-    listener: Arc<InboundListener>,
     http: Arc<InboundHttp>,
-    peer: SpiffeId,
+    peer: Arc<PeerIdentity>,
+    /// Kept for the OCSP re-checks of tunnels this connection opens.
+    ocsp_certs: Option<OcspCerts>,
     peer_header: HeaderValue,
     xfcc: Option<HeaderValue>,
     src: SocketAddr,
-    /// The hop is HTTP/2: requests without the original-protocol marker
+    /// The hop's version: requests without the original-protocol marker
     /// came from an HTTP/2 client and go to the app as HTTP/2.
-    hop_h2: bool,
+    hop: HttpVersion,
     seen: SeenRequest,
-    authz_counter: crate::metrics::DecisionCounterCache,
-    /// The policy rules this peer matches, looked up once, not per request.
-    peer_rules: PeerRulesCache,
-}
-
-/// Serves an admitted peer connection as HTTP until it ends.
-pub async fn serve_inbound(
-    listener: Arc<InboundListener>,
-    io: InboundIo,
-    h2: bool,
-    peer: &PeerIdentity,
-    src: SocketAddr,
-    limits: ServeLimits<'_>,
-) -> ServeEnd {
-    let Some(http) = listener.http.clone() else {
-        return ServeEnd::Error;
-    };
-    let xfcc = if http.forward_client_cert {
-        let ours = listener.tls.identity().current().leaf.id.clone();
-        io.inner()
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|leaf| headers::xfcc_value(ours.as_str(), leaf, peer.id.as_str()))
-    } else {
-        None
-    };
-    let Ok(peer_header) = HeaderValue::from_str(peer.id.as_str()) else {
-        return ServeEnd::Error;
-    };
-    let seen = SeenRequest::default();
-    let conn = Arc::new(Conn {
-        listener: listener.clone(),
-        http: http.clone(),
-        peer: peer.id.clone(),
-        peer_header,
-        xfcc,
-        src,
-        hop_h2: h2,
-        seen: seen.clone(),
-        authz_counter: Default::default(),
-        peer_rules: Default::default(),
-    });
-    let service = hyper::service::service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
-    serve(&http.server, io, h2, service, seen, limits).await
+    /// The rules this peer matches and the last decision's counter, looked
+    /// up once, not per request.
+    authz: ConnectionAuthz,
+    /// The connection's maximum lifetime, which tunnels it opens keep.
+    deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -152,13 +200,13 @@ impl Conn {
             Err(e) => Err(e),
             Ok(()) => self.forward(req, start).await,
         };
-        let (resp, error) = super::finish(resp, version, &self.listener.metrics, start);
+        let (resp, error) = finish(resp, version, &self.http.metrics, start);
         let status = resp.status().as_u16();
         if log {
             self.http().access_log.record(&AccessEntry {
                 direction: "inbound",
-                service: &self.listener.name,
-                peer: Some(self.peer.as_str()),
+                service: &self.http.service,
+                peer: Some(self.peer.id.as_str()),
                 src: self.src,
                 method: method.as_str(),
                 authority: uri.authority().map(|a| a.as_str()),
@@ -175,7 +223,6 @@ impl Conn {
     /// Policy and rate limit for one request; on success the request
     /// carries the normalized path that was judged.
     fn authorize(&self, req: &mut Request<Incoming>) -> Result<(), HttpError> {
-        let l = &self.listener;
         // CONNECT names a host, not a path: rules see the authority, which
         // no path rule (they start with '/') can match.
         let connect = req.method() == Method::CONNECT;
@@ -189,43 +236,19 @@ impl Conn {
         } else {
             headers::normalize_path(req.uri().path())
         };
-        let active = l.authz.policy.active();
-        let decision = active.table.decide_cached(
-            &self.peer_rules,
-            &l.name,
-            &self.peer,
-            Some(&crate::policy::Request {
-                method: req.method().as_str(),
-                path: &path,
-            }),
-        );
-        l.authz.metrics.policy.count_decision(
-            &self.authz_counter,
-            &l.name,
-            decision.label(),
-            &decision.rule,
-        );
-        l.authz.audit.record(&AuditEvent {
-            peer: &self.peer,
-            service: &l.name,
-            rule: &decision.rule,
-            decision: decision.label(),
-            mode: decision.mode.as_str(),
-            src: self.src,
-            request: Some((req.method().as_str(), &path)),
-            cause: None,
-        });
-        if !decision.admitted() {
-            if let Some(suppressed) = l.log_limit.allow() {
-                tracing::info!(listener = %l.name, src = %self.src, peer = %self.peer, method = %req.method(), path = %path, rule = %decision.rule, suppressed, "request denied by policy");
-            }
-            return Err(HttpError::Forbidden);
-        }
-        if let Some(limiter) = active.limiter(&l.name)
-            && !limiter.try_acquire(&self.peer, std::time::Instant::now())
+        let request = crate::policy::Request {
+            method: req.method().as_str(),
+            path: &path,
+        };
+        if let Err(refusal) =
+            self.http
+                .authz
+                .request(&self.authz, &self.peer.id, self.src, &request)
         {
-            l.metrics.rate_limited.inc();
-            return Err(HttpError::RateLimited);
+            return Err(match refusal {
+                Refusal::Denied { .. } => HttpError::Forbidden,
+                Refusal::RateLimited => HttpError::RateLimited,
+            });
         }
         if !connect && let std::borrow::Cow::Owned(p) = &path {
             let Some(uri) = headers::with_path(req.uri(), p) else {
@@ -244,7 +267,11 @@ impl Conn {
         let http = self.http();
         let upgrade = headers::is_upgrade(&req);
         let marked_h1 = req.headers_mut().remove(ORIG_PROTO).is_some();
-        let to_h1 = marked_h1 || !self.hop_h2 || upgrade;
+        let to = if marked_h1 || self.hop == HttpVersion::Http1 || upgrade {
+            HttpVersion::Http1
+        } else {
+            HttpVersion::Http2
+        };
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
         headers::strip_identity(h);
@@ -260,10 +287,9 @@ impl Conn {
         {
             return Err(HttpError::BodyTooLarge);
         }
-        let fixed = if to_h1 {
-            headers::to_h1(&mut req, &http.forward_authority)
-        } else {
-            headers::to_h2(&mut req, &http.forward_authority)
+        let fixed = match to {
+            HttpVersion::Http1 => headers::to_h1(&mut req, &http.forward_authority),
+            HttpVersion::Http2 => headers::to_h2(&mut req, &http.forward_authority),
         };
         if fixed.is_err() {
             return Err(HttpError::BadRequest);
@@ -276,7 +302,7 @@ impl Conn {
         let limit = body_limit.zip(exceeded.clone());
         let req = req.map(|b| ProxyBody::streaming(b, limit, sent_tx));
         let sent = tokio::select! {
-            r = self.send(req, to_h1) => Ok(r),
+            r = self.send(req, to) => Ok(r),
             _ = response_deadline(sent_rx, start, http.request_timeout) => Err(()),
         };
         let over = || exceeded.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
@@ -296,19 +322,19 @@ impl Conn {
     async fn send(
         &self,
         req: Request<ProxyBody>,
-        h1: bool,
+        version: HttpVersion,
     ) -> Result<Response<ProxyBody>, HttpError> {
         let pool = &self.http().app;
-        let sender = match self.pooled(h1) {
+        let sender = match self.pooled(version) {
             Some(s) => s,
-            None => self.connect(h1).await?,
+            None => self.connect(version).await?,
         };
         let req = match pool.send(sender, req).await {
             Ok(resp) => return Ok(resp),
             Err(SendError::NotSent(req)) => *req,
             Err(SendError::Failed(e)) => return Err(self.failed(&e)),
         };
-        let sender = self.connect(h1).await?;
+        let sender = self.connect(version).await?;
         match pool.send(sender, req).await {
             Ok(resp) => Ok(resp),
             Err(SendError::NotSent(_)) => Err(HttpError::UpstreamReset),
@@ -316,15 +342,18 @@ impl Conn {
         }
     }
 
-    fn pooled(&self, h1: bool) -> Option<Sender> {
+    fn pooled(&self, version: HttpVersion) -> Option<Sender> {
         let pool = &self.http().app;
-        if h1 { pool.take_h1() } else { pool.h2() }
+        match version {
+            HttpVersion::Http1 => pool.take_h1(),
+            HttpVersion::Http2 => pool.h2(),
+        }
     }
 
-    async fn connect(&self, h1: bool) -> Result<Sender, HttpError> {
+    async fn connect(&self, version: HttpVersion) -> Result<Sender, HttpError> {
         let http = self.http();
         let pool = &http.app;
-        let _guard = if h1 {
+        let _guard = if version == HttpVersion::Http1 {
             None
         } else {
             let g = pool.lock_connect().await;
@@ -336,17 +365,17 @@ impl Conn {
         let tcp = connect_with_timeout(http.forward, http.connect_timeout)
             .await
             .map_err(|reason| {
-                if let Some(suppressed) = self.listener.log_limit.allow() {
-                    tracing::warn!(listener = %self.listener.name, forward = %http.forward, reason = reason.as_str(), suppressed, "cannot reach the local app");
+                if let Some(suppressed) = http.log_limit.allow() {
+                    tracing::warn!(listener = %http.service, forward = %http.forward, reason = reason.as_str(), suppressed, "cannot reach the local app");
                 }
                 match reason {
-                    crate::proxy::close::CloseReason::ConnectTimeout => HttpError::ConnectTimeout,
+                    CloseReason::ConnectTimeout => HttpError::ConnectTimeout,
                     _ => HttpError::ConnectFailed,
                 }
             })?;
         let sender = http
             .client
-            .handshake(tcp, !h1, None)
+            .handshake(tcp, version, Held::default())
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         if let Sender::H2(s) = &sender {
@@ -356,24 +385,38 @@ impl Conn {
     }
 
     fn failed(&self, e: &dyn std::fmt::Display) -> HttpError {
-        if let Some(suppressed) = self.listener.log_limit.allow() {
-            tracing::info!(listener = %self.listener.name, error = %e, suppressed, "the local app failed a request");
+        if let Some(suppressed) = self.http.log_limit.allow() {
+            tracing::info!(listener = %self.http.service, error = %e, suppressed, "the local app failed a request");
         }
         HttpError::UpstreamReset
     }
 
     /// A WebSocket upgrade or `CONNECT`: on a connection of its own to the
-    /// app, then bytes both ways once both sides have switched.
+    /// app, then bytes both ways once both sides have switched. The tunnel
+    /// is registered with the request that opened it, so the sweep can
+    /// judge it again.
     async fn upgrade(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, HttpError> {
         let http = self.http();
         let down = hyper::upgrade::on(&mut req);
         let is_connect = req.method() == Method::CONNECT;
+        // What was authorized: the normalized path, or CONNECT's authority.
+        let opened_by = TunnelRequest {
+            method: req.method().as_str().to_string(),
+            path: if is_connect {
+                req.uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            } else {
+                req.uri().path().to_string()
+            },
+        };
         let tcp = connect_with_timeout(http.forward, http.connect_timeout)
             .await
             .map_err(|_| HttpError::ConnectFailed)?;
         let sender = http
             .client
-            .handshake_h1(tcp, None)
+            .handshake_h1(tcp, Held::default())
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         let req = req.map(ProxyBody::stream);
@@ -385,10 +428,22 @@ impl Conn {
             || (is_connect && resp.status().is_success());
         if switched {
             let up = hyper::upgrade::on(&mut resp);
-            let listener = self.listener.clone();
-            let idle = http.idle;
-            self.listener.tasks.spawn(async move {
-                super::tunnel(down, up, &listener.metrics, idle, &listener.name).await;
+            let registration = http.registry.register(NewConn {
+                kind: ConnKind::InboundTunnel,
+                listener: http.service.clone(),
+                peer: self.peer.clone(),
+                remote: self.src,
+                request: Some(Box::new(opened_by)),
+                ocsp_certs: self.ocsp_certs.clone(),
+            });
+            let (http, deadline) = (self.http.clone(), self.deadline);
+            self.http.tasks.spawn(async move {
+                let limits = CopyLimits {
+                    idle: http.idle,
+                    deadline,
+                    stop: registration.stopped(),
+                };
+                tunnel(down, up, &http.metrics, limits, &http.service).await;
             });
             headers::strip_hop_by_hop(resp.headers_mut(), true);
         }

@@ -15,7 +15,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::State;
+use super::control::ControlPlane;
 
 /// The directories to watch for a set of files.
 fn directories(files: &[PathBuf]) -> BTreeSet<PathBuf> {
@@ -28,7 +28,7 @@ fn directories(files: &[PathBuf]) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// Watches the directories of `files` and reloads `state` on changes and
+/// Watches the directories of `files` and reloads `plane` on changes and
 /// every `interval`, until `shutdown`. With `watch` off only the
 /// periodic re-read runs here.
 pub fn spawn(
@@ -36,7 +36,7 @@ pub fn spawn(
     watch: bool,
     debounce: Duration,
     interval: Duration,
-    state: Arc<State>,
+    plane: Arc<ControlPlane>,
     shutdown: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
@@ -80,10 +80,10 @@ pub fn spawn(
                     // Let a burst of writes settle, then take it as one change.
                     tokio::time::sleep(debounce).await;
                     while rx.try_recv().is_ok() {}
-                    state.reload("file change").await;
+                    plane.reload("file change").await;
                 }
                 _ = tick.tick() => {
-                    state.reload("periodic").await;
+                    plane.reload("periodic").await;
                 }
             }
         }

@@ -13,7 +13,7 @@ use rustls_pki_types::pem::{PemObject, SectionKind};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::cli::CertCommand;
+use super::args::CertCommand;
 use crate::clock::fmt_time;
 use crate::identity::{SpiffeId, TrustDomain, check_parsed_leaf, serial_hex, spiffe_id_of};
 use crate::pki::{Ca, LeafSpec, RevokedEntry, read_crl};
@@ -390,9 +390,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
         let cmd = |args: &[&str]| {
-            let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+            let cli = crate::cmd::args::Cli::try_parse_from(args).unwrap();
             match cli.command {
-                crate::cli::Command::Cert(c) => run(c),
+                crate::cmd::args::Command::Cert(c) => run(c),
                 _ => unreachable!(),
             }
         };

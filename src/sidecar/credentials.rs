@@ -1,7 +1,8 @@
-//! Live rotation of our identity and trust: re-read the SVID, key and
-//! bundles, validate the whole set (key matches cert, leaf is a valid SVID
-//! within its validity, our chain verifies against the new bundle), and only
-//! then swap it in. New handshakes use the new material at once; open
+//! Our identity and trust from files: loading the set the config names
+//! (SVID, key, bundles, CRLs) and checking it whole (key matches cert, leaf
+//! is a valid SVID within its validity, our chain verifies against the
+//! bundle), and live rotation: re-read it, validate it whole, and only then
+//! swap it in. New handshakes use the new material at once; open
 //! connections keep what they were made with. A bad set is refused and the
 //! old one keeps serving.
 //!
@@ -16,59 +17,15 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::app::load_tls_with;
+use super::report::{IdentityChange, Outcome};
 use crate::clock::{fmt_time, unix_now};
 use crate::config::Config;
 use crate::files::LoadError;
+use crate::identity::Role;
 use crate::metrics::{CertExpiry, CrlSeries, Metrics};
-use crate::tls::TlsContext;
-
-/// What one credentials reload did.
-#[derive(Debug, Clone)]
-pub enum CredOutcome {
-    Applied {
-        identity_changed: bool,
-        bundle_changed: bool,
-        serial: String,
-    },
-    Unchanged,
-    /// A certificate waits for its key; retry after the given delay.
-    Pending(LoadError, Duration),
-    Failed(LoadError),
-}
-
-impl CredOutcome {
-    pub fn label(&self) -> &'static str {
-        match self {
-            CredOutcome::Applied { .. } => "success",
-            CredOutcome::Unchanged => "unchanged",
-            CredOutcome::Pending(..) => "pending",
-            CredOutcome::Failed(_) => "error",
-        }
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            CredOutcome::Applied {
-                identity_changed,
-                bundle_changed,
-                serial,
-            } => serde_json::json!({
-                "result": "success",
-                "identity_changed": identity_changed,
-                "bundle_changed": bundle_changed,
-                "serial": serial,
-            }),
-            CredOutcome::Unchanged => serde_json::json!({ "result": "unchanged" }),
-            CredOutcome::Pending(e, _) => {
-                serde_json::json!({ "result": "pending", "waiting_for": e.to_string() })
-            }
-            CredOutcome::Failed(e) => {
-                serde_json::json!({ "result": "error", "error": e.to_string() })
-            }
-        }
-    }
-}
+use crate::tls::{
+    LoadedIdentity, SvidVerifier, TlsContext, TrustStore, load_bundle, load_identity,
+};
 
 #[derive(Default)]
 struct Tracked {
@@ -92,6 +49,79 @@ pub struct Credentials {
     tracked: Mutex<Tracked>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+}
+
+/// Loads our SVID, key and trust bundle as the config names them, and checks
+/// that our own chain verifies against the bundle for every role we play.
+pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadError> {
+    load(config, &[])
+}
+
+/// As [`load_tls`], adding CRLs fetched from distribution points.
+pub(super) fn load(
+    config: &Config,
+    fetched_crls: &[(String, Vec<u8>)],
+) -> Result<(LoadedIdentity, TrustStore), LoadError> {
+    let ic = &config.identity;
+    let identity = load_identity(&ic.cert, &ic.key)?;
+    let td = ic
+        .trust_domain
+        .clone()
+        .unwrap_or_else(|| identity.leaf.id.trust_domain());
+    let mut bundles = vec![load_bundle(&ic.trust_bundle, &td)?];
+    for (other_td, path) in &ic.trust_bundles {
+        if *other_td == td {
+            return Err(LoadError::new(
+                path,
+                format!("trust domain {td} already has its bundle in identity.trust_bundle"),
+            ));
+        }
+        bundles.push(load_bundle(path, other_td)?);
+    }
+    let mut trust = TrustStore::new(bundles);
+    // Our own chain is checked for validity only: whether it is revoked is
+    // for peers to decide, and CRLs still being fetched must not stop us.
+    let verifier = SvidVerifier::new(Arc::new(trust.clone()));
+    if let Some(r) = &config.revocation
+        && (!r.crls.is_empty() || r.policy.fetch_distribution_points)
+    {
+        let roots: Vec<_> = trust.bundles().flat_map(|b| b.certs.iter()).collect();
+        let crls = crate::revocation::load_crls(&r.crls, fetched_crls, &roots, r.policy)?;
+        trust = trust.with_revocation(crls);
+    }
+
+    let chain = &identity.certified.cert;
+    let mut roles = Vec::new();
+    if !config.inbound.is_empty() {
+        roles.push(Role::Server);
+    }
+    if !config.outbound.is_empty() {
+        roles.push(Role::Client);
+    }
+    for role in roles {
+        verifier
+            .verify(
+                &chain[0],
+                &chain[1..],
+                rustls_pki_types::UnixTime::now(),
+                role,
+            )
+            .map_err(|e| {
+                LoadError::new(
+                    &ic.cert,
+                    format!(
+                        "our SVID does not verify against the trust bundle {} as a TLS {}: {e}",
+                        ic.trust_bundle.display(),
+                        if role == Role::Server {
+                            "server"
+                        } else {
+                            "client"
+                        }
+                    ),
+                )
+            })?;
+    }
+    Ok((identity, trust))
 }
 
 fn hash_files(paths: &[&Path]) -> String {
@@ -198,7 +228,7 @@ impl Credentials {
 
     /// Re-reads and, if it changed and is valid, swaps in our identity
     /// and trust.
-    pub async fn reload(&self, trigger: &str) -> CredOutcome {
+    pub async fn reload(&self, trigger: &str) -> Outcome<IdentityChange> {
         let _one = self.reloading.lock().await;
         let config = self.config.clone();
         let fetched = self
@@ -207,16 +237,17 @@ impl Credentials {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let read = tokio::task::spawn_blocking(move || {
-            (hashes(&config, &fetched), load_tls_with(&config, &fetched))
+            (hashes(&config, &fetched), load(&config, &fetched))
         })
         .await;
         let ((identity_sha, bundle_sha), loaded) = match read {
             Ok(r) => r,
             Err(e) => {
-                return CredOutcome::Failed(LoadError::new(
+                let e = LoadError::new(
                     &self.config.identity.cert,
                     format!("reload task failed: {e}"),
-                ));
+                );
+                return Outcome::Failed(e.to_string());
             }
         };
         let (identity_changed, bundle_changed) = {
@@ -225,7 +256,7 @@ impl Credentials {
         };
         if !identity_changed && !bundle_changed {
             self.tracked().mismatch_since = None;
-            return CredOutcome::Unchanged;
+            return Outcome::Unchanged(None);
         }
         let kind = if identity_changed {
             "identity"
@@ -241,7 +272,7 @@ impl Credentials {
                     );
                     self.metrics.identity.cert_reload("bundle", "error");
                     tracing::error!(trigger, error = %err, "trust bundle refused; the previous one keeps serving");
-                    return CredOutcome::Failed(err);
+                    return Outcome::Failed(err.to_string());
                 }
                 let serial = identity.leaf.serial.clone();
                 if identity_changed {
@@ -273,11 +304,11 @@ impl Credentials {
                     t.expired_logged = false;
                 }
                 self.export_certificates();
-                CredOutcome::Applied {
+                Outcome::Applied(IdentityChange {
                     identity_changed,
                     bundle_changed,
                     serial,
-                }
+                })
             }
             Err(e) if e.key_mismatch => {
                 let grace = self.config.identity.key_pair_grace.0;
@@ -288,14 +319,14 @@ impl Credentials {
                 if since.elapsed() < grace {
                     self.metrics.identity.cert_reload("identity", "pending");
                     tracing::info!(trigger, error = %e, "certificate and key do not match yet; waiting for the other file");
-                    CredOutcome::Pending(
-                        e,
-                        (grace / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
-                    )
+                    Outcome::Pending {
+                        waiting_for: e.to_string(),
+                        retry: (grace / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+                    }
                 } else {
                     self.metrics.identity.cert_reload("identity", "error");
                     tracing::error!(trigger, error = %e, waited = ?grace, "certificate and key still do not match; the previous identity keeps serving");
-                    CredOutcome::Failed(e)
+                    Outcome::Failed(e.to_string())
                 }
             }
             Err(e) => {
@@ -305,7 +336,7 @@ impl Credentials {
                 let kind = if bundle_file { "bundle" } else { kind };
                 self.metrics.identity.cert_reload(kind, "error");
                 tracing::error!(trigger, error = %e, "new {kind} refused; the previous one keeps serving");
-                CredOutcome::Failed(e)
+                Outcome::Failed(e.to_string())
             }
         }
     }

@@ -1,0 +1,8 @@
+//! The command line: its arguments (`args`) and the commands other than
+//! `run` (which is the control plane's, `sidecar::run`): `check`, `cert`
+//! (the development PKI) and `demo`.
+
+pub mod args;
+pub mod cert;
+pub mod check;
+pub mod demo;

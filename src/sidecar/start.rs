@@ -1,0 +1,374 @@
+//! Start-up and the run loop: load and check the identity material, bind
+//! the admin server and every listener before serving anything, wire the
+//! control plane's tasks, report ready; on SIGTERM stop accepting, report
+//! not ready, and let open connections drain. SIGHUP reloads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::control::ControlPlane;
+use super::credentials::load_tls;
+use super::{admin, tasks, watch};
+use crate::config::Config;
+use crate::files::LoadError;
+use crate::metrics::Metrics;
+use crate::policy::{AuditLog, Authorizer, PolicyStore};
+use crate::proxy::http::AccessLog;
+use crate::proxy::registry::ConnRegistry;
+use crate::proxy::{
+    Direction, InboundListener, InboundParts, ListenerMetrics, ListenerParts, OutboundListener,
+    OutboundParts, ProbeListener, accept_loop,
+};
+use crate::revocation::OcspMetrics;
+use crate::tls::{RevocationCounters, TlsContext};
+use crate::upstream::UpstreamMetrics;
+
+/// Why a sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("invalid policy: {0}")]
+    Policy(#[from] crate::config::ConfigError),
+    #[error("cannot open the audit log: {0}")]
+    Audit(std::io::Error),
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    plane: Arc<ControlPlane>,
+    admin_addr: SocketAddr,
+    probe_addr: Option<SocketAddr>,
+    inbound: Vec<(String, SocketAddr)>,
+    outbound: Vec<(String, SocketAddr)>,
+    /// Stops the accept loops.
+    stop_accepting: CancellationToken,
+    /// Stops the admin server and the control plane's tasks, after draining.
+    stop_admin: CancellationToken,
+    connections: TaskTracker,
+}
+
+async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Starts a sidecar: everything is bound and serving when this returns.
+pub async fn start(config: Config) -> Result<Sidecar, StartError> {
+    let loaded = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, StartError> {
+            let tls = load_tls(&config)?;
+            let policy = PolicyStore::open(config.policy.as_deref())?;
+            Ok((tls, policy))
+        })
+        .await
+        .map_err(|e| LoadError::new(&PathBuf::from("<loader>"), e.to_string()))??
+    };
+    let ((identity, trust), policy) = loaded;
+    let metrics = Arc::new(Metrics::new());
+    {
+        let active = policy.active();
+        metrics
+            .policy
+            .active(active.sha256.as_deref(), active.loaded_at);
+        match &active.sha256 {
+            Some(sha) => tracing::info!(file = ?config.policy, sha256 = %sha, "policy loaded"),
+            None if !config.inbound.is_empty() => tracing::warn!(
+                "no policy file configured: every authenticated peer of a trusted trust domain is admitted"
+            ),
+            None => {}
+        }
+    }
+    let audit = AuditLog::start(
+        &config.audit.sink,
+        config.audit.log_allows,
+        config.audit.max_per_second,
+        metrics.policy.audit_suppressed.clone(),
+        metrics.policy.audit_dropped.clone(),
+    )
+    .map_err(StartError::Audit)?;
+    let authorizer = Arc::new(Authorizer::new(Arc::new(policy), audit, &metrics.policy));
+    let registry = Arc::new(ConnRegistry::default());
+    tracing::info!(
+        spiffe_id = %identity.leaf.id,
+        serial = %identity.leaf.serial,
+        not_after = %crate::clock::fmt_time(identity.leaf.not_after),
+        "identity loaded"
+    );
+    let revocation = config.revocation.as_ref();
+    let counters = revocation
+        .filter(|r| !r.crls.is_empty() || r.policy.fetch_distribution_points)
+        .map(|_| RevocationCounters::new(&metrics.revocation));
+    let ocsp = revocation.and_then(|r| r.ocsp.clone()).map(|o| {
+        Arc::new(crate::revocation::OcspChecker::new(
+            o,
+            OcspMetrics::new(&metrics.revocation),
+        ))
+    });
+    let fail_open = revocation.is_some_and(|r| r.policy.fail_open);
+    let tls = Arc::new(TlsContext::with_revocation(
+        identity, trust, counters, ocsp, fail_open,
+    )?);
+    let plane = Arc::new(ControlPlane::new(
+        config.clone(),
+        metrics.clone(),
+        tls.clone(),
+        authorizer.clone(),
+        registry.clone(),
+    ));
+
+    let stop_accepting = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
+    let connections = TaskTracker::new();
+
+    // Bind everything before serving anything, so a port clash fails the
+    // start instead of leaving a half-running sidecar.
+    let admin_listener = bind("the admin server".into(), config.admin.listen).await?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
+    let mut inbound_listeners = Vec::with_capacity(config.inbound.len());
+    for l in &config.inbound {
+        inbound_listeners.push(bind(format!("inbound listener {:?}", l.name), l.listen).await?);
+    }
+    let mut outbound_listeners = Vec::with_capacity(config.outbound.len());
+    for l in &config.outbound {
+        outbound_listeners.push(bind(format!("outbound listener {:?}", l.name), l.listen).await?);
+    }
+    let probe_listener = match &config.probes {
+        Some(p) => Some(bind("the probe listener".into(), p.listen).await?),
+        None => None,
+    };
+
+    tokio::spawn(admin::serve(
+        admin_listener,
+        plane.clone(),
+        stop_admin.clone(),
+    ));
+    let mut probe_addr = None;
+    if let (Some(p), Some(listener)) = (&config.probes, probe_listener) {
+        probe_addr = listener.local_addr().ok();
+        let probe = Arc::new(ProbeListener {
+            forward: p.forward,
+            paths: p.paths.clone(),
+        });
+        // Probes answer until the process exits: kubelet keeps asking
+        // while the pod drains.
+        tokio::spawn(probe.serve(listener, stop_admin.clone()));
+    }
+
+    let access_log = Arc::new(
+        AccessLog::start(
+            &config.http.access_log,
+            metrics.http.access_log_dropped.clone(),
+        )
+        .map_err(StartError::Audit)?,
+    );
+    let parts = |direction, name: &str| ListenerParts {
+        tls: tls.clone(),
+        metrics: ListenerMetrics::new(&metrics, direction, name),
+        timeouts: config.timeouts,
+        connections: config.connections,
+        http: config.http.clone(),
+        access_log: access_log.clone(),
+        drain: stop_accepting.clone(),
+        tasks: connections.clone(),
+        registry: registry.clone(),
+    };
+    let mut inbound = Vec::with_capacity(config.inbound.len());
+    for (l, listener) in config.inbound.iter().zip(inbound_listeners) {
+        inbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
+        let handler = Arc::new(InboundListener::new(
+            l,
+            InboundParts {
+                common: parts(Direction::Inbound, &l.name),
+                authz: Arc::new(authorizer.for_service(&l.name)),
+            },
+        ));
+        tokio::spawn(accept_loop(
+            l.name.clone(),
+            listener,
+            stop_accepting.clone(),
+            connections.clone(),
+            move |s, a| handler.clone().serve(s, a),
+        ));
+    }
+    let mut outbound = Vec::with_capacity(config.outbound.len());
+    let mut upstreams = Vec::with_capacity(config.outbound.len());
+    for (l, listener) in config.outbound.iter().zip(outbound_listeners) {
+        outbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
+        let endpoints: Vec<String> = l.endpoints.iter().map(|e| e.to_string()).collect();
+        let handler = Arc::new(OutboundListener::new(
+            l,
+            OutboundParts {
+                common: parts(Direction::Outbound, &l.name),
+                upstream: tls.outbound(l.identity.clone())?,
+                upstream_metrics: UpstreamMetrics::new(&metrics.upstream, &l.name, &endpoints),
+            },
+        ));
+        upstreams.push(handler.upstream_set().clone());
+        tokio::spawn(accept_loop(
+            l.name.clone(),
+            listener,
+            stop_accepting.clone(),
+            connections.clone(),
+            move |s, a| handler.clone().serve(s, a),
+        ));
+    }
+    let _ = plane.upstreams.set(upstreams);
+
+    // The control plane's tasks.
+    watch::spawn(
+        config.watched_files(),
+        config.reload.watch,
+        config.reload.debounce.0,
+        config.reload.interval.0,
+        plane.clone(),
+        stop_admin.clone(),
+    );
+    tokio::spawn(tasks::readiness(plane.clone(), stop_admin.clone()));
+    tasks::ocsp(&plane, stop_admin.clone());
+    if config.connections.close_on_peer_expiry {
+        tokio::spawn(tasks::expiry(plane.clone(), stop_admin.clone()));
+    }
+    if let Some(ocsp) = revocation.and_then(|r| r.ocsp.clone())
+        && !config.inbound.is_empty()
+    {
+        tokio::spawn(tasks::staple(
+            tls.clone(),
+            ocsp,
+            metrics.revocation.ocsp_staple_next_update.clone(),
+            stop_admin.clone(),
+        ));
+    }
+    if revocation.is_some_and(|r| r.policy.fetch_distribution_points) {
+        tokio::spawn(tasks::fetch_crls(plane.clone(), stop_admin.clone()));
+    }
+
+    plane.set_started();
+    Ok(Sidecar {
+        plane,
+        admin_addr,
+        probe_addr,
+        inbound,
+        outbound,
+        stop_accepting,
+        stop_admin,
+        connections,
+    })
+}
+
+impl Sidecar {
+    /// The control plane: what reloads, the registry, the metrics.
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.plane
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.plane.metrics
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The bound address of the probe listener, if configured.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe_addr
+    }
+
+    /// The bound address of the inbound listener called `name`.
+    pub fn inbound_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.inbound
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// The bound address of the outbound listener called `name`.
+    pub fn outbound_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.outbound
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Starts draining: `/ready` turns false and every listener stops
+    /// accepting (its socket closes, so new connections are refused).
+    pub fn begin_drain(&self) {
+        self.plane.set_draining();
+        self.stop_accepting.cancel();
+        self.connections.close();
+    }
+
+    /// Drains and stops: waits up to `timeout` for open connections to
+    /// finish, then stops the admin server. Returns how many were still
+    /// open when the wait ended; they end when the runtime shuts down.
+    pub async fn shutdown(self, timeout: Duration) -> usize {
+        self.begin_drain();
+        let _ = tokio::time::timeout(timeout, self.connections.wait()).await;
+        self.stop_admin.cancel();
+        self.connections.len()
+    }
+}
+
+/// Runs a sidecar until SIGTERM or SIGINT, then drains it.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signal_error =
+        |e: std::io::Error| LoadError::new(&PathBuf::from("<signals>"), e.to_string());
+    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    // SIGHUP's default action is to terminate; an operator who sends it
+    // expects a reload, never an outage.
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let drain = config.timeouts.drain.0;
+
+    let sidecar = start(config).await?;
+    tracing::info!(
+        admin = %sidecar.admin_addr,
+        inbound = ?sidecar.inbound,
+        outbound = ?sidecar.outbound,
+        "portcullis ready"
+    );
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break; }
+            _ = hup.recv() => {
+                sidecar.plane.reload("SIGHUP").await;
+            }
+        }
+    }
+    sidecar.begin_drain();
+    tracing::info!(open = sidecar.open_connections(), timeout = ?drain, "draining: no longer accepting");
+    let left = sidecar.shutdown(drain).await;
+    if left == 0 {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(
+            open = left,
+            "drain timeout reached; closing remaining connections"
+        );
+    }
+    Ok(())
+}

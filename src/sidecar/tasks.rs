@@ -1,0 +1,210 @@
+//! The control plane's background tasks: readiness following our SVID's
+//! validity, the OCSP re-check of open connections and the sweep an OCSP
+//! "revoked" triggers, the expiry sweep, CRL fetching from distribution
+//! points, and our own OCSP staple. Each runs until the sidecar stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::control::ControlPlane;
+use super::enforce::Change;
+use crate::clock::unix_now;
+use crate::tls::{TlsContext, issuer_of};
+
+/// Readiness follows our SVID's validity: re-checked every few seconds.
+pub(super) async fn readiness(plane: Arc<ControlPlane>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => plane.refresh_ready(),
+        }
+    }
+}
+
+/// With OCSP on: a fresh answer that says "revoked" sweeps at once, and
+/// the answers for open connections' peers are kept fresh (a fetch that
+/// turns "revoked" sweeps through the same hook).
+pub(super) fn ocsp(plane: &Arc<ControlPlane>, stop: CancellationToken) {
+    let Some(checker) = plane.tls.ocsp().cloned() else {
+        return;
+    };
+    let hook = plane.clone();
+    checker.on_revoked(Box::new(move |issuer, serial| {
+        hook.enforcer.sweep(Change::OcspRevoked { issuer, serial });
+    }));
+    let registry = plane.registry.clone();
+    tokio::spawn(async move {
+        // The first re-check one period after start: nothing is old yet
+        // (an immediate tick would race the first connections' own checks).
+        let every = checker.recheck_interval();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    for certs in registry.ocsp_certs() {
+                        checker.check(&certs.0, &certs.1).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// With `connections.close_on_peer_expiry`: sweeps when the earliest
+/// registered peer certificate expires (woken sooner when a connection
+/// whose peer expires sooner registers).
+pub(super) async fn expiry(plane: Arc<ControlPlane>, stop: CancellationToken) {
+    let registry = plane.registry.clone();
+    loop {
+        let next = registry.earliest_expiry();
+        let wait = async {
+            if next == i64::MAX {
+                std::future::pending::<()>().await
+            } else {
+                let left = (next - unix_now()).max(0) as u64;
+                tokio::time::sleep(Duration::from_secs(left)).await
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = registry.expiry_moved() => {}
+            _ = wait => {
+                plane.enforcer.sweep(Change::Expiry);
+            }
+        }
+    }
+}
+
+/// Fetches the CRLs named by the distribution points of our chain and the
+/// trust bundle roots, validates each against its issuer before keeping it,
+/// swaps them in through the credentials reload, and fetches again well
+/// before each one's nextUpdate.
+pub(super) async fn fetch_crls(plane: Arc<ControlPlane>, stop: CancellationToken) {
+    const RETRY: Duration = Duration::from_secs(30);
+    let max_wait = plane.config.reload.interval.0.max(Duration::from_secs(10));
+    loop {
+        let trust = plane.tls.trust();
+        let identity = plane.tls.identity().current();
+        let mut urls: Vec<String> = identity
+            .certified
+            .cert
+            .iter()
+            .chain(trust.bundles().flat_map(|b| b.certs.iter()))
+            .flat_map(|c| crate::revocation::fetch::distribution_points(c))
+            .collect();
+        urls.sort();
+        urls.dedup();
+        let mut wait = max_wait;
+        let mut changed = false;
+        let policy = plane.config.revocation.as_ref().map(|r| r.policy);
+        for url in &urls {
+            let fetched = crate::revocation::http_fetch::send(
+                hyper::Method::GET,
+                url,
+                None,
+                Vec::new(),
+                32 << 20,
+                Duration::from_secs(10),
+            )
+            .await;
+            let bytes = match fetched {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(%url, error = %e, "cannot fetch CRL");
+                    wait = wait.min(RETRY);
+                    continue;
+                }
+            };
+            // Validate on its own first, so a bad download never blocks reloads.
+            let entry = [(url.clone(), bytes.clone())];
+            let roots: Vec<_> = trust.bundles().flat_map(|b| b.certs.iter()).collect();
+            if let Some(policy) = policy
+                && let Err(e) = crate::revocation::load_crls(&[], &entry, &roots, policy)
+            {
+                tracing::warn!(%url, error = %e, "fetched CRL refused");
+                plane.metrics.identity.cert_reload("crl", "error");
+                wait = wait.min(RETRY);
+                continue;
+            }
+            if let Ok(ders) =
+                crate::revocation::parse_crl_bytes(std::path::Path::new(url), bytes.clone())
+                && let Some(der) = ders.first()
+            {
+                wait = wait.min(crate::revocation::fetch::refresh_in(
+                    der,
+                    crate::clock::unix_now(),
+                    Duration::from_secs(10),
+                    max_wait,
+                ));
+            }
+            changed |= plane.credentials.set_fetched_crl(url, bytes);
+        }
+        if changed {
+            plane.reload("CRL fetched").await;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Keeps our SVID's OCSP staple fresh until `stop`: fetch, staple, and
+/// fetch again at half the answer's validity (sooner when our SVID
+/// rotates); a failed fetch is retried after 30 s.
+pub(super) async fn staple(
+    tls: Arc<TlsContext>,
+    config: crate::config::OcspConfig,
+    next_update: prometheus::Gauge,
+    stop: CancellationToken,
+) {
+    const RETRY: Duration = Duration::from_secs(30);
+    loop {
+        let identity = tls.identity().current();
+        let chain = &identity.certified.cert;
+        let fetched = match chain.first() {
+            None => Err("no certificate".to_string()),
+            Some(leaf) => match issuer_of(&tls.trust(), leaf, &chain[1..]) {
+                None => Err("our issuer is not in the chain or the bundle".to_string()),
+                Some(issuer) => crate::revocation::staple::fetch(leaf, &issuer, &config).await,
+            },
+        };
+        let wait = match fetched {
+            Ok(staple) => {
+                tls.identity()
+                    .set_staple(&identity.leaf.serial, staple.response);
+                next_update.set(staple.next_update as f64);
+                tracing::debug!(next_update = %crate::clock::fmt_time(staple.next_update), "OCSP staple refreshed");
+                staple.refresh_in
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch an OCSP staple for our SVID; retrying");
+                RETRY
+            }
+        };
+        // Re-check sooner than that if our SVID rotates.
+        let serial = identity.leaf.serial.clone();
+        drop(identity);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let step = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_secs(5));
+            if step.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(step) => {}
+            }
+            if tls.identity().current().leaf.serial != serial {
+                break;
+            }
+        }
+    }
+}
