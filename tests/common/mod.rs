@@ -5,6 +5,8 @@
 //! PORTCULLIS_REQUIRE_TOOLS=1).
 #![allow(dead_code)]
 
+pub mod pair;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
