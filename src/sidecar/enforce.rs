@@ -175,3 +175,247 @@ impl Enforcer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    use super::*;
+    use crate::config::RevocationPolicy;
+    use crate::identity::{SpiffeId, TrustDomain};
+    use crate::pki::{Ca, RevokedEntry};
+    use crate::policy::{AuditLog, PolicyStore};
+    use crate::proxy::admission::PeerIdentity;
+    use crate::proxy::registry::{NewConn, Registration, TunnelRequest};
+    use crate::tls::{TrustStore, load_bundle, load_identity};
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    struct World {
+        _dir: tempfile::TempDir,
+        enforcer: Enforcer,
+        registry: Arc<ConnRegistry>,
+        tls: Arc<TlsContext>,
+        prod_issuer: Vec<u8>,
+        partner_issuer: Vec<u8>,
+        prod_only: TrustStore,
+    }
+
+    fn issuer_of(ca: &Ca) -> Vec<u8> {
+        let der =
+            rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        cert.subject().as_raw().to_vec()
+    }
+
+    use rustls_pki_types::pem::PemObject;
+
+    /// Our identity in prod.example.org; bundles for it and for
+    /// partner.example.com; a CRL revoking serial 0x0bad; a policy for
+    /// service `svc` that denies `spiffe://prod.example.org/denied` and
+    /// requests to `/admin`, and allows the rest.
+    fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let prod_td = TrustDomain::parse("prod.example.org").unwrap();
+        let partner_td = TrustDomain::parse("partner.example.com").unwrap();
+        let prod = Ca::generate(&prod_td, DAY).unwrap();
+        let partner = Ca::generate(&partner_td, DAY).unwrap();
+        let ours = prod
+            .issue_svid(
+                &SpiffeId::parse("spiffe://prod.example.org/us").unwrap(),
+                DAY,
+            )
+            .unwrap();
+        let write = |name: &str, text: &str| {
+            std::fs::write(d.join(name), text).unwrap();
+            d.join(name)
+        };
+        let (cert, key) = (
+            write("us.pem", &ours.cert_pem),
+            write("us-key.pem", &ours.key_pem),
+        );
+        let prod_bundle = load_bundle(&write("prod.pem", prod.cert_pem()), &prod_td).unwrap();
+        let partner_bundle =
+            load_bundle(&write("partner.pem", partner.cert_pem()), &partner_td).unwrap();
+        let crl = d.join("prod.crl");
+        let revoked = RevokedEntry {
+            serial: "0bad".into(),
+            revoked_at: time::OffsetDateTime::now_utc(),
+        };
+        std::fs::write(&crl, prod.crl(&[revoked], 1, DAY).unwrap()).unwrap();
+        let policy = RevocationPolicy {
+            whole_chain: false,
+            expired_is_unknown: true,
+            fail_open: false,
+            fetch_distribution_points: false,
+        };
+        let with_crls = |bundles: Vec<crate::tls::TrustBundle>| {
+            let roots: Vec<_> = bundles.iter().flat_map(|b| b.certs.iter()).collect();
+            let crls =
+                crate::revocation::load_crls(std::slice::from_ref(&crl), &[], &roots, policy)
+                    .unwrap();
+            TrustStore::new(bundles.clone()).with_revocation(crls)
+        };
+        let both = with_crls(vec![prod_bundle.clone(), partner_bundle]);
+        let prod_only = with_crls(vec![prod_bundle]);
+        let tls = Arc::new(TlsContext::new(load_identity(&cert, &key).unwrap(), both).unwrap());
+        let policy_file = write(
+            "policy.yaml",
+            "default: allow\nservices:\n  svc:\n    rules:\n\
+             \x20     - { name: no-denied, action: deny, from: [spiffe://prod.example.org/denied] }\n\
+             \x20     - { name: no-admin, action: deny, from: [\"spiffe://prod.example.org/**\"], paths: [/admin] }\n",
+        );
+        let store = PolicyStore::open(Some(Path::new(&policy_file))).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let authorizer = Arc::new(Authorizer::new(
+            Arc::new(store),
+            AuditLog::off(),
+            &metrics.policy,
+        ));
+        let registry = Arc::new(ConnRegistry::default());
+        World {
+            enforcer: Enforcer::new(registry.clone(), authorizer, tls.clone(), metrics, true),
+            registry,
+            tls,
+            prod_issuer: issuer_of(&prod),
+            partner_issuer: issuer_of(&partner),
+            prod_only,
+            _dir: dir,
+        }
+    }
+
+    struct Peer<'a> {
+        id: &'a str,
+        issuer: &'a [u8],
+        serial: u16,
+        not_after: i64,
+    }
+
+    fn register(
+        w: &World,
+        kind: ConnKind,
+        p: Peer<'_>,
+        request: Option<(&str, &str)>,
+    ) -> Registration {
+        w.registry.register(NewConn {
+            kind,
+            listener: "svc".into(),
+            peer: Arc::new(PeerIdentity {
+                id: SpiffeId::parse(p.id).unwrap(),
+                serial: format!("{:04x}", p.serial),
+                not_after: p.not_after,
+                issuer_raw: p.issuer.into(),
+                serial_raw: p.serial.to_be_bytes().to_vec().into(),
+            }),
+            remote: "127.0.0.1:1".parse().unwrap(),
+            request: request.map(|(m, p)| {
+                Box::new(TunnelRequest {
+                    method: m.into(),
+                    path: p.into(),
+                })
+            }),
+            ocsp_certs: None,
+        })
+    }
+
+    #[test]
+    fn the_sweep_judges_every_kind_by_the_same_rules() {
+        use ConnKind::*;
+        let w = world();
+        let later = unix_now() + 3600;
+        let prod = |id, serial| Peer {
+            id,
+            issuer: &w.prod_issuer,
+            serial,
+            not_after: later,
+        };
+        let ok = "spiffe://prod.example.org/ok";
+        let denied = "spiffe://prod.example.org/denied";
+        let cases = [
+            // (kind, peer, tunnel request, closed for)
+            (InboundTcp, prod(ok, 1), None, None),
+            (InboundTcp, prod(denied, 2), None, Some(CloseReason::Policy)),
+            // HTTP connections are judged request by request instead.
+            (InboundHttp, prod(denied, 3), None, None),
+            (InboundTunnel, prod(ok, 4), Some(("GET", "/ws")), None),
+            (
+                InboundTunnel,
+                prod(ok, 5),
+                Some(("GET", "/admin")),
+                Some(CloseReason::Policy),
+            ),
+            // The inbound policy says nothing about upstreams.
+            (OutboundTcp, prod(denied, 6), None, None),
+            (OutboundTunnel, prod(denied, 7), None, None),
+            // Revoked by the CRL, whatever the kind.
+            (
+                UpstreamPooled,
+                prod(ok, 0x0bad),
+                None,
+                Some(CloseReason::Revoked),
+            ),
+            (
+                InboundHttp,
+                prod(ok, 0x0bad),
+                None,
+                Some(CloseReason::Revoked),
+            ),
+            // Expired, with close_on_peer_expiry.
+            (
+                OutboundTcp,
+                Peer {
+                    not_after: unix_now() - 1,
+                    ..prod(ok, 8)
+                },
+                None,
+                Some(CloseReason::PeerExpired),
+            ),
+        ];
+        let regs: Vec<_> = cases
+            .iter()
+            .map(|(kind, peer, req, _)| {
+                let peer = Peer { ..*peer };
+                register(&w, *kind, peer, *req)
+            })
+            .collect();
+        let partner = register(
+            &w,
+            UpstreamPooled,
+            Peer {
+                id: "spiffe://partner.example.com/api",
+                issuer: &w.partner_issuer,
+                serial: 9,
+                not_after: later,
+            },
+            None,
+        );
+        let ocsp = register(&w, OutboundTcp, prod(ok, 10), None);
+
+        let closed = w.enforcer.sweep(Change::Policy);
+        let want: Vec<_> = cases.iter().map(|c| c.3).collect();
+        let got: Vec<_> = regs.iter().map(|r| r.reason()).collect();
+        assert_eq!(got, want);
+        assert_eq!(closed, want.iter().flatten().count());
+        assert!(partner.reason().is_none() && ocsp.reason().is_none());
+
+        // The partner trust domain leaves the bundles: its peers go.
+        w.tls.set_trust(w.prod_only.clone()).unwrap();
+        assert_eq!(w.enforcer.sweep(Change::Trust), 1);
+        assert_eq!(partner.reason(), Some(CloseReason::Denied));
+
+        // An OCSP answer revokes one certificate: exactly its connections go.
+        let serial = 10u16.to_be_bytes();
+        let issuer = w.prod_issuer.clone();
+        let n = w.enforcer.sweep(Change::OcspRevoked {
+            issuer: &issuer,
+            serial: &serial,
+        });
+        assert_eq!(n, 1);
+        assert_eq!(ocsp.reason(), Some(CloseReason::Revoked));
+        assert!(regs[0].reason().is_none(), "the others stay");
+    }
+}
