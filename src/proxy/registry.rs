@@ -60,7 +60,7 @@ pub struct TunnelRequest {
     pub path: String,
 }
 
-/// What the registry knows of one connection.
+/// What the registry knows of one connection, as its task registers it.
 pub struct ConnInfo {
     pub kind: ConnKind,
     /// The inbound service or the outbound listener it belongs to.
@@ -75,17 +75,6 @@ pub struct ConnInfo {
     /// The peer's leaf and issuer certificates (DER), kept only when OCSP
     /// re-checks open connections.
     pub ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
-    control: Arc<ConnControl>,
-}
-
-/// A connection to register.
-pub struct NewConn {
-    pub kind: ConnKind,
-    pub listener: Arc<str>,
-    pub peer: Arc<PeerIdentity>,
-    pub remote: SocketAddr,
-    pub request: Option<Box<TunnelRequest>>,
-    pub ocsp_certs: Option<Arc<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// The handle a connection's task watches.
@@ -98,7 +87,7 @@ struct ConnControl {
 #[derive(Default)]
 pub struct ConnRegistry {
     next: AtomicU64,
-    conns: Mutex<HashMap<u64, ConnInfo>>,
+    conns: Mutex<HashMap<u64, (ConnInfo, Arc<ConnControl>)>>,
     /// The earliest notAfter among registered peers (Unix seconds), or
     /// `i64::MAX`: when the expiry sweep must run next. It may be earlier
     /// than any connection still open (closing does not raise it); a sweep
@@ -150,31 +139,20 @@ fn reason_of(control: &ConnControl) -> Option<CloseReason> {
 }
 
 impl ConnRegistry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, ConnInfo>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (ConnInfo, Arc<ConnControl>)>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a connection; it stays registered until the returned
     /// handle is dropped.
-    pub fn register(self: &Arc<Self>, conn: NewConn) -> Registration {
+    pub fn register(self: &Arc<Self>, conn: ConnInfo) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(ConnControl {
             token: CancellationToken::new(),
             reason: AtomicU8::new(0),
         });
         let not_after = conn.peer.not_after;
-        self.lock().insert(
-            id,
-            ConnInfo {
-                kind: conn.kind,
-                listener: conn.listener,
-                peer: conn.peer,
-                remote: conn.remote,
-                request: conn.request,
-                ocsp_certs: conn.ocsp_certs,
-                control: control.clone(),
-            },
-        );
+        self.lock().insert(id, (conn, control.clone()));
         if not_after
             < self
                 .earliest_expiry
@@ -200,7 +178,7 @@ impl ConnRegistry {
 
     /// How many registered connections are of `kind`.
     pub fn count(&self, kind: ConnKind) -> usize {
-        self.lock().values().filter(|c| c.kind == kind).count()
+        self.lock().values().filter(|(c, _)| c.kind == kind).count()
     }
 
     /// The distinct peer certificates kept for OCSP re-checks.
@@ -209,7 +187,7 @@ impl ConnRegistry {
         let mut seen: HashSet<&[u8]> = HashSet::new();
         conns
             .values()
-            .filter_map(|c| c.ocsp_certs.as_ref())
+            .filter_map(|(c, _)| c.ocsp_certs.as_ref())
             .filter(|certs| seen.insert(certs.0.as_slice()))
             .cloned()
             .collect()
@@ -238,17 +216,15 @@ impl ConnRegistry {
         let conns = self.lock();
         let mut n = 0;
         let mut earliest = i64::MAX;
-        for info in conns.values() {
-            if info.control.token.is_cancelled() {
+        for (info, control) in conns.values() {
+            if control.token.is_cancelled() {
                 continue;
             }
             match judge(info) {
                 Some(why) => {
                     let index = CloseReason::ALL.iter().position(|r| *r == why).unwrap_or(0);
-                    info.control
-                        .reason
-                        .store(index as u8 + 1, Ordering::Release);
-                    info.control.token.cancel();
+                    control.reason.store(index as u8 + 1, Ordering::Release);
+                    control.token.cancel();
                     closed(info, why);
                     n += 1;
                 }
@@ -257,13 +233,6 @@ impl ConnRegistry {
         }
         self.earliest_expiry.0.store(earliest, Ordering::Release);
         n
-    }
-}
-
-impl ConnInfo {
-    /// Why the connection was stopped, if it was.
-    pub fn stopped_for(&self) -> Option<CloseReason> {
-        reason_of(&self.control)
     }
 }
 
@@ -282,8 +251,8 @@ mod tests {
         })
     }
 
-    fn conn(kind: ConnKind, peer: Arc<PeerIdentity>) -> NewConn {
-        NewConn {
+    fn conn(kind: ConnKind, peer: Arc<PeerIdentity>) -> ConnInfo {
+        ConnInfo {
             kind,
             listener: "svc".into(),
             peer,

@@ -189,7 +189,7 @@ mod tests {
     use crate::pki::{Ca, RevokedEntry};
     use crate::policy::{AuditLog, PolicyStore};
     use crate::proxy::admission::PeerIdentity;
-    use crate::proxy::registry::{NewConn, Registration, TunnelRequest};
+    use crate::proxy::registry::{ConnInfo, Registration, TunnelRequest};
     use crate::tls::{TrustStore, load_bundle, load_identity};
 
     const DAY: Duration = Duration::from_secs(86_400);
@@ -301,7 +301,7 @@ mod tests {
         p: Peer<'_>,
         request: Option<(&str, &str)>,
     ) -> Registration {
-        w.registry.register(NewConn {
+        w.registry.register(ConnInfo {
             kind,
             listener: "svc".into(),
             peer: Arc::new(PeerIdentity {

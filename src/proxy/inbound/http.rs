@@ -35,7 +35,7 @@ use crate::proxy::http::h2_client::SendError;
 use crate::proxy::http::headers::{self, ORIG_PROTO, PEER_ID, XFCC};
 use crate::proxy::http::server::{SeenRequest, ServeEnd, ServeLimits, ServerSettings, serve};
 use crate::proxy::listener::{ListenerParts, connect_with_timeout};
-use crate::proxy::registry::{ConnKind, ConnRegistry, NewConn, TunnelRequest};
+use crate::proxy::registry::{ConnInfo, ConnKind, ConnRegistry, TunnelRequest};
 use crate::tls::IdentityStore;
 
 /// What an inbound listener's HTTP connections share: the service's
@@ -136,7 +136,7 @@ impl InboundHttp {
             return ServeEnd::Error;
         };
         let seen = SeenRequest::default();
-        let conn = Arc::new(Conn {
+        let conn = Arc::new(PeerConnection {
             http: self.clone(),
             peer,
             ocsp_certs,
@@ -166,7 +166,7 @@ pub struct AdmittedPeer {
 }
 
 /// One admitted HTTP connection from a peer sidecar.
-struct Conn {
+struct PeerConnection {
     http: Arc<InboundHttp>,
     peer: Arc<PeerIdentity>,
     /// Kept for the OCSP re-checks of tunnels this connection opens.
@@ -185,7 +185,7 @@ struct Conn {
     deadline: Option<Instant>,
 }
 
-impl Conn {
+impl PeerConnection {
     fn http(&self) -> &InboundHttp {
         &self.http
     }
@@ -428,7 +428,7 @@ impl Conn {
             || (is_connect && resp.status().is_success());
         if switched {
             let up = hyper::upgrade::on(&mut resp);
-            let registration = http.registry.register(NewConn {
+            let registration = http.registry.register(ConnInfo {
                 kind: ConnKind::InboundTunnel,
                 listener: http.service.clone(),
                 peer: self.peer.clone(),

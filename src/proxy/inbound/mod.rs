@@ -23,7 +23,7 @@ use super::counters::ListenerMetrics;
 use super::detect::{Detected, Rewind, detect};
 use super::http::{HttpVersion, ServeLimits};
 use super::listener::{ActiveGuard, ListenerParts};
-use super::registry::{ConnKind, ConnRegistry, NewConn};
+use super::registry::{ConnInfo, ConnKind, ConnRegistry};
 use crate::config::{ConnectionsConfig, InboundConfig, Protocol};
 use crate::log_limit::LogLimiter;
 use crate::policy::ServiceAuthorizer;
@@ -144,7 +144,7 @@ impl InboundListener {
         // Registered before the policy is read: a reload that lands after
         // this connection's decision will find it and judge it again.
         let peer = Arc::new(peer);
-        let registration = self.registry.register(NewConn {
+        let registration = self.registry.register(ConnInfo {
             kind: match mode {
                 Mode::Tcp(_) => ConnKind::InboundTcp,
                 Mode::Http(..) => ConnKind::InboundHttp,

@@ -20,7 +20,7 @@ use crate::proxy::close::CloseReason;
 use crate::proxy::counters::ListenerMetrics;
 use crate::proxy::http::{HttpError, HttpVersion};
 use crate::proxy::listener::{ListenerParts, connect_with_timeout};
-use crate::proxy::registry::{ConnKind, ConnRegistry, NewConn, Registration};
+use crate::proxy::registry::{ConnInfo, ConnKind, ConnRegistry, Registration};
 use crate::tls::{ALPN_H2, Alpn, HandshakeFailure, OutboundTls, TlsContext};
 use crate::upstream::{Call, UpstreamMetrics, UpstreamSet};
 
@@ -217,7 +217,7 @@ impl Connector {
 
     /// Registers a connection to `up` with the sweep.
     pub fn register(&self, kind: ConnKind, up: &Upstream) -> Registration {
-        self.registry.register(NewConn {
+        self.registry.register(ConnInfo {
             kind,
             listener: self.listener.clone(),
             peer: up.peer.clone(),

@@ -100,7 +100,7 @@ impl OutboundHttp {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let seen = SeenRequest::default();
-        let conn = Arc::new(Conn {
+        let conn = Arc::new(AppConnection {
             http: self.clone(),
             src,
             seen: seen.clone(),
@@ -113,8 +113,8 @@ impl OutboundHttp {
     }
 }
 
-/// One connection from the local app.
-struct Conn {
+/// One HTTP connection from the local app.
+struct AppConnection {
     http: Arc<OutboundHttp>,
     src: SocketAddr,
     seen: SeenRequest,
@@ -126,7 +126,7 @@ struct Target {
     pool: usize,
 }
 
-impl Conn {
+impl AppConnection {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         self.seen.mark();
         let start = Instant::now();
@@ -176,7 +176,13 @@ impl Conn {
     ) -> Result<Response<ProxyBody>, HttpError> {
         let set = self.http.connector.set();
         let _request = set.request().map_err(|_| HttpError::Overloaded)?;
-        let from_h1 = req.version() < Version::HTTP_2;
+        // The version the app spoke: an HTTP/1.x request crossing an HTTP/2
+        // hop is marked so the far side speaks HTTP/1.1 to its app again.
+        let from = if req.version() < Version::HTTP_2 {
+            HttpVersion::Http1
+        } else {
+            HttpVersion::Http2
+        };
         headers::strip_hop_by_hop(req.headers_mut(), false);
         req.headers_mut().remove(ORIG_PROTO);
         let idempotent = matches!(
@@ -206,7 +212,7 @@ impl Conn {
             .await;
         let (call, target) = picked.map_err(|e| e.http())?;
         let sent = tokio::select! {
-            r = self.send_once_more(target, req, from_h1) => r,
+            r = self.send_once_more(target, req, from) => r,
             _ = &mut deadline => {
                 call.finish(true);
                 return Err(HttpError::RequestTimeout);
@@ -234,15 +240,15 @@ impl Conn {
         &self,
         target: Target,
         req: Request<ProxyBody>,
-        from_h1: bool,
+        from: HttpVersion,
     ) -> Result<Response<ProxyBody>, HttpError> {
         let idx = target.pool;
-        match self.send(target, req, from_h1).await {
+        match self.send(target, req, from).await {
             Ok(resp) => Ok(resp),
             Err(Retry::No(e)) => Err(e),
             Err(Retry::Fresh(r)) => {
                 let target = self.fresh(idx).await.map_err(|e| e.http())?;
-                match self.send(target, *r, from_h1).await {
+                match self.send(target, *r, from).await {
                     Ok(resp) => Ok(resp),
                     Err(Retry::No(e)) => Err(e),
                     Err(Retry::Fresh(_)) => Err(HttpError::UpstreamReset),
@@ -255,11 +261,11 @@ impl Conn {
         &self,
         target: Target,
         mut req: Request<ProxyBody>,
-        from_h1: bool,
+        from: HttpVersion,
     ) -> Result<Response<ProxyBody>, Retry> {
         let fixed = match &target.sender {
             Sender::H2(_) => {
-                if from_h1 {
+                if from == HttpVersion::Http1 {
                     let v = HeaderValue::from_static("HTTP/1.1");
                     req.headers_mut().insert(ORIG_PROTO, v);
                 }
