@@ -210,7 +210,7 @@ struct PeerRules {
 /// The most rules a connection keeps for its peer.
 const MAX_CACHED_RULES: usize = 64;
 
-/// A connection's [`PeerRules`], made again when the policy changes.
+/// A connection's resolved rules (the peer's matches), made again when the policy changes.
 #[derive(Default)]
 pub struct PeerRulesCache(ArcSwapOption<PeerRules>);
 
