@@ -24,11 +24,7 @@ impl LogLimiter {
     /// `Some(n)` when this event may be logged, with `n` events suppressed
     /// since the last logged one; `None` when it must not be.
     pub fn allow(&self) -> Option<u64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            & 0xffff_ffff;
+        let now = crate::clock::unix_now().max(0) as u64 & 0xffff_ffff;
         let mut cur = self.window.load(Ordering::Relaxed);
         loop {
             let (sec, count) = (cur >> 32, cur & 0xffff_ffff);
