@@ -63,6 +63,10 @@ pub struct LeafSpec {
     pub not_after: OffsetDateTime,
     pub is_ca: bool,
     pub key_usages: Vec<KeyUsagePurpose>,
+    /// Whether the key usage extension is marked critical, as the
+    /// X.509-SVID spec requires (false only to make bad test vectors; then
+    /// `key_usages` must be just `DigitalSignature`).
+    pub key_usage_critical: bool,
     pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
     /// CRL distribution point URLs.
     pub crl_distribution_points: Vec<String>,
@@ -79,6 +83,7 @@ impl LeafSpec {
             not_after: now + ttl,
             is_ca: false,
             key_usages: vec![KeyUsagePurpose::DigitalSignature],
+            key_usage_critical: true,
             extended_key_usages: vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -214,6 +219,15 @@ impl Ca {
             IsCa::ExplicitNoCa
         };
         params.key_usages = spec.key_usages.clone();
+        if !spec.key_usage_critical {
+            // rcgen always marks key usage critical: write it by hand.
+            // BIT STRING, 7 unused bits, digitalSignature (bit 0).
+            params.key_usages.clear();
+            let mut ku =
+                rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 15], vec![3, 2, 7, 0x80]);
+            ku.set_criticality(false);
+            params.custom_extensions.push(ku);
+        }
         params.extended_key_usages = spec.extended_key_usages.clone();
         params.use_authority_key_identifier_extension = true;
         if !spec.crl_distribution_points.is_empty() {
@@ -460,9 +474,29 @@ mod tests {
         );
         assert!(check(server_only, Role::Server).is_ok());
 
-        let mut no_eku = base;
+        let mut no_eku = base.clone();
         no_eku.extended_key_usages.clear();
         assert!(check(no_eku, Role::Client).is_ok());
+
+        // The trust domain's own ID names no workload.
+        let mut no_path = base.clone();
+        no_path.uris = vec!["spiffe://example.org".into()];
+        assert_eq!(check(no_path, Role::Client), Err(SvidError::NoPath));
+
+        let mut ku_not_critical = base;
+        ku_not_critical.key_usage_critical = false;
+        assert_eq!(
+            check(ku_not_critical, Role::Server),
+            Err(SvidError::KeyUsageNotCritical)
+        );
+    }
+
+    #[test]
+    fn issued_svids_mark_key_usage_critical() {
+        let ca = Ca::generate(&td(), DAY).unwrap();
+        let svid = ca.issue_svid(&id(), DAY).unwrap();
+        let (_, cert) = X509Certificate::from_der(&svid.der).unwrap();
+        assert!(cert.key_usage().unwrap().unwrap().critical);
     }
 
     #[test]

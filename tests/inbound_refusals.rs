@@ -229,6 +229,57 @@ async fn assert_refused_again(
     .await;
 }
 
+/// The X.509-SVID spec's rules that a CA could still get wrong: the
+/// trust domain's own ID names no workload, and key usage must be critical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svids_without_a_path_or_with_non_critical_key_usage_are_refused() {
+    if !have_tool(
+        "openssl",
+        "svids_without_a_path_or_with_non_critical_key_usage_are_refused",
+    ) {
+        return;
+    }
+    let (pki, server, addr) = setup().await;
+    pki.svid("good", PEER_ID);
+    let good = (pki.path("good.pem"), pki.path("good-key.pem"));
+    assert!(
+        s_client_echoes(
+            addr,
+            &[
+                "-tls1_3",
+                "-cert",
+                path_str(&good.0),
+                "-key",
+                path_str(&good.1)
+            ]
+        )
+        .await,
+        "a valid SVID must be accepted"
+    );
+
+    let no_path = TrustDomain::parse(TD).unwrap().id();
+    let (c, k) = pki.issue("no-path", &LeafSpec::svid(&no_path, DAY));
+    assert_refused(
+        &server,
+        addr,
+        &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)],
+        "bad_svid",
+    )
+    .await;
+
+    let mut spec = LeafSpec::svid(&id(PEER_ID), DAY);
+    spec.key_usage_critical = false;
+    let (c, k) = pki.issue("ku-not-critical", &spec);
+    assert_refused_again(
+        &server,
+        addr,
+        &["-tls1_3", "-cert", path_str(&c), "-key", path_str(&k)],
+        "bad_svid",
+        2.0,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_closes_only_its_own_connection() {
     let (pki, server, addr) = setup().await;

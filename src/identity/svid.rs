@@ -1,5 +1,6 @@
-//! X.509-SVID rules (SPIFFE X509-SVID spec, section 4) applied to a leaf
-//! certificate: exactly one URI SAN holding a valid SPIFFE ID, not a CA,
+//! X.509-SVID rules (SPIFFE X509-SVID spec, sections 2 and 4) applied to a
+//! leaf certificate: exactly one URI SAN holding a valid SPIFFE ID with a
+//! path (the trust domain's own ID names no workload), not a CA, a critical
 //! key usage with digitalSignature and without keyCertSign or cRLSign, and an
 //! extended key usage, when present, that allows the role the peer plays.
 //!
@@ -40,10 +41,14 @@ pub enum SvidError {
     MultipleUriSans(usize),
     #[error("URI SAN is not a valid SPIFFE ID: {0}")]
     InvalidSpiffeId(#[from] SpiffeIdError),
+    #[error("the SPIFFE ID has no path: it names a trust domain, not a workload")]
+    NoPath,
     #[error("certificate is a CA (basicConstraints CA=true); an SVID leaf must not be")]
     IsCa,
     #[error("key usage lacks digitalSignature")]
     NoDigitalSignature,
+    #[error("the key usage extension is not marked critical; an SVID leaf's must be")]
+    KeyUsageNotCritical,
     #[error("key usage has keyCertSign; an SVID leaf must not")]
     KeyCertSign,
     #[error("key usage has cRLSign; an SVID leaf must not")]
@@ -76,6 +81,9 @@ pub fn check_parsed_leaf(
     role: Option<Role>,
 ) -> Result<LeafInfo, SvidError> {
     let id = spiffe_id_of(cert)?;
+    if id.path().is_empty() {
+        return Err(SvidError::NoPath);
+    }
     let bad_ext = |e: x509_parser::error::X509Error| SvidError::Parse(e.to_string());
 
     if let Some(bc) = cert.basic_constraints().map_err(bad_ext)?
@@ -86,6 +94,9 @@ pub fn check_parsed_leaf(
     match cert.key_usage().map_err(bad_ext)? {
         None => return Err(SvidError::NoDigitalSignature),
         Some(ku) => {
+            if !ku.critical {
+                return Err(SvidError::KeyUsageNotCritical);
+            }
             if !ku.value.digital_signature() {
                 return Err(SvidError::NoDigitalSignature);
             }
