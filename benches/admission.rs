@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::clock::unix_now;
 use portcullis::config::{OcspConfig, OcspMode, RevocationPolicy};
-use portcullis::identity::{IdPattern, SpiffeId, TrustDomain};
+use portcullis::identity::{IdPattern, Role, SpiffeId, TrustDomain};
 use portcullis::metrics::Metrics;
 use portcullis::pki::{Ca, RevokedEntry};
 use portcullis::policy::{Action, Mode, PolicySpec, PolicyTable, RuleSpec, ServiceSpec};
@@ -130,7 +130,10 @@ fn admission(c: &mut Criterion) {
     // The results the bench relies on, checked once so a broken setup
     // cannot pass as fast.
     assert!(peer_identity(Some(&chain), &trust, now).is_ok());
-    assert!(rt.block_on(check_ocsp_of(&tls, Some(&chain))).is_ok());
+    assert!(
+        rt.block_on(check_ocsp_of(&tls, Some(&chain), Role::Client))
+            .is_ok()
+    );
     let ocsp = tls.ocsp().expect("ocsp on");
     assert_eq!(rt.block_on(ocsp.check(&svid.der, ca.der())), Verdict::Good);
     assert_eq!(table.decide("orders", &peer, None).action, Action::Allow);
@@ -149,7 +152,7 @@ fn admission(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let id = peer_identity(Some(black_box(&chain)), &tls.trust(), now).ok()?;
-                check_ocsp_of(&tls, Some(&chain)).await.ok()?;
+                check_ocsp_of(&tls, Some(&chain), Role::Client).await.ok()?;
                 Some(table.decide("orders", &id.id, None).action)
             })
         })

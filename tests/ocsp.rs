@@ -6,74 +6,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use portcullis::identity::TrustDomain;
 use portcullis::pki::{Ca, ExtendedKeyUsagePurpose, KeyUsagePurpose, LeafSpec};
 use portcullis::revocation::ocsp::{self, OcspError, OcspStatus};
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
 
 fn der(pki: &Pki, name: &str) -> Vec<u8> {
     let pem = std::fs::read(pki.path(name)).unwrap();
     <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(&pem)
         .unwrap()
         .to_vec()
-}
-
-/// Starts `openssl ocsp` on a free port, signing with `signer`/`key`.
-async fn responder(dir: &Path, signer: &str, key: &str) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    responder_on(dir, signer, key, port).await
-}
-
-async fn responder_on(dir: &Path, signer: &str, key: &str, port: u16) -> (Child, String) {
-    let child = Command::new("openssl")
-        .current_dir(dir)
-        .args([
-            "ocsp",
-            "-index",
-            "index.txt",
-            "-port",
-            &port.to_string(),
-            "-rsigner",
-            signer,
-            "-rkey",
-            key,
-            "-CA",
-            "ca.pem",
-            "-nmin",
-            "5",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Ready once it says so: a probe connection without a request would
-    // wedge its single-threaded loop.
-    let mut child = child;
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.starts_with("ACCEPT") || line.contains("waiting for OCSP client connections") {
-                return;
-            }
-        }
-        panic!("openssl ocsp exited before listening");
-    })
-    .await
-    .expect("openssl ocsp to start listening");
-    // Keep draining its stderr so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://127.0.0.1:{port}/"))
 }
 
 async fn ask(url: &str, pki: &Pki, leaf: &str, now: i64) -> Result<ocsp::OcspAnswer, OcspError> {

@@ -11,9 +11,10 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::OcspMode;
-use crate::identity::{SpiffeId, SvidError, serial_hex, spiffe_id_of};
+use crate::identity::{Role, SpiffeId, SvidError, serial_hex, spiffe_id_of};
 use crate::revocation::Verdict;
-use crate::tls::{TlsContext, TrustStore};
+use crate::tls::{TlsContext, TrustStore, verified_issuer};
+use rustls_pki_types::UnixTime;
 
 /// The verified identity of a connection's peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,11 @@ pub enum Denial {
     RevocationUnknown(String),
     #[error("peer is {got}, expected {expected}")]
     WrongIdentity { expected: SpiffeId, got: SpiffeId },
+    /// The chain no longer builds to a root of the peer's trust domain
+    /// (the trust changed since a resumed session was made). Never admitted,
+    /// whatever the revocation failure policy.
+    #[error("peer certificate chain does not verify: {0}")]
+    Unverified(String),
 }
 
 impl Denial {
@@ -57,6 +63,7 @@ impl Denial {
             Denial::Revoked => "revoked",
             Denial::RevocationUnknown(_) => "revocation_unknown",
             Denial::WrongIdentity { .. } => "wrong_identity",
+            Denial::Unverified(_) => "unverified",
         }
     }
 }
@@ -118,17 +125,26 @@ pub async fn admit(
             got: peer.id,
         });
     }
-    let ocsp = check_ocsp_of(tls, certs).await?;
+    // The peer is a TLS server when we expect an identity (outbound).
+    let role = if expected.is_some() {
+        Role::Server
+    } else {
+        Role::Client
+    };
+    let ocsp = check_ocsp_of(tls, certs, role).await?;
     Ok((peer, ocsp))
 }
 
-/// Live OCSP for a session's peer, whose handshake and identity checks
-/// passed. Returns the (leaf, issuer) pair for re-checks of the open
-/// connection, or `None` when OCSP is off. The issuer is found once and
-/// only the leaf is copied.
+/// Live OCSP for a session's peer (acting in `role`), whose handshake and
+/// identity checks passed. Returns the (leaf, issuer) pair for re-checks of
+/// the open connection, or `None` when OCSP is off. The issuer is the one on
+/// the path to a root of the peer's trust domain, never just a certificate
+/// the peer sent: the OCSP answer must be about the leaf as its real issuer
+/// knows it.
 pub async fn check_ocsp_of(
     tls: &TlsContext,
     certs: Option<&[CertificateDer<'_>]>,
+    role: Role,
 ) -> Result<Option<OcspCerts>, Denial> {
     let Some(checker) = tls.ocsp() else {
         return Ok(None);
@@ -138,13 +154,10 @@ pub async fn check_ocsp_of(
         return Err(Denial::NoCertificate);
     };
     let trust = tls.trust();
-    let Some(issuer) = crate::tls::issuer_of(&trust, leaf, &certs[1..]) else {
-        return Err(Denial::RevocationUnknown(
-            "the issuer certificate is not available".into(),
-        ));
-    };
+    let issuer = verified_issuer(&trust, leaf, &certs[1..], UnixTime::now(), role)
+        .map_err(|e| Denial::Unverified(e.to_string()))?;
     check_ocsp(tls, checker, &trust, leaf, &issuer).await?;
-    Ok(Some(std::sync::Arc::new((leaf.to_vec(), issuer))))
+    Ok(Some(std::sync::Arc::new((leaf.to_vec(), issuer.to_vec()))))
 }
 
 /// With `ocsp.mode: prefer` and CRLs configured, a missing answer leaves

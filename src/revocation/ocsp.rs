@@ -80,13 +80,15 @@ fn malformed(e: impl std::fmt::Display) -> OcspError {
     OcspError::Malformed(e.to_string())
 }
 
-/// The CertID of `leaf` as issued by `issuer` (SHA-1, as responders expect).
+/// The CertID of `leaf` as issued by `issuer` (SHA-1, as responders
+/// expect): the hash of the issuer name *in the leaf* (RFC 6960 §4.1.1, as
+/// OpenSSL computes it) and of `issuer`'s key, and the leaf's serial.
 pub fn cert_id(leaf_der: &[u8], issuer_der: &[u8]) -> Result<CertId, OcspError> {
     let (_, leaf) =
         X509Certificate::from_der(leaf_der).map_err(|e| OcspError::Certificate(e.to_string()))?;
     let (_, issuer) =
         X509Certificate::from_der(issuer_der).map_err(|e| OcspError::Certificate(e.to_string()))?;
-    let name_hash = Sha1::digest(issuer.subject().as_raw());
+    let name_hash = Sha1::digest(leaf.issuer().as_raw());
     let key_hash = Sha1::digest(&issuer.public_key().subject_public_key.data);
     Ok(CertId {
         hash_algorithm: AlgorithmIdentifierOwned {

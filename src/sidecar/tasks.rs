@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::control::ControlPlane;
 use super::enforce::Change;
 use crate::clock::unix_now;
-use crate::tls::{TlsContext, issuer_of};
+use crate::identity::Role;
+use crate::tls::{TlsContext, verified_issuer};
 
 /// Readiness follows our SVID's validity: re-checked every few seconds.
 pub(super) async fn readiness(plane: Arc<ControlPlane>, stop: CancellationToken) {
@@ -169,10 +170,13 @@ pub(super) async fn staple(
         let chain = &identity.certified.cert;
         let fetched = match chain.first() {
             None => Err("no certificate".to_string()),
-            Some(leaf) => match issuer_of(&tls.trust(), leaf, &chain[1..]) {
-                None => Err("our issuer is not in the chain or the bundle".to_string()),
-                Some(issuer) => crate::revocation::staple::fetch(leaf, &issuer, &config).await,
-            },
+            Some(leaf) => {
+                let now = rustls_pki_types::UnixTime::now();
+                match verified_issuer(&tls.trust(), leaf, &chain[1..], now, Role::Server) {
+                    Err(e) => Err(format!("our chain does not verify: {e}")),
+                    Ok(issuer) => crate::revocation::staple::fetch(leaf, &issuer, &config).await,
+                }
+            }
         };
         let wait = match fetched {
             Ok(staple) => {

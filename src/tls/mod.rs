@@ -17,5 +17,6 @@ pub use material::{
 pub use provider::provider;
 pub use store::IdentityStore;
 pub use verifier::{
-    InboundVerifier, OutboundVerifier, RevocationCounters, SvidVerifier, VerifyError, issuer_of,
+    InboundVerifier, OutboundVerifier, RevocationCounters, SvidVerifier, VerifyError,
+    verified_issuer,
 };

@@ -20,7 +20,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::material::TrustStore;
+use super::material::{TrustBundle, TrustStore};
 use crate::identity::{LeafInfo, Role, SpiffeId, SvidError, check_parsed_leaf, spiffe_id_of};
 use crate::metrics::RevocationFamilies;
 use crate::revocation::OcspChecker;
@@ -117,20 +117,27 @@ impl SvidVerifier {
         now: UnixTime,
         role: Role,
     ) -> Result<LeafInfo, rustls::Error> {
-        let (_, cert) = X509Certificate::from_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        // The SPIFFE ID picks the bundle, so read it before anything else.
-        let id = spiffe_id_of(&cert).map_err(|e| cert_error(e.into()))?;
-        let bundle = self.trust.get(id.trust_domain_name()).ok_or_else(|| {
-            cert_error(VerifyError::UntrustedTrustDomain(
-                id.trust_domain_name().to_string(),
-            ))
-        })?;
-        let ee = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        let usage = match role {
-            Role::Client => webpki::KeyUsage::client_auth(),
-            Role::Server => webpki::KeyUsage::server_auth(),
-        };
+        self.verify_path(end_entity, intermediates, now, role, false)
+            .map(|(leaf, _)| leaf)
+    }
+
+    /// As [`SvidVerifier::verify`]; with `want_issuer`, also returns the
+    /// certificate that issued the leaf on the path verification built.
+    fn verify_path(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: Role,
+        want_issuer: bool,
+    ) -> Result<(LeafInfo, Option<CertificateDer<'static>>), rustls::Error> {
+        let Chain {
+            cert,
+            id,
+            bundle,
+            ee,
+            usage,
+        } = chain(&self.trust, end_entity, role)?;
         let verify = |revocation| {
             ee.verify_for_usage(
                 self.algs.all,
@@ -141,8 +148,9 @@ impl SvidVerifier {
                 revocation,
                 None,
             )
-            .map(|_| ())
+            .map(|path| want_issuer.then(|| issuer_on(&path, bundle)).flatten())
         };
+        let issuer;
         // CRLs that are to be fetched but have not arrived: status unknown.
         let awaiting = self
             .trust
@@ -157,7 +165,7 @@ impl SvidVerifier {
             }
         }
         match self.trust.revocation().filter(|r| !r.lists().is_empty()) {
-            None => verify(None).map_err(pki_error)?,
+            None => issuer = verify(None).map_err(pki_error)?,
             Some(crls) => {
                 let lists = crls.lists();
                 let policy = crls.policy;
@@ -181,7 +189,10 @@ impl SvidVerifier {
                     }
                 };
                 match verify(options.ok()) {
-                    Ok(()) => count(|c| &c.good),
+                    Ok(found) => {
+                        count(|c| &c.good);
+                        issuer = found;
+                    }
                     Err(webpki::Error::CertRevoked) => {
                         count(|c| &c.revoked);
                         return Err(pki_error(webpki::Error::CertRevoked));
@@ -196,24 +207,15 @@ impl SvidVerifier {
                         }
                         // Failing open: the chain must still verify without
                         // revocation; the unknown status is counted.
-                        verify(None).map_err(pki_error)?;
+                        issuer = verify(None).map_err(pki_error)?;
                         tracing::info!(peer = %id, "revocation status unknown; admitted (revocation.failure: open)");
                     }
                     Err(other) => return Err(pki_error(other)),
                 }
             }
         }
-        check_parsed_leaf(&cert, Some(role)).map_err(|e| cert_error(e.into()))
-    }
-
-    /// The certificate that issued `end_entity`: the first intermediate,
-    /// or the trusted root with the leaf's issuer name.
-    pub fn issuer_of(
-        &self,
-        end_entity: &[u8],
-        intermediates: &[CertificateDer<'_>],
-    ) -> Option<Vec<u8>> {
-        issuer_of(&self.trust, end_entity, intermediates)
+        let leaf = check_parsed_leaf(&cert, Some(role)).map_err(|e| cert_error(e.into()))?;
+        Ok((leaf, issuer))
     }
 
     fn verify_tls13(
@@ -230,24 +232,93 @@ impl SvidVerifier {
     }
 }
 
-/// The certificate that issued `end_entity`: the first intermediate, or
-/// the trusted root with the leaf's issuer name.
-pub fn issuer_of(
-    trust: &TrustStore,
-    end_entity: &[u8],
-    intermediates: &[CertificateDer<'_>],
-) -> Option<Vec<u8>> {
-    if let Some(first) = intermediates.first() {
-        return Some(first.to_vec());
+/// What path building starts from: the leaf, the SPIFFE ID in it, the
+/// bundle of that ID's trust domain (a peer is only ever verified against
+/// its own trust domain's roots), and the key usage its role needs.
+struct Chain<'a> {
+    cert: X509Certificate<'a>,
+    id: crate::identity::SpiffeId,
+    bundle: &'a TrustBundle,
+    ee: webpki::EndEntityCert<'a>,
+    usage: webpki::KeyUsage,
+}
+
+fn chain<'a>(
+    trust: &'a TrustStore,
+    end_entity: &'a CertificateDer<'a>,
+    role: Role,
+) -> Result<Chain<'a>, rustls::Error> {
+    let (_, cert) = X509Certificate::from_der(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    // The SPIFFE ID picks the bundle, so read it before anything else.
+    let id = spiffe_id_of(&cert).map_err(|e| cert_error(e.into()))?;
+    let bundle = trust.get(id.trust_domain_name()).ok_or_else(|| {
+        cert_error(VerifyError::UntrustedTrustDomain(
+            id.trust_domain_name().to_string(),
+        ))
+    })?;
+    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+    let usage = match role {
+        Role::Client => webpki::KeyUsage::client_auth(),
+        Role::Server => webpki::KeyUsage::server_auth(),
+    };
+    Ok(Chain {
+        cert,
+        id,
+        bundle,
+        ee,
+        usage,
+    })
+}
+
+/// The certificate that issued the leaf on a verified path: the path's
+/// first intermediate, or the root it ends at (`None` only if the anchor
+/// is not one of `bundle`'s, which cannot happen for a path built on them).
+fn issuer_on(
+    path: &webpki::VerifiedPath<'_>,
+    bundle: &TrustBundle,
+) -> Option<CertificateDer<'static>> {
+    if let Some(first) = path.intermediate_certificates().next() {
+        return Some(first.der().into_owned());
     }
-    let (_, leaf) = X509Certificate::from_der(end_entity).ok()?;
-    trust
-        .bundles()
-        .flat_map(|b| b.certs.iter())
-        .find_map(|der| {
-            let (_, ca) = X509Certificate::from_der(der).ok()?;
-            (ca.subject().as_raw() == leaf.issuer().as_raw()).then(|| der.to_vec())
-        })
+    let anchor = path.anchor();
+    let i = bundle
+        .anchors
+        .iter()
+        .position(|a| std::ptr::eq(a, anchor))?;
+    bundle.certs.get(i).cloned()
+}
+
+/// The certificate that really issued `end_entity`: found by building a
+/// path from it to a root of its own trust domain (as the handshake does,
+/// with the trust in force now), never by taking a certificate the peer
+/// merely sent. A peer can send certificates its path does not use: the
+/// first one after its leaf may be any CA of the peer's choosing. Two CAs
+/// with the same name (during a rotation) are told apart by the leaf's
+/// signature, as path building does.
+pub fn verified_issuer(
+    trust: &TrustStore,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    role: Role,
+) -> Result<CertificateDer<'static>, rustls::Error> {
+    let c = chain(trust, end_entity, role)?;
+    let algs = super::provider().signature_verification_algorithms;
+    let path =
+        c.ee.verify_for_usage(
+            algs.all,
+            &c.bundle.anchors,
+            intermediates,
+            now,
+            c.usage,
+            None,
+            None,
+        )
+        .map_err(pki_error)?;
+    issuer_on(&path, c.bundle).ok_or_else(|| {
+        rustls::Error::General("the verified path's root is not in the bundle".into())
+    })
 }
 
 fn tls12_refused() -> rustls::Error {
@@ -363,10 +434,12 @@ impl ServerCertVerifier for OutboundVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // The SPIFFE ID, not the DNS name or address we dialled, is the
-        // upstream's identity.
-        let leaf = self
-            .inner
-            .verify(end_entity, intermediates, now, Role::Server)?;
+        // upstream's identity. A staple is checked against the issuer on
+        // the path just verified.
+        let want_issuer = self.ocsp.is_some() && !ocsp_response.is_empty();
+        let (leaf, issuer) =
+            self.inner
+                .verify_path(end_entity, intermediates, now, Role::Server, want_issuer)?;
         if leaf.id != self.expected {
             return Err(cert_error(VerifyError::WrongIdentity {
                 expected: self.expected.clone(),
@@ -376,8 +449,7 @@ impl ServerCertVerifier for OutboundVerifier {
         // A valid staple answers for the upstream: a revoked one ends the
         // handshake, a good one is cached so admission needs no query.
         if let Some(checker) = &self.ocsp
-            && !ocsp_response.is_empty()
-            && let Some(issuer) = self.inner.issuer_of(end_entity, intermediates)
+            && let Some(issuer) = issuer
         {
             match crate::revocation::ocsp::verify(
                 ocsp_response,
@@ -415,5 +487,78 @@ impl ServerCertVerifier for OutboundVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls_pki_types::pem::PemObject;
+
+    use super::*;
+    use crate::identity::{SpiffeId, TrustDomain};
+    use crate::pki::Ca;
+    use crate::tls::load_bundle;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    /// The chain in a PEM file, leaf first.
+    fn chain(pem: &str) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_issuer_is_the_one_on_the_verified_path_never_just_the_first_sent() {
+        let td = TrustDomain::parse("prod.example.org").unwrap();
+        let id = SpiffeId::parse("spiffe://prod.example.org/w").unwrap();
+        // Two roots with the same name, as in a rotation, both trusted.
+        let (old, new) = (
+            Ca::generate(&td, DAY).unwrap(),
+            Ca::generate(&td, DAY).unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let bundle_path = dir.path().join("bundle.pem");
+        std::fs::write(
+            &bundle_path,
+            format!("{}{}", old.cert_pem(), new.cert_pem()),
+        )
+        .unwrap();
+        let trust = TrustStore::new([load_bundle(&bundle_path, &td).unwrap()]);
+        let now = UnixTime::now();
+        let issuer = |pem: &str| {
+            let c = chain(pem);
+            verified_issuer(&trust, &c[0], &c[1..], now, Role::Client).unwrap()
+        };
+        // A leaf of either root (no intermediate): that root, told apart
+        // from its namesake by the leaf's signature.
+        assert_eq!(
+            issuer(&old.issue_svid(&id, DAY).unwrap().cert_pem),
+            der(old.cert_pem())
+        );
+        assert_eq!(
+            issuer(&new.issue_svid(&id, DAY).unwrap().cert_pem),
+            der(new.cert_pem())
+        );
+
+        // A leaf of an intermediate, sent behind an impostor of the same
+        // name (an intermediate of an untrusted root): the real one.
+        let inter = new.intermediate(DAY).unwrap();
+        let impostor = Ca::generate(&td, DAY).unwrap().intermediate(DAY).unwrap();
+        let leaf = inter.issue_svid(&id, DAY).unwrap();
+        let c = chain(&leaf.cert_pem);
+        let sent = [der(impostor.cert_pem()), c[1].clone()];
+        let found = verified_issuer(&trust, &c[0], &sent, now, Role::Client).unwrap();
+        assert_eq!(found, der(inter.cert_pem()));
+        assert_ne!(found, sent[0]);
+
+        // Only the impostor: no path, no issuer.
+        assert!(verified_issuer(&trust, &c[0], &sent[..1], now, Role::Client).is_err());
     }
 }

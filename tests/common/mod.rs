@@ -5,7 +5,11 @@
 //! PORTCULLIS_REQUIRE_TOOLS=1).
 #![allow(dead_code)]
 
+pub mod openssl;
 pub mod pair;
+
+#[allow(unused_imports)]
+pub use openssl::*;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -311,38 +315,6 @@ pub async fn post_reload(admin: SocketAddr) -> (u16, serde_json::Value) {
         status,
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
-}
-
-/// Writes the CA's certificate and key and a minimal `openssl ca` config
-/// (index.txt database) beside them, for `openssl ca` and `openssl ocsp`.
-pub fn openssl_ca(pki: &Pki) {
-    let d = pki.dir.path();
-    std::fs::write(d.join("ca.pem"), pki.ca.cert_pem()).unwrap();
-    std::fs::write(d.join("ca-key.pem"), pki.ca.key_pem()).unwrap();
-    std::fs::write(d.join("index.txt"), "").unwrap();
-    // Our SVIDs share a subject; their identity is the URI SAN.
-    std::fs::write(d.join("index.txt.attr"), "unique_subject = no\n").unwrap();
-    std::fs::write(d.join("crlnumber"), "01\n").unwrap();
-    std::fs::write(
-        d.join("ca.cnf"),
-        "[ ca ]\ndefault_ca = CA_default\n[ CA_default ]\ndatabase = ./index.txt\ncrlnumber = ./crlnumber\n\
-         certificate = ./ca.pem\nprivate_key = ./ca-key.pem\ndefault_md = sha256\ndefault_crl_days = 7\n",
-    )
-    .unwrap();
-}
-
-/// Runs `openssl` in `dir` and insists it succeeds.
-pub fn openssl(dir: &Path, args: &[&str]) {
-    let o = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 // === A real HTTP app for the L7 tests ===

@@ -1,0 +1,330 @@
+//! Revocation as an attacker would try to get past it, with real
+//! certificates and real `openssl` responders. Each test reproduces an
+//! attack that worked before the fix it names.
+//!
+//! The extra-CA trick: a peer whose leaf is revoked sends the chain
+//! `[leaf, a CA of its own, the real intermediate]`. Path building ignores
+//! the unused CA, so the chain still verifies; an OCSP check that took "the
+//! first intermediate" as the issuer would ask about (or accept a staple
+//! for) the leaf as issued by the peer's own CA.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use portcullis::identity::TrustDomain;
+use portcullis::pki::Ca;
+use portcullis::revocation::ocsp::{self, OcspStatus};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+const CLIENT_ID: &str = "spiffe://prod.example.org/ns/web/sa/frontend";
+
+fn pem_der(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// The root's intermediate, a leaf it issued for `id`, and an impostor: an
+/// intermediate of a root nobody trusts, with the same name as the real
+/// intermediate (OCSP names an issuer by the hash of that name and of its
+/// key, so a forgery needs the name; path building tells the two apart by
+/// the leaf's signature).
+struct Setup {
+    inter: Ca,
+    leaf: portcullis::pki::Issued,
+    impostor: Ca,
+}
+
+fn setup(pki: &Pki, id: &str) -> Setup {
+    let inter = pki.ca.intermediate(DAY).unwrap();
+    let leaf = inter.issue_svid(&common::id(id), DAY).unwrap();
+    let td = TrustDomain::parse("prod.example.org").unwrap();
+    let impostor = Ca::generate(&td, DAY).unwrap().intermediate(DAY).unwrap();
+    Setup {
+        inter,
+        leaf,
+        impostor,
+    }
+}
+
+/// `[leaf, impostor CA, real intermediate]`, as PEM.
+fn tricked_chain(s: &Setup) -> String {
+    let leaf_pem = s
+        .leaf
+        .cert_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    format!("{leaf_pem}{}{}", s.impostor.cert_pem(), s.inter.cert_pem())
+}
+
+/// An OCSP response that the impostor signs for the leaf "as issued by"
+/// itself (CertID: the leaf's issuer name, the impostor's key, the leaf's
+/// serial), saying "good", made by `openssl ocsp` in `dir`.
+fn forged_staple(dir: &Path, s: &Setup) -> Vec<u8> {
+    openssl_ca_in(dir, &s.impostor);
+    let leaf_pem = s
+        .leaf
+        .cert_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    std::fs::write(dir.join("leaf.pem"), leaf_pem).unwrap();
+    openssl(dir, &["ca", "-config", "ca.cnf", "-valid", "leaf.pem"]);
+    openssl(
+        dir,
+        &[
+            "ocsp",
+            "-issuer",
+            "ca.pem",
+            "-cert",
+            "leaf.pem",
+            "-no_nonce",
+            "-reqout",
+            "req.der",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-CA",
+            "ca.pem",
+            "-rsigner",
+            "ca.pem",
+            "-rkey",
+            "ca-key.pem",
+            "-reqin",
+            "req.der",
+            "-respout",
+            "forged.der",
+            "-ndays",
+            "1",
+        ],
+    );
+    std::fs::read(dir.join("forged.der")).unwrap()
+}
+
+/// A TLS 1.3 server of the attacker's (not a sidecar): it presents `chain`
+/// and staples `staple`, and echoes what it reads.
+async fn rogue_server(chain: &str, key_pem: &str, staple: Vec<u8>) -> std::net::SocketAddr {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert_with_ocsp(certs, key, staple)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = tls.read(&mut buf).await {
+                        if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream whose leaf its real issuer would not vouch for staples a
+/// "good" its own CA signed, for the leaf "as issued by" that CA. A client
+/// that requires OCSP and fails closed must not take it: the staple is not
+/// about the leaf as its real issuer knows it, and the responder it would
+/// then ask is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staple_for_an_extra_ca_in_the_upstreams_chain_is_not_taken() {
+    let test = "a_staple_for_an_extra_ca_in_the_upstreams_chain_is_not_taken";
+    if !have_tool("openssl", test) {
+        return;
+    }
+    let pki = Pki::new();
+    let s = setup(&pki, SERVER_ID);
+    let staple = forged_staple(&pki.path("impostor"), &s);
+    // The forgery is a valid answer about the leaf as issued by the
+    // impostor: taking the wrong issuer is all it would take.
+    let leaf = pem_der(&s.leaf.cert_pem);
+    let answer = ocsp::verify(
+        &staple,
+        &leaf,
+        &pem_der(s.impostor.cert_pem()),
+        portcullis::clock::unix_now(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, OcspStatus::Good);
+    assert!(
+        ocsp::verify(
+            &staple,
+            &leaf,
+            &pem_der(s.inter.cert_pem()),
+            portcullis::clock::unix_now()
+        )
+        .is_err(),
+        "and not an answer about the leaf as its real issuer knows it"
+    );
+
+    let rogue = rogue_server(&tricked_chain(&s), &s.leaf.key_pem, staple).await;
+    let dead = format!(
+        "http://{}/",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    );
+    pki.svid("cli", CLIENT_ID);
+    let client = portcullis::sidecar::start(pki.config(
+        "cli.yaml",
+        &format!(
+            "identity:\n  cert: cli.pem\n  key: cli-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  ocsp:\n    mode: require\n    responder: {dead}\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{rogue}]\n    identity: {SERVER_ID}\n\
+             admin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    let back = round_trip(client.outbound_addr("orders").unwrap(), b"through")
+        .await
+        .unwrap_or_default();
+    assert!(back.is_empty(), "the rogue upstream was reached: {back:?}");
+    let m = client.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "ocsp"), ("result", "good")]
+        ),
+        Some(0.0),
+        "no answer counted as good"
+    );
+    assert!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "ocsp"), ("result", "error")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "it asked the (dead) responder instead"
+    );
+    wait_metric(
+        &client,
+        "portcullis_connections_closed_total",
+        &[("direction", "outbound"), ("reason", "denied")],
+        1.0,
+    )
+    .await;
+}
+
+/// A revoked peer sends the extra CA to an inbound listener that prefers
+/// OCSP and has CRLs to fall back on. Asked about the leaf "as issued by"
+/// the peer's own CA, the real responder can only fail to vouch, which
+/// `prefer` hands to the CRLs (they do not list the leaf yet): the peer
+/// would be admitted. Asked about the leaf as its real issuer knows it, the
+/// responder says "revoked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extra_ca_in_a_peers_chain_cannot_turn_revoked_into_unknown() {
+    let test = "an_extra_ca_in_a_peers_chain_cannot_turn_revoked_into_unknown";
+    if !have_tool("openssl", test) {
+        return;
+    }
+    let pki = Pki::new();
+    let revoked = setup(&pki, CLIENT_ID);
+    let good = revoked.inter.issue_svid(&id(CLIENT_ID), DAY).unwrap();
+    // The intermediate's responder knows the leaf as revoked and the other
+    // as good.
+    let idir = pki.path("inter");
+    openssl_ca_in(&idir, &revoked.inter);
+    let first = |pem: &str| {
+        pem.split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    std::fs::write(idir.join("revoked.pem"), first(&revoked.leaf.cert_pem)).unwrap();
+    std::fs::write(idir.join("good.pem"), first(&good.cert_pem)).unwrap();
+    openssl(
+        &idir,
+        &["ca", "-config", "ca.cnf", "-revoke", "revoked.pem"],
+    );
+    openssl(&idir, &["ca", "-config", "ca.cnf", "-valid", "good.pem"]);
+    let (_r, url) = responder(&idir, "ca.pem", "ca-key.pem").await;
+    // Current, empty CRLs from the root and the intermediate.
+    std::fs::write(pki.path("root.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
+    std::fs::write(
+        pki.path("inter.crl"),
+        revoked.inter.crl(&[], 1, DAY).unwrap(),
+    )
+    .unwrap();
+
+    pki.svid("srv", SERVER_ID);
+    let app = echo_app().await;
+    let server = portcullis::sidecar::start(pki.config(
+        "srv.yaml",
+        &format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  crls: [root.crl, inter.crl]\n  ocsp:\n    mode: prefer\n    responder: {url}\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    let addr = server.inbound_addr("orders").unwrap();
+    let with_chain = |name: &str, chain: String, key: &str| {
+        std::fs::write(pki.path(&format!("{name}.pem")), chain).unwrap();
+        std::fs::write(pki.path(&format!("{name}-key.pem")), key).unwrap();
+    };
+    // The trick, and the same leaf with its honest chain: both refused.
+    with_chain("tricked", tricked_chain(&revoked), &revoked.leaf.key_pem);
+    with_chain(
+        "honest",
+        revoked.leaf.cert_pem.clone(),
+        &revoked.leaf.key_pem,
+    );
+    assert!(
+        !echoes(&pki, "tricked", SERVER_ID, addr).await,
+        "the revoked peer with an extra CA in its chain was admitted"
+    );
+    assert!(!echoes(&pki, "honest", SERVER_ID, addr).await);
+    // An unrevoked leaf of the same intermediate is admitted with the
+    // extra CA in its chain: the extra certificate itself harms nobody.
+    let leaf_pem = first(&good.cert_pem);
+    with_chain(
+        "good",
+        format!(
+            "{leaf_pem}{}{}",
+            revoked.impostor.cert_pem(),
+            revoked.inter.cert_pem()
+        ),
+        &good.key_pem,
+    );
+    assert!(echoes(&pki, "good", SERVER_ID, addr).await);
+    let m = server.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "ocsp"), ("result", "revoked")]
+        ),
+        Some(2.0)
+    );
+}
