@@ -410,6 +410,7 @@ async fn concurrent_checks_of_one_certificate_share_one_query() {
             timeout: Duration::from_secs(5),
             max_age: Duration::from_secs(3600),
             cache_size: 10,
+            nonce: false,
         },
         portcullis::revocation::OcspMetrics::new(&metrics.revocation),
     ));

@@ -112,19 +112,55 @@ fn forged_staple(dir: &Path, s: &Setup) -> Vec<u8> {
     std::fs::read(dir.join("forged.der")).unwrap()
 }
 
-/// A TLS 1.3 server of the attacker's (not a sidecar): it presents `chain`
-/// and staples `staple`, and echoes what it reads.
-async fn rogue_server(chain: &str, key_pem: &str, staple: Vec<u8>) -> std::net::SocketAddr {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+/// What the attacker's server presents: a chain, its key, and whatever
+/// staple the test sets for the next handshake.
+struct RogueCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<dyn rustls::sign::SigningKey>,
+    staple: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for RogueCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RogueCert")
+    }
+}
+
+impl rustls::server::ResolvesServerCert for RogueCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut ck = rustls::sign::CertifiedKey::new(self.chain.clone(), self.key.clone());
+        ck.ocsp = self.staple.lock().unwrap().clone();
+        Some(Arc::new(ck))
+    }
+}
+
+impl RogueCert {
+    fn new(chain: &str, key_pem: &str, staple: Option<Vec<u8>>) -> Arc<Self> {
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        Arc::new(RogueCert {
+            chain: CertificateDer::pem_slice_iter(chain.as_bytes())
+                .map(|c| c.unwrap())
+                .collect(),
+            key: portcullis::tls::provider()
+                .key_provider
+                .load_private_key(key)
+                .unwrap(),
+            staple: std::sync::Mutex::new(staple),
+        })
+    }
+}
+
+/// A TLS 1.3 server of the attacker's (not a sidecar): it presents what
+/// `cert` holds and echoes what it reads.
+async fn rogue_server(cert: Arc<RogueCert>) -> std::net::SocketAddr {
     let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert_with_ocsp(certs, key, staple)
-        .unwrap();
+        .with_cert_resolver(cert);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -182,7 +218,12 @@ async fn a_staple_for_an_extra_ca_in_the_upstreams_chain_is_not_taken() {
         "and not an answer about the leaf as its real issuer knows it"
     );
 
-    let rogue = rogue_server(&tricked_chain(&s), &s.leaf.key_pem, staple).await;
+    let rogue = rogue_server(RogueCert::new(
+        &tricked_chain(&s),
+        &s.leaf.key_pem,
+        Some(staple),
+    ))
+    .await;
     let dead = format!(
         "http://{}/",
         std::net::TcpListener::bind("127.0.0.1:0")
@@ -326,5 +367,133 @@ async fn an_extra_ca_in_a_peers_chain_cannot_turn_revoked_into_unknown() {
             &[("method", "ocsp"), ("result", "revoked")]
         ),
         Some(2.0)
+    );
+}
+
+/// A client sidecar with outbound "orders" to `upstream`, requiring OCSP
+/// from `responder` and failing closed.
+async fn ocsp_client(
+    pki: &Pki,
+    upstream: std::net::SocketAddr,
+    responder: &str,
+) -> portcullis::sidecar::Sidecar {
+    pki.svid("cli", CLIENT_ID);
+    portcullis::sidecar::start(pki.config(
+        "cli.yaml",
+        &format!(
+            "identity:\n  cert: cli.pem\n  key: cli-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  ocsp:\n    mode: require\n    responder: {responder}\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{upstream}]\n    identity: {SERVER_ID}\n\
+             admin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap()
+}
+
+/// Rollback: an upstream whose certificate was revoked replays the last
+/// "good" it was stapled, after the client already holds a fresher
+/// "revoked". The older answer must not replace the newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_older_good_staple_does_not_undo_a_fresh_revoked() {
+    let test = "a_replayed_older_good_staple_does_not_undo_a_fresh_revoked";
+    if !have_tool("openssl", test) {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("srv", SERVER_ID);
+    // The staple the upstream got while it was still good.
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "srv.pem"]);
+    openssl(
+        d,
+        &[
+            "ocsp",
+            "-issuer",
+            "ca.pem",
+            "-cert",
+            "srv.pem",
+            "-no_nonce",
+            "-reqout",
+            "req.der",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-CA",
+            "ca.pem",
+            "-rsigner",
+            "ca.pem",
+            "-rkey",
+            "ca-key.pem",
+            "-reqin",
+            "req.der",
+            "-respout",
+            "old-good.der",
+            "-ndays",
+            "1",
+        ],
+    );
+    let old_good = std::fs::read(d.join("old-good.der")).unwrap();
+    let leaf = pem_der(&std::fs::read_to_string(pki.path("srv.pem")).unwrap());
+    let issuer = pem_der(pki.ca.cert_pem());
+    let t0 = ocsp::verify(&old_good, &leaf, &issuer, portcullis::clock::unix_now())
+        .unwrap()
+        .this_update;
+    // Answers have one-second precision: the revocation comes later.
+    wait_for(
+        std::time::Duration::from_secs(5),
+        "the clock to pass the staple's thisUpdate",
+        || async { (portcullis::clock::unix_now() > t0).then_some(()) },
+    )
+    .await;
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "srv.pem"]);
+    let (_r, url) = responder(d, "ca.pem", "ca-key.pem").await;
+
+    let cert = RogueCert::new(
+        &std::fs::read_to_string(pki.path("srv.pem")).unwrap(),
+        &std::fs::read_to_string(pki.path("srv-key.pem")).unwrap(),
+        None,
+    );
+    let rogue = rogue_server(cert.clone()).await;
+    let client = ocsp_client(&pki, rogue, &url).await;
+    let out = client.outbound_addr("orders").unwrap();
+    // No staple: the client asks and learns "revoked".
+    let back = round_trip(out, b"one").await.unwrap_or_default();
+    assert!(back.is_empty(), "a revoked upstream was reached");
+    wait_metric(
+        &client,
+        "portcullis_revocation_checks_total",
+        &[("method", "ocsp"), ("result", "revoked")],
+        1.0,
+    )
+    .await;
+    // Now it staples its older "good".
+    *cert.staple.lock().unwrap() = Some(old_good);
+    let back = round_trip(out, b"two").await.unwrap_or_default();
+    assert!(
+        back.is_empty(),
+        "the replayed good staple undid the revocation"
+    );
+    wait_metric(
+        &client,
+        "portcullis_revocation_checks_total",
+        &[("method", "ocsp"), ("result", "revoked")],
+        2.0,
+    )
+    .await;
+    let m = client.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_revocation_checks_total",
+            &[("method", "ocsp"), ("result", "good")]
+        ),
+        Some(0.0)
     );
 }

@@ -54,9 +54,14 @@ pub struct OcspConfig {
     pub responder: Option<String>,
     pub timeout: Duration,
     /// Answers are re-queried after this long even if their nextUpdate is
-    /// later.
+    /// later; an answer without nextUpdate is used only while its thisUpdate
+    /// is younger than this.
     pub max_age: Duration,
     pub cache_size: usize,
+    /// Send a nonce with each query and refuse an answer that does not carry
+    /// it back (for responders that support nonces; many CDN-fronted ones
+    /// do not).
+    pub nonce: bool,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +92,8 @@ struct RawOcsp {
     timeout: Option<ConfigDuration>,
     max_age: Option<ConfigDuration>,
     cache_size: Option<Spanned<usize>>,
+    #[serde(default)]
+    nonce: bool,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +169,7 @@ impl RawOcsp {
             timeout: self.timeout.map_or(Duration::from_secs(2), |t| t.0),
             max_age: self.max_age.map_or(Duration::from_secs(3600), |t| t.0),
             cache_size,
+            nonce: self.nonce,
         }))
     }
 }

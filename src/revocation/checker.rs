@@ -1,10 +1,13 @@
 //! Live OCSP for peers: answers cached by (issuer key, serial) until their
 //! nextUpdate (or `max_age`, if sooner), refreshed ahead of expiry, with
 //! concurrent queries for one certificate coalesced into one, a bound on
-//! the cache size, and a timeout on every query. Queries run on the
+//! the cache size, and a timeout on every query. Answers never roll back:
+//! one with an earlier thisUpdate than the one held does not replace it
+//! (a revoked upstream replaying its last "good" staple changes nothing),
+//! and "revoked" is sticky for the certificate for the process's life. Queries run on the
 //! runtime as plain async I/O; nothing blocks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,9 @@ pub struct OcspChecker {
     config: OcspConfig,
     metrics: OcspMetrics,
     cache: Mutex<HashMap<Key, Cached>>,
+    /// Certificates an answer said were revoked: outside the cache, so no
+    /// eviction and no later answer makes them good again.
+    revoked: Mutex<HashSet<Key>>,
     inflight: Mutex<HashMap<Key, Fetch>>,
     on_revoked: std::sync::OnceLock<OnRevoked>,
 }
@@ -84,6 +90,7 @@ impl OcspChecker {
             config,
             metrics,
             cache: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashSet::new()),
             inflight: Mutex::new(HashMap::new()),
             on_revoked: std::sync::OnceLock::new(),
         }
@@ -108,19 +115,42 @@ impl OcspChecker {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How long `answer`, fetched at `fetched`, may still be used.
+    /// How long `answer`, fetched at `fetched`, may still be used: until its
+    /// nextUpdate, or without one until its thisUpdate is `max_age` old, and
+    /// never longer than `max_age` after it was fetched.
     fn usable_until(&self, answer: &OcspAnswer, fetched: Instant) -> Instant {
         let by_age = fetched + self.config.max_age;
-        match answer.next_update {
-            Some(nu) => {
-                let left = (nu - crate::clock::unix_now()).max(0) as u64;
-                by_age.min(Instant::now() + Duration::from_secs(left))
-            }
-            None => by_age,
+        let until = answer
+            .next_update
+            .unwrap_or(answer.this_update + self.config.max_age.as_secs() as i64);
+        let left = (until - crate::clock::unix_now()).max(0) as u64;
+        by_age.min(Instant::now() + Duration::from_secs(left))
+    }
+
+    /// The checks an answer must pass under this configuration (a staple
+    /// carries no nonce of ours).
+    fn checks<'a>(&self, nonce: Option<&'a [u8]>) -> ocsp::Checks<'a> {
+        ocsp::Checks {
+            now: crate::clock::unix_now(),
+            max_age: self.config.max_age.as_secs() as i64,
+            nonce,
         }
     }
 
-    /// Records an answer obtained elsewhere (a verified staple).
+    /// Verifies a staple an upstream sent for `leaf` (issued by `issuer`, on
+    /// the verified path) under this configuration's checks.
+    pub fn verify_staple(
+        &self,
+        staple: &[u8],
+        leaf_der: &[u8],
+        issuer_der: &[u8],
+    ) -> Result<OcspAnswer, OcspError> {
+        ocsp::verify_with(staple, leaf_der, issuer_der, &self.checks(None))
+    }
+
+    /// Records an answer obtained elsewhere (a verified staple), under the
+    /// same rules as a fetched one: it never replaces a later answer, and
+    /// never a "revoked".
     pub fn remember(&self, leaf_der: &[u8], issuer_der: &[u8], answer: OcspAnswer) {
         let (Ok((_, leaf)), Ok((_, issuer))) = (
             X509Certificate::from_der(leaf_der),
@@ -131,8 +161,24 @@ impl OcspChecker {
         self.store(key(&leaf, &issuer), answer);
     }
 
-    fn store(&self, k: Key, answer: OcspAnswer) {
+    /// Keeps `answer` unless the answer held for `k` is later or says
+    /// "revoked"; returns the answer held afterwards.
+    fn store(&self, k: Key, answer: OcspAnswer) -> OcspAnswer {
+        if answer.status == OcspStatus::Revoked {
+            let mut revoked = Self::lock(&self.revoked);
+            // Bounded like the cache; revoked peers are rare, so a full set
+            // means something is wrong, and the cache still holds the answer.
+            if revoked.len() < self.config.cache_size {
+                revoked.insert(k.clone());
+            }
+        }
         let mut cache = Self::lock(&self.cache);
+        if let Some(held) = cache.get(&k)
+            && (held.answer.this_update > answer.this_update
+                || held.answer.status == OcspStatus::Revoked)
+        {
+            return held.answer;
+        }
         if cache.len() >= self.config.cache_size {
             let now = Instant::now();
             cache.retain(|_, c| self.usable_until(&c.answer, c.fetched) > now);
@@ -153,6 +199,7 @@ impl OcspChecker {
             },
         );
         self.metrics.cache_size.set(cache.len() as i64);
+        answer
     }
 
     /// The revocation status of `leaf` (issued by `issuer`).
@@ -165,6 +212,10 @@ impl OcspChecker {
             return Verdict::Unknown("certificate cannot be parsed".into());
         };
         let k = key(&leaf, &issuer);
+        if Self::lock(&self.revoked).contains(&k) {
+            self.metrics.revoked.inc();
+            return Verdict::Revoked;
+        }
         let now = Instant::now();
         let cached = Self::lock(&self.cache)
             .get(&k)
@@ -229,8 +280,8 @@ impl OcspChecker {
                 self.metrics
                     .latency
                     .observe(started.elapsed().as_secs_f64());
+                let r = r.map(|a| self.store(k.clone(), a));
                 if let Ok(a) = &r {
-                    self.store(k.clone(), *a);
                     if a.status == OcspStatus::Revoked
                         && let Some(f) = self.on_revoked.get()
                         && let Ok((_, leaf)) = X509Certificate::from_der(leaf_der)
@@ -258,8 +309,98 @@ impl OcspChecker {
                 )
             })?,
         };
-        let request = ocsp::request(leaf_der, issuer_der)?;
+        let nonce = self.config.nonce.then(|| {
+            let mut n = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut n);
+            n
+        });
+        let request =
+            ocsp::request_with_nonce(leaf_der, issuer_der, nonce.as_ref().map(|n| &n[..]))?;
         let response = ocsp::query(&url, request, self.config.timeout).await?;
-        ocsp::verify(&response, leaf_der, issuer_der, crate::clock::unix_now())
+        ocsp::verify_with(
+            &response,
+            leaf_der,
+            issuer_der,
+            &self.checks(nonce.as_ref().map(|n| &n[..])),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{SpiffeId, TrustDomain};
+    use crate::metrics::Metrics;
+    use crate::pki::Ca;
+    use rustls_pki_types::pem::PemObject;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn checker() -> Arc<OcspChecker> {
+        let config = OcspConfig {
+            mode: OcspMode::Require,
+            // Never asked: every answer here is remembered, not fetched.
+            responder: Some("http://127.0.0.1:9/".into()),
+            timeout: Duration::from_secs(1),
+            max_age: Duration::from_secs(3600),
+            cache_size: 100,
+            nonce: false,
+        };
+        Arc::new(OcspChecker::new(
+            config,
+            OcspMetrics::new(&Metrics::new().revocation),
+        ))
+    }
+
+    fn answer(status: OcspStatus, this_update: i64) -> OcspAnswer {
+        OcspAnswer {
+            status,
+            this_update,
+            next_update: Some(crate::clock::unix_now() + 3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_never_roll_back_and_revoked_is_sticky() {
+        let td = TrustDomain::parse("prod.example.org").unwrap();
+        let ca = Ca::generate(&td, DAY).unwrap();
+        let issuer = rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
+            .unwrap()
+            .to_vec();
+        let leaf = |path: &str| {
+            let id = SpiffeId::parse(&format!("spiffe://prod.example.org/{path}")).unwrap();
+            ca.issue_svid(&id, DAY).unwrap().der.to_vec()
+        };
+        let now = crate::clock::unix_now();
+        let c = checker();
+
+        // A later "good" is kept against an earlier one replayed after it.
+        let a = leaf("a");
+        c.remember(&a, &issuer, answer(OcspStatus::Good, now - 10));
+        c.remember(&a, &issuer, answer(OcspStatus::Good, now - 100));
+        let k = |l: &[u8]| {
+            let (_, l) = X509Certificate::from_der(l).unwrap();
+            let (_, i) = X509Certificate::from_der(&issuer).unwrap();
+            key(&l, &i)
+        };
+        let held = |l: &[u8]| OcspChecker::lock(&c.cache).get(&k(l)).map(|h| h.answer);
+        assert_eq!(held(&a).unwrap().this_update, now - 10);
+
+        // A fresh "revoked" is not undone by the last "good" the peer
+        // replays, nor by any later "good".
+        let b = leaf("b");
+        c.remember(&b, &issuer, answer(OcspStatus::Good, now - 100));
+        assert_eq!(c.check(&b, &issuer).await, Verdict::Good);
+        c.remember(&b, &issuer, answer(OcspStatus::Revoked, now - 10));
+        assert_eq!(c.check(&b, &issuer).await, Verdict::Revoked);
+        c.remember(&b, &issuer, answer(OcspStatus::Good, now - 100));
+        assert_eq!(c.check(&b, &issuer).await, Verdict::Revoked);
+        c.remember(&b, &issuer, answer(OcspStatus::Good, now));
+        assert_eq!(c.check(&b, &issuer).await, Verdict::Revoked);
+        // Other certificates are not affected.
+        assert_eq!(c.check(&a, &issuer).await, Verdict::Good);
+        // And it stays revoked once the cache no longer holds it.
+        OcspChecker::lock(&c.cache).clear();
+        assert_eq!(c.check(&b, &issuer).await, Verdict::Revoked);
     }
 }

@@ -2,8 +2,10 @@
 //! responder over HTTP, and verifying the answer ourselves, since no crate
 //! does: the response must be signed by the issuer, or by a delegated
 //! responder certificate that the issuer signed for id-kp-OCSPSigning; its
-//! CertID must match the certificate asked about; thisUpdate must not be in
-//! the future and nextUpdate must not have passed.
+//! CertID must match the certificate asked about; producedAt and thisUpdate
+//! must not be in the future and nextUpdate must not have passed; an answer
+//! without nextUpdate is only used while its thisUpdate is recent; and a
+//! nonce sent with the request must come back unchanged.
 //!
 //! Wiring into admission (cache, coalescing, failure policy) and our own
 //! stapling build on this module.
@@ -28,8 +30,27 @@ const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 const ID_OCSP_BASIC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
 /// Responses larger than this are not OCSP responses.
 const MAX_RESPONSE: usize = 64 * 1024;
-/// Clock skew tolerated on thisUpdate.
+/// id-pkix-ocsp-nonce (RFC 8954).
+const ID_OCSP_NONCE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.2");
+/// Clock skew tolerated on producedAt, thisUpdate and answer age.
 const SKEW_SECS: i64 = 300;
+/// How old an answer without nextUpdate may be when no one says otherwise
+/// (`revocation.ocsp.max_age`'s default).
+pub const DEFAULT_MAX_AGE_SECS: i64 = 3600;
+
+/// What an answer must satisfy besides its signature and CertID.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks<'a> {
+    /// Unix seconds.
+    pub now: i64,
+    /// An answer without nextUpdate is refused once its thisUpdate is older
+    /// than this many seconds (plus skew): it says nothing of how long it
+    /// holds.
+    pub max_age: i64,
+    /// The nonce the request carried, which the answer must carry too: an
+    /// answer recorded earlier cannot be replayed.
+    pub nonce: Option<&'a [u8]>,
+}
 
 /// What a verified response says about the certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +91,12 @@ pub enum OcspError {
     WrongCertificate,
     #[error("response is not yet valid (thisUpdate in the future)")]
     NotYetValid,
+    #[error("response was produced in the future (producedAt)")]
+    ProducedInFuture,
+    #[error("response has no nextUpdate and its thisUpdate is older than ocsp.max_age")]
+    Stale,
+    #[error("response does not carry the request's nonce")]
+    NonceMismatch,
     #[error("response has expired (nextUpdate passed)")]
     Expired,
     #[error("responder timed out")]
@@ -103,6 +130,24 @@ pub fn cert_id(leaf_der: &[u8], issuer_der: &[u8]) -> Result<CertId, OcspError> 
 
 /// A DER OCSP request for `leaf`.
 pub fn request(leaf_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>, OcspError> {
+    request_with_nonce(leaf_der, issuer_der, None)
+}
+
+/// A DER OCSP request for `leaf`, carrying `nonce` when given (the
+/// extension's value an OCTET STRING of it, as RFC 8954 and OpenSSL have it).
+pub fn request_with_nonce(
+    leaf_der: &[u8],
+    issuer_der: &[u8],
+    nonce: Option<&[u8]>,
+) -> Result<Vec<u8>, OcspError> {
+    let request_extensions = match nonce {
+        None => None,
+        Some(n) => Some(vec![x509_cert::ext::Extension {
+            extn_id: ID_OCSP_NONCE,
+            critical: false,
+            extn_value: OctetString::new(nonce_value(n)?).map_err(malformed)?,
+        }]),
+    };
     let req = OcspRequest {
         tbs_request: TbsRequest {
             version: Default::default(),
@@ -111,11 +156,18 @@ pub fn request(leaf_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>, OcspError>
                 req_cert: cert_id(leaf_der, issuer_der)?,
                 single_request_extensions: None,
             }],
-            request_extensions: None,
+            request_extensions,
         },
         optional_signature: None,
     };
     req.to_der().map_err(malformed)
+}
+
+/// The nonce extension's value: an OCTET STRING holding the nonce.
+fn nonce_value(nonce: &[u8]) -> Result<Vec<u8>, OcspError> {
+    OctetString::new(nonce)
+        .and_then(|o| o.to_der())
+        .map_err(malformed)
 }
 
 /// The OCSP responder URL in the certificate's Authority Information Access.
@@ -158,13 +210,29 @@ pub async fn query(url: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec
 }
 
 /// Verifies a DER OCSP response for `leaf` issued by `issuer` at `now`
-/// (Unix seconds).
+/// (Unix seconds), with the default maximum age and no nonce.
 pub fn verify(
     response: &[u8],
     leaf_der: &[u8],
     issuer_der: &[u8],
     now: i64,
 ) -> Result<OcspAnswer, OcspError> {
+    let checks = Checks {
+        now,
+        max_age: DEFAULT_MAX_AGE_SECS,
+        nonce: None,
+    };
+    verify_with(response, leaf_der, issuer_der, &checks)
+}
+
+/// Verifies a DER OCSP response for `leaf` issued by `issuer` under `checks`.
+pub fn verify_with(
+    response: &[u8],
+    leaf_der: &[u8],
+    issuer_der: &[u8],
+    checks: &Checks<'_>,
+) -> Result<OcspAnswer, OcspError> {
+    let now = checks.now;
     let outer = OcspResponse::from_der(response).map_err(malformed)?;
     if outer.response_status != OcspResponseStatus::Successful {
         return Err(OcspError::Refused(format!("{:?}", outer.response_status)));
@@ -212,6 +280,23 @@ pub fn verify(
     x509_parser::verify::verify_signature(&signer_spki, &alg, &sig, tbs)
         .map_err(|e| OcspError::BadSignature(e.to_string()))?;
 
+    let data = &basic.tbs_response_data;
+    if unix(&data.produced_at) > now + SKEW_SECS {
+        return Err(OcspError::ProducedInFuture);
+    }
+    if let Some(nonce) = checks.nonce {
+        let want = nonce_value(nonce)?;
+        let echoed = data
+            .response_extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == ID_OCSP_NONCE)
+            .map(|e| e.extn_value.as_bytes());
+        // Some responders put the bare nonce in the extension.
+        if !echoed.is_some_and(|v| v == want.as_slice() || v == nonce) {
+            return Err(OcspError::NonceMismatch);
+        }
+    }
     let want = cert_id(leaf_der, issuer_der)?;
     let single = basic
         .tbs_response_data
@@ -224,10 +309,10 @@ pub fn verify(
         return Err(OcspError::NotYetValid);
     }
     let next_update = single.next_update.as_ref().map(unix);
-    if let Some(nu) = next_update
-        && nu < now
-    {
-        return Err(OcspError::Expired);
+    match next_update {
+        Some(nu) if nu < now => return Err(OcspError::Expired),
+        None if now - this_update > checks.max_age + SKEW_SECS => return Err(OcspError::Stale),
+        _ => {}
     }
     let status = match single.cert_status {
         CertStatus::Good(_) => OcspStatus::Good,

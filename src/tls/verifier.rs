@@ -451,12 +451,7 @@ impl ServerCertVerifier for OutboundVerifier {
         if let Some(checker) = &self.ocsp
             && let Some(issuer) = issuer
         {
-            match crate::revocation::ocsp::verify(
-                ocsp_response,
-                end_entity,
-                &issuer,
-                crate::clock::unix_now(),
-            ) {
+            match checker.verify_staple(ocsp_response, end_entity, &issuer) {
                 Ok(answer) if answer.status == crate::revocation::ocsp::OcspStatus::Revoked => {
                     return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
                 }
