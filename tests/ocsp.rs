@@ -439,3 +439,87 @@ async fn concurrent_checks_of_one_certificate_share_one_query() {
         Some(16.0)
     );
 }
+
+/// Writes `request` to `req.der`, has openssl answer it once from the CA's
+/// index (with `extra` arguments) and returns the DER response.
+fn one_shot(d: &std::path::Path, request: &[u8], extra: &[&str]) -> Vec<u8> {
+    std::fs::write(d.join("req.der"), request).unwrap();
+    let mut args = vec![
+        "ocsp",
+        "-index",
+        "index.txt",
+        "-CA",
+        "ca.pem",
+        "-rsigner",
+        "ca.pem",
+        "-rkey",
+        "ca-key.pem",
+        "-reqin",
+        "req.der",
+        "-respout",
+        "resp.der",
+    ];
+    args.extend_from_slice(extra);
+    openssl(d, &args);
+    std::fs::read(d.join("resp.der")).unwrap()
+}
+
+/// Freshness and replay: an answer without nextUpdate is good only while
+/// its thisUpdate is younger than max_age; one produced in the future is
+/// refused; a nonce must come back as sent, so a response recorded for
+/// another request (or for none) cannot be replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_fresh_and_nonces_must_match() {
+    if !have_tool("openssl", "answers_are_fresh_and_nonces_must_match") {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("good", "spiffe://prod.example.org/ns/a/sa/good");
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "good.pem"]);
+    let (leaf, ca) = (der(&pki, "good.pem"), der(&pki, "ca.pem"));
+    let now = portcullis::clock::unix_now();
+    let checks = |now, nonce| ocsp::Checks {
+        now,
+        max_age: 3600,
+        nonce,
+    };
+
+    // openssl ocsp without -ndays/-nmin writes no nextUpdate.
+    let nonce = b"0123456789abcdef";
+    let req = ocsp::request_with_nonce(&leaf, &ca, Some(nonce)).unwrap();
+    let resp = one_shot(d, &req, &[]);
+    let a = ocsp::verify_with(&resp, &leaf, &ca, &checks(now, Some(nonce))).unwrap();
+    assert_eq!(a.status, OcspStatus::Good);
+    assert_eq!(a.next_update, None, "the responder wrote a nextUpdate");
+    // Within max_age it holds; past it (and the skew) it is stale.
+    assert!(ocsp::verify_with(&resp, &leaf, &ca, &checks(now + 3000, None)).is_ok());
+    assert_eq!(
+        ocsp::verify_with(&resp, &leaf, &ca, &checks(now + 3600 + 400, None)),
+        Err(OcspError::Stale)
+    );
+    // With a nextUpdate, max_age does not cut it short (the cache caps
+    // its use instead).
+    let dated = one_shot(d, &req, &["-ndays", "1"]);
+    assert!(ocsp::verify_with(&dated, &leaf, &ca, &checks(now + 3600 + 400, None)).is_ok());
+
+    // Produced an hour after the verifier's clock.
+    assert_eq!(
+        ocsp::verify_with(&resp, &leaf, &ca, &checks(now - 3600, None)),
+        Err(OcspError::ProducedInFuture)
+    );
+
+    // The nonce openssl echoed is ours; another request's is not.
+    assert_eq!(
+        ocsp::verify_with(&resp, &leaf, &ca, &checks(now, Some(b"fedcba9876543210"))),
+        Err(OcspError::NonceMismatch)
+    );
+    // A response to a request without a nonce carries none.
+    let plain = one_shot(d, &ocsp::request(&leaf, &ca).unwrap(), &[]);
+    assert!(ocsp::verify_with(&plain, &leaf, &ca, &checks(now, None)).is_ok());
+    assert_eq!(
+        ocsp::verify_with(&plain, &leaf, &ca, &checks(now, Some(nonce))),
+        Err(OcspError::NonceMismatch)
+    );
+}

@@ -377,12 +377,24 @@ async fn ocsp_client(
     upstream: std::net::SocketAddr,
     responder: &str,
 ) -> portcullis::sidecar::Sidecar {
+    ocsp_client_with(pki, "cli", upstream, responder, "").await
+}
+
+/// As [`ocsp_client`], named `name`, with `extra` lines in its `ocsp:`
+/// section.
+async fn ocsp_client_with(
+    pki: &Pki,
+    name: &str,
+    upstream: std::net::SocketAddr,
+    responder: &str,
+    extra: &str,
+) -> portcullis::sidecar::Sidecar {
     pki.svid("cli", CLIENT_ID);
     portcullis::sidecar::start(pki.config(
-        "cli.yaml",
+        &format!("{name}.yaml"),
         &format!(
             "identity:\n  cert: cli.pem\n  key: cli-key.pem\n  trust_bundle: bundle.pem\n\
-             revocation:\n  ocsp:\n    mode: require\n    responder: {responder}\n\
+             revocation:\n  ocsp:\n    mode: require\n    responder: {responder}\n{extra}\
              outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{upstream}]\n    identity: {SERVER_ID}\n\
              admin:\n  listen: 127.0.0.1:0\n"
         ),
@@ -391,21 +403,11 @@ async fn ocsp_client(
     .unwrap()
 }
 
-/// Rollback: an upstream whose certificate was revoked replays the last
-/// "good" it was stapled, after the client already holds a fresher
-/// "revoked". The older answer must not replace the newer one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_older_good_staple_does_not_undo_a_fresh_revoked() {
-    let test = "a_replayed_older_good_staple_does_not_undo_a_fresh_revoked";
-    if !have_tool("openssl", test) {
-        return;
-    }
-    let pki = Pki::new();
-    let d = pki.dir.path();
-    openssl_ca(&pki);
-    pki.svid("srv", SERVER_ID);
-    // The staple the upstream got while it was still good.
-    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "srv.pem"]);
+/// Marks `cert` good in the CA's index and records the answer openssl's
+/// responder gives for it now, without a nonce, valid for a day: what a
+/// peer or anyone on the path to the responder could keep and replay.
+fn record_good(d: &Path, cert: &str) -> Vec<u8> {
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", cert]);
     openssl(
         d,
         &[
@@ -413,7 +415,7 @@ async fn a_replayed_older_good_staple_does_not_undo_a_fresh_revoked() {
             "-issuer",
             "ca.pem",
             "-cert",
-            "srv.pem",
+            cert,
             "-no_nonce",
             "-reqout",
             "req.der",
@@ -434,12 +436,29 @@ async fn a_replayed_older_good_staple_does_not_undo_a_fresh_revoked() {
             "-reqin",
             "req.der",
             "-respout",
-            "old-good.der",
+            "recorded.der",
             "-ndays",
             "1",
         ],
     );
-    let old_good = std::fs::read(d.join("old-good.der")).unwrap();
+    std::fs::read(d.join("recorded.der")).unwrap()
+}
+
+/// Rollback: an upstream whose certificate was revoked replays the last
+/// "good" it was stapled, after the client already holds a fresher
+/// "revoked". The older answer must not replace the newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_older_good_staple_does_not_undo_a_fresh_revoked() {
+    let test = "a_replayed_older_good_staple_does_not_undo_a_fresh_revoked";
+    if !have_tool("openssl", test) {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("srv", SERVER_ID);
+    // The staple the upstream got while it was still good.
+    let old_good = record_good(d, "srv.pem");
     let leaf = pem_der(&std::fs::read_to_string(pki.path("srv.pem")).unwrap());
     let issuer = pem_der(pki.ca.cert_pem());
     let t0 = ocsp::verify(&old_good, &leaf, &issuer, portcullis::clock::unix_now())
@@ -495,5 +514,123 @@ async fn a_replayed_older_good_staple_does_not_undo_a_fresh_revoked() {
             &[("method", "ocsp"), ("result", "good")]
         ),
         Some(0.0)
+    );
+}
+
+/// An attacker on the path to the responder (OCSP is plain HTTP): answers
+/// every query with the same recorded response. Returns its URL and how
+/// many queries it answered.
+async fn replaying_responder(response: Vec<u8>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let response = response.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                // Read the head and the body its Content-Length announces.
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    response.len()
+                );
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(&response).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    (url, served)
+}
+
+/// Replay on the wire: after an upstream is revoked, someone between the
+/// client and the responder answers its queries with a "good" recorded
+/// while it was still good, signed by the real issuer and not yet past its
+/// nextUpdate. Without a nonce nothing tells it apart from a fresh answer
+/// (shown first, so the test proves the attack is real); with
+/// `ocsp.nonce: true` it is refused, and a real responder, which echoes
+/// the nonce, still admits a good upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nonces_a_recorded_good_answer_cannot_be_replayed() {
+    let test = "with_nonces_a_recorded_good_answer_cannot_be_replayed";
+    if !have_tool("openssl", test) {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("srv", SERVER_ID);
+    let recorded = record_good(d, "srv.pem");
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "srv.pem"]);
+    let (replay, served) = replaying_responder(recorded).await;
+    let pem = |name: &str| std::fs::read_to_string(pki.path(name)).unwrap();
+    let revoked = rogue_server(RogueCert::new(&pem("srv.pem"), &pem("srv-key.pem"), None)).await;
+
+    let trusting = ocsp_client_with(&pki, "trusting", revoked, &replay, "").await;
+    let back = round_trip(trusting.outbound_addr("orders").unwrap(), b"one")
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        back, b"one",
+        "without a nonce the replay is indistinguishable"
+    );
+
+    let careful = ocsp_client_with(&pki, "careful", revoked, &replay, "    nonce: true\n").await;
+    let before = served.load(std::sync::atomic::Ordering::SeqCst);
+    let back = round_trip(careful.outbound_addr("orders").unwrap(), b"two")
+        .await
+        .unwrap_or_default();
+    assert!(
+        back.is_empty(),
+        "a replayed answer admitted a revoked upstream"
+    );
+    assert!(
+        served.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "the replaying responder was never asked"
+    );
+    wait_metric(
+        &careful,
+        "portcullis_revocation_checks_total",
+        &[("method", "ocsp"), ("result", "error")],
+        1.0,
+    )
+    .await;
+
+    // A real responder echoes the nonce: a good upstream is admitted.
+    pki.svid("srv2", SERVER_ID);
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "srv2.pem"]);
+    let (_r, url) = responder(d, "ca.pem", "ca-key.pem").await;
+    let good = rogue_server(RogueCert::new(&pem("srv2.pem"), &pem("srv2-key.pem"), None)).await;
+    let real = ocsp_client_with(&pki, "real", good, &url, "    nonce: true\n").await;
+    let back = round_trip(real.outbound_addr("orders").unwrap(), b"three")
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        back, b"three",
+        "the nonce a real responder echoed was refused"
     );
 }
