@@ -16,7 +16,7 @@ use portcullis::pki::{Ca, RevokedEntry};
 use portcullis::policy::{Action, Mode, PolicySpec, PolicyTable, RuleSpec, ServiceSpec};
 use portcullis::proxy::admission::{check_ocsp_of, peer_identity};
 use portcullis::revocation::ocsp::{OcspAnswer, OcspStatus};
-use portcullis::revocation::{OcspChecker, Verdict, load_crls};
+use portcullis::revocation::{CrlTrust, OcspChecker, Verdict, load_crls};
 use portcullis::tls::{TlsContext, TrustStore, load_bundle, load_identity};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -82,10 +82,15 @@ fn admission(c: &mut Criterion) {
     let crl_path = write("ca.crl", &ca.crl(&revoked, 1, DAY).expect("crl"));
     let bundle = load_bundle(&bundle_path, &td).expect("bundle");
     let roots: Vec<_> = bundle.certs.iter().collect();
+    let crl_trust = CrlTrust {
+        roots: &roots,
+        intermediates: &[],
+        in_force: None,
+    };
     let crls = load_crls(
         &[crl_path],
         &[],
-        &roots,
+        &crl_trust,
         RevocationPolicy {
             whole_chain: false,
             expired_is_unknown: true,

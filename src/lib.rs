@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod cmd;
 pub mod config;
+pub mod crypto;
 pub mod files;
 pub mod identity;
 pub mod line_writer;

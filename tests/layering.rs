@@ -412,12 +412,14 @@ fn nothing_below_the_control_plane_imports_it() {
 fn leaves_import_only_leaves() {
     let mods = load();
     let edges = imports(&mods);
-    // Settings, metrics and helpers, and the pure identity types.
+    // Settings, metrics and helpers (the crypto provider among them), and the
+    // pure identity types.
     let leaves = [
         "config",
         "metrics",
         "identity",
         "clock",
+        "crypto",
         "files",
         "log_limit",
         "line_writer",

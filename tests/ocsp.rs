@@ -440,30 +440,6 @@ async fn concurrent_checks_of_one_certificate_share_one_query() {
     );
 }
 
-/// Writes `request` to `req.der`, has openssl answer it once from the CA's
-/// index (with `extra` arguments) and returns the DER response.
-fn one_shot(d: &std::path::Path, request: &[u8], extra: &[&str]) -> Vec<u8> {
-    std::fs::write(d.join("req.der"), request).unwrap();
-    let mut args = vec![
-        "ocsp",
-        "-index",
-        "index.txt",
-        "-CA",
-        "ca.pem",
-        "-rsigner",
-        "ca.pem",
-        "-rkey",
-        "ca-key.pem",
-        "-reqin",
-        "req.der",
-        "-respout",
-        "resp.der",
-    ];
-    args.extend_from_slice(extra);
-    openssl(d, &args);
-    std::fs::read(d.join("resp.der")).unwrap()
-}
-
 /// Freshness and replay: an answer without nextUpdate is good only while
 /// its thisUpdate is younger than max_age; one produced in the future is
 /// refused; a nonce must come back as sent, so a response recorded for
@@ -489,7 +465,7 @@ async fn answers_are_fresh_and_nonces_must_match() {
     // openssl ocsp without -ndays/-nmin writes no nextUpdate.
     let nonce = b"0123456789abcdef";
     let req = ocsp::request_with_nonce(&leaf, &ca, Some(nonce)).unwrap();
-    let resp = one_shot(d, &req, &[]);
+    let resp = ocsp_one_shot(d, &req, &[]);
     let a = ocsp::verify_with(&resp, &leaf, &ca, &checks(now, Some(nonce))).unwrap();
     assert_eq!(a.status, OcspStatus::Good);
     assert_eq!(a.next_update, None, "the responder wrote a nextUpdate");
@@ -501,7 +477,7 @@ async fn answers_are_fresh_and_nonces_must_match() {
     );
     // With a nextUpdate, max_age does not cut it short (the cache caps
     // its use instead).
-    let dated = one_shot(d, &req, &["-ndays", "1"]);
+    let dated = ocsp_one_shot(d, &req, &["-ndays", "1"]);
     assert!(ocsp::verify_with(&dated, &leaf, &ca, &checks(now + 3600 + 400, None)).is_ok());
 
     // Produced an hour after the verifier's clock.
@@ -516,7 +492,7 @@ async fn answers_are_fresh_and_nonces_must_match() {
         Err(OcspError::NonceMismatch)
     );
     // A response to a request without a nonce carries none.
-    let plain = one_shot(d, &ocsp::request(&leaf, &ca).unwrap(), &[]);
+    let plain = ocsp_one_shot(d, &ocsp::request(&leaf, &ca).unwrap(), &[]);
     assert!(ocsp::verify_with(&plain, &leaf, &ca, &checks(now, None)).is_ok());
     assert_eq!(
         ocsp::verify_with(&plain, &leaf, &ca, &checks(now, Some(nonce))),

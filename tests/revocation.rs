@@ -28,14 +28,16 @@ fn portcullis(dir: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-async fn server_with_crl(pki: &Pki, crl: &str, extra: &str) -> Sidecar {
+/// A server sidecar with `revocation.crls: [crl]` and the `revocation`
+/// lines `more`; `extra` goes in before the revocation section.
+async fn server_with_crl(pki: &Pki, crl: &str, extra: &str, more: &str) -> Sidecar {
     let app = echo_app().await;
     pki.svid("srv", SERVER_ID);
     start(pki.config(
         "srv.yaml",
         &format!(
             "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n{extra}\
-             revocation:\n  crls: [{crl}]\n\
+             revocation:\n  crls: [{crl}]\n{more}\
              reload:\n  debounce: 50ms\n  interval: 1h\n\
              inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
         ),
@@ -60,7 +62,7 @@ async fn an_openssl_ca_crl_refuses_the_revoked_client_only() {
     openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "bad.pem"]);
     openssl(d, &["ca", "-config", "ca.cnf", "-gencrl", "-out", "ca.crl"]);
 
-    let server = server_with_crl(&pki, "ca.crl", "").await;
+    let server = server_with_crl(&pki, "ca.crl", "", "").await;
     let addr = server.inbound_addr("orders").unwrap();
     assert!(
         echoes(&pki, "good", SERVER_ID, addr).await,
@@ -189,7 +191,7 @@ async fn unknown_status_fails_closed_by_default_and_open_on_request() {
     pki.svid("good", CLIENT_ID);
     let federation = "  trust_bundles:\n    partner.example.com: partner.pem\n";
 
-    let closed = server_with_crl(&pki, "ca.crl", federation).await;
+    let closed = server_with_crl(&pki, "ca.crl", federation, "").await;
     let addr = closed.inbound_addr("orders").unwrap();
     assert!(echoes(&pki, "good", SERVER_ID, addr).await);
     assert!(
@@ -243,7 +245,7 @@ async fn an_open_connection_is_cut_when_a_new_crl_revokes_its_peer() {
     std::fs::write(pki.path("ca.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
     pki.svid("victim", CLIENT_ID);
     pki.svid("bystander", "spiffe://prod.example.org/ns/web/sa/other");
-    let server = server_with_crl(&pki, "ca.crl", "").await;
+    let server = server_with_crl(&pki, "ca.crl", "", "").await;
     let addr = server.inbound_addr("orders").unwrap();
     let mut victim = tls_connect(addr, pki.client_tls("victim", SERVER_ID))
         .await
@@ -396,7 +398,7 @@ async fn an_expired_crl_means_unknown_unless_told_to_ignore_it() {
     let stale = pki.ca.crl_at(&[], 1, now - DAY * 2, now - DAY).unwrap();
     std::fs::write(pki.path("ca.crl"), stale).unwrap();
     pki.svid("good", CLIENT_ID);
-    let strict = server_with_crl(&pki, "ca.crl", "").await;
+    let strict = server_with_crl(&pki, "ca.crl", "", "").await;
     assert!(
         !echoes(
             &pki,
@@ -463,7 +465,13 @@ async fn chain_checking_sees_a_revoked_intermediate_and_leaf_checking_does_not()
     std::fs::write(pki.path("inter.crl"), inter.crl(&[], 1, DAY).unwrap()).unwrap();
     pki.write("peer", &inter.issue_svid(&id(CLIENT_ID), DAY).unwrap());
 
-    let chain = server_with_crl(&pki, "root.crl, inter.crl", "").await;
+    let chain = server_with_crl(
+        &pki,
+        "root.crl, inter.crl",
+        "",
+        "  intermediates: inter.pem\n",
+    )
+    .await;
     assert!(
         !echoes(
             &pki,
@@ -487,7 +495,7 @@ async fn chain_checking_sees_a_revoked_intermediate_and_leaf_checking_does_not()
         "leaf.yaml",
         &format!(
             "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
-             revocation:\n  crls: [root.crl, inter.crl]\n  check: leaf\n\
+             revocation:\n  crls: [root.crl, inter.crl]\n  intermediates: inter.pem\n  check: leaf\n\
              inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
         ),
     ))
@@ -503,4 +511,196 @@ async fn chain_checking_sees_a_revoked_intermediate_and_leaf_checking_does_not()
         .await,
         "check: leaf"
     );
+}
+
+/// Lists portcullis cannot use say why, in words an operator can act on:
+/// a version 1 CRL (what `openssl ca -gencrl` writes when its config has
+/// no `crlnumber`), a delta CRL, an indirect CRL. Each made by openssl.
+#[test]
+fn crls_that_cannot_be_used_are_refused_with_the_reason() {
+    if !have_tool(
+        "openssl",
+        "crls_that_cannot_be_used_are_refused_with_the_reason",
+    ) {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("srv", SERVER_ID);
+    let cnf = std::fs::read_to_string(d.join("ca.cnf")).unwrap();
+    std::fs::write(
+        d.join("ca.cnf"),
+        format!(
+            "{cnf}[ delta ]\n2.5.29.27 = critical,ASN1:INTEGER:1\n\
+             [ indirect ]\nissuingDistributionPoint = critical, @idp\n[ idp ]\nindirectCRL = TRUE\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("v1.cnf"),
+        cnf.replace("crlnumber = ./crlnumber\n", ""),
+    )
+    .unwrap();
+    openssl(d, &["ca", "-config", "v1.cnf", "-gencrl", "-out", "v1.crl"]);
+    openssl(
+        d,
+        &[
+            "ca",
+            "-config",
+            "ca.cnf",
+            "-gencrl",
+            "-crlexts",
+            "delta",
+            "-out",
+            "delta.crl",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "ca",
+            "-config",
+            "ca.cnf",
+            "-gencrl",
+            "-crlexts",
+            "indirect",
+            "-out",
+            "indirect.crl",
+        ],
+    );
+    openssl(
+        d,
+        &["ca", "-config", "ca.cnf", "-gencrl", "-out", "good.crl"],
+    );
+    for (crl, reason) in [
+        ("v1.crl", "version 1 CRL"),
+        ("v1.crl", "set `crlnumber`"),
+        ("delta.crl", "delta CRLs are not supported"),
+        ("indirect.crl", "indirect CRLs"),
+    ] {
+        std::fs::write(
+            d.join("portcullis.yaml"),
+            format!(
+                "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\nrevocation:\n  crls: [{crl}]\n\
+                 inbound:\n  - name: orders\n    listen: 127.0.0.1:15006\n    forward: 127.0.0.1:8080\n"
+            ),
+        )
+        .unwrap();
+        let o = portcullis(d, &["check", "--config", "portcullis.yaml"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{crl}: {err}");
+        assert!(err.contains(crl) && err.contains(reason), "{crl}: {err}");
+    }
+    std::fs::write(
+        d.join("portcullis.yaml"),
+        "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\nrevocation:\n  crls: [good.crl]\n\
+         inbound:\n  - name: orders\n    listen: 127.0.0.1:15006\n    forward: 127.0.0.1:8080\n",
+    )
+    .unwrap();
+    let o = portcullis(d, &["check", "--config", "portcullis.yaml"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A bad CRL is refused on every trigger until it is fixed, but said once
+/// per change: the periodic re-read, each file event and each
+/// `POST /reload` find the same file, and a log line per attempt would
+/// bury the one that matters. The metric counts every attempt, so an
+/// alert on it keeps firing while the file is bad.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_crl_is_reported_once_per_change() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    pki.svid("srv", SERVER_ID);
+    std::fs::write(d.join("ca.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        d.join("portcullis.yaml"),
+        format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  crls: [ca.crl]\nreload:\n  watch: false\n  interval: 1h\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: 127.0.0.1:9\n\
+             admin:\n  listen: 127.0.0.1:{admin_port}\nlog:\n  format: json\n"
+        ),
+    )
+    .unwrap();
+    let log_path = d.join("sidecar.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .current_dir(d)
+        .args(["run", "--config", "portcullis.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the sidecar to be ready",
+        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+    let reload = || async {
+        let reply = raw(
+            admin,
+            format!("POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(
+            reply.contains("error"),
+            "the bad CRL was not refused: {reply}"
+        );
+    };
+    let refusals = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("refused") && l.contains("ca.crl"))
+            .count()
+    };
+    let wait_refusals = |n: usize| async move {
+        wait_for(
+            Duration::from_secs(10),
+            "the refusal to be logged",
+            || async { (refusals() >= n).then_some(()) },
+        )
+        .await;
+    };
+
+    // Forged: same issuer name, another key.
+    let impostor = Ca::generate(&TrustDomain::parse(TD).unwrap(), DAY).unwrap();
+    std::fs::write(d.join("ca.crl"), impostor.crl(&[], 2, DAY).unwrap()).unwrap();
+    for _ in 0..4 {
+        reload().await;
+    }
+    wait_refusals(1).await;
+    // Another bad file: news again.
+    std::fs::write(d.join("ca.crl"), "not a CRL").unwrap();
+    for _ in 0..3 {
+        reload().await;
+    }
+    wait_refusals(2).await;
+    assert_eq!(
+        refusals(),
+        2,
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
+    let (_, m) = http_get(admin, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_cert_reloads_total",
+            &[("kind", "crl"), ("result", "error")]
+        ),
+        Some(7.0),
+        "every attempt counts"
+    );
+    let _ = child.kill().await;
 }

@@ -316,6 +316,9 @@ async fn an_extra_ca_in_a_peers_chain_cannot_turn_revoked_into_unknown() {
         revoked.inter.crl(&[], 1, DAY).unwrap(),
     )
     .unwrap();
+    // The intermediate signs its CRL; the server learns it from here (its
+    // own chain is the root's).
+    std::fs::write(pki.path("inter-ca.pem"), revoked.inter.cert_pem()).unwrap();
 
     pki.svid("srv", SERVER_ID);
     let app = echo_app().await;
@@ -323,7 +326,7 @@ async fn an_extra_ca_in_a_peers_chain_cannot_turn_revoked_into_unknown() {
         "srv.yaml",
         &format!(
             "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
-             revocation:\n  crls: [root.crl, inter.crl]\n  ocsp:\n    mode: prefer\n    responder: {url}\n\
+             revocation:\n  crls: [root.crl, inter.crl]\n  intermediates: inter-ca.pem\n  ocsp:\n    mode: prefer\n    responder: {url}\n\
              inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
         ),
     ))
@@ -633,4 +636,257 @@ async fn with_nonces_a_recorded_good_answer_cannot_be_replayed() {
         back, b"three",
         "the nonce a real responder echoed was refused"
     );
+}
+
+/// An RSA root made by openssl in `d` (`ca.pem`, `ca-key.pem`, with its
+/// `openssl ca` database), and a leaf it issued (`leaf.pem`), marked good.
+fn openssl_rsa_ca(d: &Path, bits: u32) -> (CertificateDer<'static>, CertificateDer<'static>) {
+    std::fs::create_dir_all(d).unwrap();
+    let newkey = format!("rsa:{bits}");
+    let subject = format!("/O=SPIFFE/CN=rsa{bits}");
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            &newkey,
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-sha256",
+            "-subj",
+            &subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf-key.pem",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=leaf",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+        ],
+    );
+    openssl_ca_config(d);
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "leaf.pem"]);
+    let read = |name: &str| pem_der(&std::fs::read_to_string(d.join(name)).unwrap());
+    (read("ca.pem"), read("leaf.pem"))
+}
+
+fn load_crl(path: &Path, root: &CertificateDer<'static>) -> Result<(), String> {
+    let policy = portcullis::config::RevocationPolicy {
+        whole_chain: true,
+        expired_is_unknown: true,
+        fail_open: false,
+        fetch_distribution_points: false,
+    };
+    let roots = [root];
+    let trust = portcullis::revocation::CrlTrust {
+        roots: &roots,
+        intermediates: &[],
+        in_force: None,
+    };
+    portcullis::revocation::load_crls(&[path.to_path_buf()], &[], &trust, policy)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Revocation data is never easier to forge than a certificate: a CRL or
+/// OCSP answer signed with SHA-1 (chosen-prefix collisions are practical)
+/// or with an RSA key under 2048 bits is refused, as rustls-webpki refuses
+/// both in chains. Before, x509-parser's ring backend accepted both, and a
+/// forged "good" or a forged list revoking everybody would have been used.
+#[test]
+fn crls_and_ocsp_answers_signed_weakly_are_refused() {
+    if !have_tool("openssl", "crls_and_ocsp_answers_signed_weakly_are_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let now = portcullis::clock::unix_now();
+
+    // RSA-2048: SHA-256 is fine, SHA-1 is not.
+    let d = dir.path().join("rsa2048");
+    let (root, leaf) = openssl_rsa_ca(&d, 2048);
+    openssl(
+        &d,
+        &[
+            "ca",
+            "-config",
+            "ca.cnf",
+            "-gencrl",
+            "-md",
+            "sha256",
+            "-out",
+            "sha256.crl",
+        ],
+    );
+    openssl(
+        &d,
+        &[
+            "ca", "-config", "ca.cnf", "-gencrl", "-md", "sha1", "-out", "sha1.crl",
+        ],
+    );
+    load_crl(&d.join("sha256.crl"), &root).unwrap();
+    let err = load_crl(&d.join("sha1.crl"), &root).unwrap_err();
+    assert!(
+        err.contains("sha1.crl") && err.contains("sha1WithRSAEncryption"),
+        "{err}"
+    );
+    let req = ocsp::request(&leaf, &root).unwrap();
+    let good = ocsp_one_shot(&d, &req, &["-ndays", "1"]);
+    assert_eq!(
+        ocsp::verify(&good, &leaf, &root, now).unwrap().status,
+        OcspStatus::Good
+    );
+    let sha1 = ocsp_one_shot(&d, &req, &["-ndays", "1", "-rmd", "sha1"]);
+    let err = ocsp::verify(&sha1, &leaf, &root, now)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SHA-1"), "{err}");
+
+    // RSA-1024, even with SHA-256.
+    let d = dir.path().join("rsa1024");
+    let (root, leaf) = openssl_rsa_ca(&d, 1024);
+    openssl(
+        &d,
+        &[
+            "ca", "-config", "ca.cnf", "-gencrl", "-md", "sha256", "-out", "weak.crl",
+        ],
+    );
+    let err = load_crl(&d.join("weak.crl"), &root).unwrap_err();
+    assert!(
+        err.contains("weak.crl") && err.contains("1024 bits"),
+        "{err}"
+    );
+    let req = ocsp::request(&leaf, &root).unwrap();
+    let weak = ocsp_one_shot(&d, &req, &["-ndays", "1"]);
+    let err = ocsp::verify(&weak, &leaf, &root, now)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1024 bits"), "{err}");
+}
+
+fn revoked(serial: &str) -> portcullis::pki::RevokedEntry {
+    portcullis::pki::RevokedEntry {
+        serial: serial.to_string(),
+        revoked_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// CRLs of an intermediate, as an attacker who can write to the CRL path
+/// (or sits between the sidecar and a distribution point) would try them:
+/// a list signed by a CA of their own with the intermediate's name,
+/// revoking an honest peer (before, a CRL whose issuer was not a root went
+/// into the index unverified, and a forged list could revoke anybody); and
+/// the intermediate's own older list, which does not yet revoke the
+/// attacker's stolen certificate. Both are refused with the reason, and
+/// the list in force keeps judging; an intermediate nobody certified
+/// cannot sign lists at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_or_older_crl_of_an_intermediate_is_refused_and_the_last_good_one_stays() {
+    let pki = Pki::new();
+    let inter = pki.ca.intermediate(DAY).unwrap();
+    std::fs::write(pki.path("inter-ca.pem"), inter.cert_pem()).unwrap();
+    let honest = inter.issue_svid(&id(CLIENT_ID), DAY).unwrap();
+    let stolen = inter.issue_svid(&id(CLIENT_ID), DAY).unwrap();
+    pki.write("honest", &honest);
+    pki.write("stolen", &stolen);
+    std::fs::write(pki.path("root.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
+    std::fs::write(
+        pki.path("inter.crl"),
+        inter.crl(&[revoked(&stolen.serial)], 2, DAY).unwrap(),
+    )
+    .unwrap();
+
+    pki.svid("srv", SERVER_ID);
+    let app = echo_app().await;
+    let config = |extra: &str| {
+        format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\n\
+             revocation:\n  crls: [root.crl, inter.crl]\n{extra}\
+             reload:\n  watch: false\n  interval: 1h\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\nadmin:\n  listen: 127.0.0.1:0\n"
+        )
+    };
+    // Nobody certified the intermediate: its list cannot be checked.
+    let err = portcullis::sidecar::start(pki.config("uncertified.yaml", &config("")))
+        .await
+        .err()
+        .expect("a CRL of an unknown intermediate was used")
+        .to_string();
+    assert!(
+        err.contains("inter.crl") && err.contains("revocation.intermediates"),
+        "{err}"
+    );
+
+    let server = portcullis::sidecar::start(
+        pki.config("srv.yaml", &config("  intermediates: inter-ca.pem\n")),
+    )
+    .await
+    .unwrap();
+    let addr = server.inbound_addr("orders").unwrap();
+    assert!(echoes(&pki, "honest", SERVER_ID, addr).await);
+    assert!(!echoes(&pki, "stolen", SERVER_ID, addr).await);
+
+    // A forged list, newer by number, revoking the honest peer.
+    let td = TrustDomain::parse("prod.example.org").unwrap();
+    let impostor = Ca::generate(&td, DAY).unwrap().intermediate(DAY).unwrap();
+    std::fs::write(
+        pki.path("inter.crl"),
+        impostor.crl(&[revoked(&honest.serial)], 3, DAY).unwrap(),
+    )
+    .unwrap();
+    let report = server.control().reload("test").await;
+    let err = report.identity.to_json()["error"].to_string();
+    assert!(
+        err.contains("inter.crl") && err.contains("does not verify"),
+        "forged list: {err}"
+    );
+    assert!(
+        echoes(&pki, "honest", SERVER_ID, addr).await,
+        "the forgery revoked an honest peer"
+    );
+    assert!(!echoes(&pki, "stolen", SERVER_ID, addr).await);
+
+    // The intermediate's own earlier list, from before the theft.
+    std::fs::write(pki.path("inter.crl"), inter.crl(&[], 1, DAY).unwrap()).unwrap();
+    let report = server.control().reload("test").await;
+    let err = report.identity.to_json()["error"].to_string();
+    assert!(
+        err.contains("inter.crl") && err.contains("older") && err.contains("in force"),
+        "older list: {err}"
+    );
+    assert!(
+        !echoes(&pki, "stolen", SERVER_ID, addr).await,
+        "an older list un-revoked the stolen certificate"
+    );
+
+    // A newer list of the intermediate's own is taken.
+    std::fs::write(pki.path("inter.crl"), inter.crl(&[], 4, DAY).unwrap()).unwrap();
+    assert!(server.control().reload("test").await.ok());
+    assert!(echoes(&pki, "stolen", SERVER_ID, addr).await);
 }

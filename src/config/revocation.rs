@@ -15,6 +15,9 @@ use super::duration::ConfigDuration;
 pub struct RevocationConfig {
     /// CRL files (PEM or DER), one or more per CA; reloaded like certificates.
     pub crls: Vec<PathBuf>,
+    /// Intermediate CA certificates (PEM) that sign CRLs, each certified
+    /// by a bundle root; our own chain's intermediates count without it.
+    pub intermediates: Option<PathBuf>,
     /// Live OCSP for peers, when enabled.
     pub ocsp: Option<OcspConfig>,
     pub policy: RevocationPolicy,
@@ -69,6 +72,7 @@ pub struct OcspConfig {
 pub(super) struct RawRevocation {
     #[serde(default)]
     crls: Vec<Spanned<PathBuf>>,
+    intermediates: Option<Spanned<PathBuf>>,
     /// Fetch the CRLs named by our chain's and the roots' distribution points.
     #[serde(default)]
     fetch_distribution_points: bool,
@@ -126,6 +130,10 @@ impl RawRevocation {
         for crl in &self.crls {
             crls.push(c.path(crl)?);
         }
+        let intermediates = match &self.intermediates {
+            Some(p) => Some(c.path(p)?),
+            None => None,
+        };
         let ocsp = match self.ocsp {
             None => None,
             Some(o) => o.validate(c)?,
@@ -138,6 +146,7 @@ impl RawRevocation {
         }
         Ok(RevocationConfig {
             crls,
+            intermediates,
             ocsp,
             policy: RevocationPolicy {
                 whole_chain: self.check == RevocationDepth::Chain,

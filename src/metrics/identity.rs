@@ -25,7 +25,7 @@ impl IdentityFamilies {
         let cert_reloads = counter_vec(
             registry,
             "portcullis_cert_reloads_total",
-            "Certificate reloads: kind is identity (our SVID and key) or bundle; result is success, pending (a certificate waiting for its key) or error.",
+            "Certificate reloads: kind is identity (our SVID and key), bundle, or crl (a CRL file or download, or revocation.intermediates); result is success, pending (a certificate waiting for its key) or error.",
             &["kind", "result"],
         );
         for kind in ["identity", "bundle"] {
@@ -33,6 +33,9 @@ impl IdentityFamilies {
                 cert_reloads.with_label_values(&[kind, result]);
             }
         }
+        // A refused CRL is an error of its own (a good one is a bundle
+        // success): present from the start for alerts.
+        cert_reloads.with_label_values(&["crl", "error"]);
         IdentityFamilies {
             cert_expiration: gauge_vec(
                 registry,

@@ -12,7 +12,7 @@ pub mod ocsp;
 pub mod staple;
 
 pub use checker::{OcspChecker, OcspMetrics, Verdict};
-pub use crl::{CrlInfo, CrlSet, load_crls, parse_crl_bytes};
+pub use crl::{CrlInfo, CrlSet, CrlTrust, load_crls, load_intermediates, parse_crl_bytes};
 
 /// Whether two DER serial numbers are the same number (leading zero bytes
 /// aside).

@@ -258,26 +258,16 @@ pub fn verify_with(
         .flatten()
         .filter_map(|c| c.to_der().ok())
         .collect();
-    let signer_spki_der = signer_key(
+    let signer = signer_cert(
         &basic.tbs_response_data.responder_id,
         &issuer,
+        issuer_der,
         &delegated,
         now,
     )?;
-    let (_, signer_spki) =
-        x509_parser::x509::SubjectPublicKeyInfo::from_der(&signer_spki_der).map_err(malformed)?;
-
-    // The signature covers the tbsResponseData exactly as sent.
-    let tbs = first_element(basic_der).ok_or_else(|| malformed("cannot find tbsResponseData"))?;
-    let alg_der = basic.signature_algorithm.to_der().map_err(malformed)?;
-    let (_, alg) = x509_parser::x509::AlgorithmIdentifier::from_der(&alg_der).map_err(malformed)?;
-    let sig_der = basic.signature.to_der().map_err(malformed)?;
-    let (_, sig) = <x509_parser::asn1_rs::BitString as x509_parser::asn1_rs::FromDer<
-        '_,
-        x509_parser::asn1_rs::Error,
-    >>::from_der(&sig_der)
-    .map_err(malformed)?;
-    x509_parser::verify::verify_signature(&signer_spki, &alg, &sig, tbs)
+    // The signature covers the tbsResponseData exactly as sent, checked
+    // with the handshake's algorithms.
+    crate::crypto::verify_signed(basic_der, signer)
         .map_err(|e| OcspError::BadSignature(e.to_string()))?;
 
     let data = &basic.tbs_response_data;
@@ -326,13 +316,15 @@ pub fn verify_with(
     })
 }
 
-/// The DER SubjectPublicKeyInfo that must have signed the response.
-fn signer_key(
+/// The DER certificate whose key must have signed the response: the
+/// issuer, or a delegated responder it certified.
+fn signer_cert<'a>(
     responder: &ResponderId,
     issuer: &X509Certificate<'_>,
-    delegated: &[Vec<u8>],
+    issuer_der: &'a [u8],
+    delegated: &'a [Vec<u8>],
     now: i64,
-) -> Result<Vec<u8>, OcspError> {
+) -> Result<&'a [u8], OcspError> {
     let names = |c: &X509Certificate<'_>| -> bool {
         match responder {
             ResponderId::ByName(name) => name.to_der().is_ok_and(|n| n == c.subject().as_raw()),
@@ -342,7 +334,7 @@ fn signer_key(
         }
     };
     if names(issuer) {
-        return Ok(issuer.public_key().raw.to_vec());
+        return Ok(issuer_der);
     }
     for der in delegated {
         let Ok((_, cert)) = X509Certificate::from_der(der) else {
@@ -358,12 +350,11 @@ fn signer_key(
                 issuer.subject()
             )));
         }
-        cert.verify_signature(Some(issuer.public_key()))
-            .map_err(|e| {
-                OcspError::BadSigner(format!(
-                    "responder certificate is not signed by the issuer: {e}"
-                ))
-            })?;
+        crate::crypto::verify_signed(der, issuer_der).map_err(|e| {
+            OcspError::BadSigner(format!(
+                "responder certificate is not signed by the issuer: {e}"
+            ))
+        })?;
         let eku_ok = cert
             .extended_key_usage()
             .ok()
@@ -380,7 +371,7 @@ fn signer_key(
                 "responder certificate is outside its validity".into(),
             ));
         }
-        return Ok(cert.public_key().raw.to_vec());
+        return Ok(der);
     }
     Err(OcspError::BadSigner(
         "the responder named in the response is neither the issuer nor a certificate it carries"
@@ -399,47 +390,9 @@ fn unix(t: &x509_ocsp::OcspGeneralizedTime) -> i64 {
     t.0.to_unix_duration().as_secs() as i64
 }
 
-/// The raw bytes (tag, length, value) of the first element inside the DER
-/// SEQUENCE `der`.
-fn first_element(der: &[u8]) -> Option<&[u8]> {
-    let (_, inner) = split_tlv(der)?;
-    let (len, _) = split_tlv(inner)?;
-    inner.get(..len)
-}
-
-/// Parses one TLV at the start of `der`: (total length, value).
-fn split_tlv(der: &[u8]) -> Option<(usize, &[u8])> {
-    let first = *der.get(1)?;
-    let (header, len) = if first < 0x80 {
-        (2, first as usize)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for b in der.get(2..2 + n)? {
-            len = (len << 8) | *b as usize;
-        }
-        (2 + n, len)
-    };
-    let total = header.checked_add(len)?;
-    Some((total, der.get(header..total)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tlv_splitting() {
-        // SEQUENCE { INTEGER 5, INTEGER 6 }
-        let der = [0x30, 0x06, 0x02, 0x01, 0x05, 0x02, 0x01, 0x06];
-        assert_eq!(first_element(&der), Some(&der[2..5]));
-        assert_eq!(split_tlv(&[0x30, 0x81, 0x01, 0xaa]), Some((4, &[0xaa][..])));
-        assert_eq!(split_tlv(&[0x30, 0x05, 0x00]), None);
-        assert_eq!(first_element(b""), None);
-    }
 
     #[test]
     fn garbage_responses_are_malformed_not_panics() {

@@ -27,6 +27,9 @@ pub struct ControlPlane {
     pub(super) upstreams: OnceLock<Vec<Arc<UpstreamSet>>>,
     /// Serializes policy reloads (they run on blocking threads).
     pub(super) policy_reloading: tokio::sync::Mutex<()>,
+    /// The last refused policy and config files, reported once each.
+    pub(super) policy_refused: super::report::LastRefusal,
+    pub(super) config_refused: super::report::LastRefusal,
     started: AtomicBool,
     draining: AtomicBool,
     ready: AtomicBool,
@@ -58,6 +61,8 @@ impl ControlPlane {
             enforcer,
             upstreams: OnceLock::new(),
             policy_reloading: tokio::sync::Mutex::new(()),
+            policy_refused: Default::default(),
+            config_refused: Default::default(),
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::report::{IdentityChange, Outcome};
+use super::report::{IdentityChange, LastRefusal, Outcome};
 use crate::clock::{fmt_time, unix_now};
 use crate::config::Config;
 use crate::files::LoadError;
@@ -47,6 +47,8 @@ pub struct Credentials {
     tls: Arc<TlsContext>,
     metrics: Arc<Metrics>,
     tracked: Mutex<Tracked>,
+    /// The last refused set, reported once.
+    refused: LastRefusal,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -54,13 +56,15 @@ pub struct Credentials {
 /// Loads our SVID, key and trust bundle as the config names them, and checks
 /// that our own chain verifies against the bundle for every role we play.
 pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadError> {
-    load(config, &[])
+    load(config, &[], None)
 }
 
-/// As [`load_tls`], adding CRLs fetched from distribution points.
+/// As [`load_tls`], adding CRLs fetched from distribution points; no CRL
+/// may be older than the one `in_force` holds for the same issuer.
 pub(super) fn load(
     config: &Config,
     fetched_crls: &[(String, Vec<u8>)],
+    in_force: Option<&TrustStore>,
 ) -> Result<(LoadedIdentity, TrustStore), LoadError> {
     let ic = &config.identity;
     let identity = load_identity(&ic.cert, &ic.key)?;
@@ -85,8 +89,14 @@ pub(super) fn load(
     if let Some(r) = &config.revocation
         && (!r.crls.is_empty() || r.policy.fetch_distribution_points)
     {
-        let roots: Vec<_> = trust.bundles().flat_map(|b| b.certs.iter()).collect();
-        let crls = crate::revocation::load_crls(&r.crls, fetched_crls, &roots, r.policy)?;
+        let crls = load_crls(
+            r,
+            &identity,
+            &trust,
+            &r.crls,
+            fetched_crls,
+            in_force.and_then(|t| t.revocation()),
+        )?;
         trust = trust.with_revocation(crls);
     }
 
@@ -124,6 +134,30 @@ pub(super) fn load(
     Ok((identity, trust))
 }
 
+/// Loads CRLs from `files` and `fetched`, trusting as their signers the
+/// roots of `trust`, and the intermediates of our chain and of
+/// `revocation.intermediates` that a root certifies.
+pub(super) fn load_crls(
+    r: &crate::config::RevocationConfig,
+    identity: &LoadedIdentity,
+    trust: &TrustStore,
+    files: &[std::path::PathBuf],
+    fetched: &[(String, Vec<u8>)],
+    in_force: Option<&crate::revocation::CrlSet>,
+) -> Result<crate::revocation::CrlSet, LoadError> {
+    let roots: Vec<_> = trust.bundles().flat_map(|b| b.certs.iter()).collect();
+    let mut intermediates: Vec<_> = identity.certified.cert.iter().skip(1).cloned().collect();
+    if let Some(path) = &r.intermediates {
+        intermediates.extend(crate::revocation::load_intermediates(path)?);
+    }
+    let crl_trust = crate::revocation::CrlTrust {
+        roots: &roots,
+        intermediates: &intermediates,
+        in_force,
+    };
+    crate::revocation::load_crls(files, fetched, &crl_trust, r.policy)
+}
+
 fn hash_files(paths: &[&Path]) -> String {
     let mut h = Sha256::new();
     for p in paths {
@@ -146,6 +180,7 @@ fn hashes(config: &Config, fetched: &[(String, Vec<u8>)]) -> (String, String) {
     bundle_paths.extend(ic.trust_bundles.iter().map(|(_, p)| p.as_path()));
     if let Some(r) = &config.revocation {
         bundle_paths.extend(r.crls.iter().map(|p| p.as_path()));
+        bundle_paths.extend(r.intermediates.as_deref());
     }
     let mut trust = hash_files(&bundle_paths);
     if !fetched.is_empty() {
@@ -174,6 +209,7 @@ impl Credentials {
                 bundle_sha,
                 ..Default::default()
             }),
+            refused: LastRefusal::default(),
             reloading: tokio::sync::Mutex::new(()),
         };
         c.export_certificates();
@@ -236,8 +272,12 @@ impl Credentials {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let in_force = self.tls.trust();
         let read = tokio::task::spawn_blocking(move || {
-            (hashes(&config, &fetched), load(&config, &fetched))
+            (
+                hashes(&config, &fetched),
+                load(&config, &fetched, Some(&in_force)),
+            )
         })
         .await;
         let ((identity_sha, bundle_sha), loaded) = match read {
@@ -256,8 +296,10 @@ impl Credentials {
         };
         if !identity_changed && !bundle_changed {
             self.tracked().mismatch_since = None;
+            self.refused.clear();
             return Outcome::Unchanged(None);
         }
+        let input = format!("{identity_sha}:{bundle_sha}");
         let kind = if identity_changed {
             "identity"
         } else {
@@ -271,9 +313,12 @@ impl Credentials {
                         format!("cannot build TLS configs: {e}"),
                     );
                     self.metrics.identity.cert_reload("bundle", "error");
-                    tracing::error!(trigger, error = %err, "trust bundle refused; the previous one keeps serving");
+                    if self.refused.is_news(&input, &err.to_string()) {
+                        tracing::error!(trigger, error = %err, "trust bundle refused; the previous one keeps serving");
+                    }
                     return Outcome::Failed(err.to_string());
                 }
+                self.refused.clear();
                 let serial = identity.leaf.serial.clone();
                 if identity_changed {
                     tracing::info!(
@@ -325,7 +370,9 @@ impl Credentials {
                     }
                 } else {
                     self.metrics.identity.cert_reload("identity", "error");
-                    tracing::error!(trigger, error = %e, waited = ?grace, "certificate and key still do not match; the previous identity keeps serving");
+                    if self.refused.is_news(&input, &e.to_string()) {
+                        tracing::error!(trigger, error = %e, waited = ?grace, "certificate and key still do not match; the previous identity keeps serving");
+                    }
                     Outcome::Failed(e.to_string())
                 }
             }
@@ -333,9 +380,24 @@ impl Credentials {
                 let ic = &self.config.identity;
                 let bundle_file =
                     e.path == ic.trust_bundle || ic.trust_bundles.iter().any(|(_, p)| *p == e.path);
-                let kind = if bundle_file { "bundle" } else { kind };
+                let crl_file = self.config.revocation.as_ref().is_some_and(|r| {
+                    r.crls.contains(&e.path) || r.intermediates.as_ref() == Some(&e.path)
+                });
+                let kind = if bundle_file {
+                    "bundle"
+                } else if crl_file {
+                    "crl"
+                } else {
+                    kind
+                };
                 self.metrics.identity.cert_reload(kind, "error");
-                tracing::error!(trigger, error = %e, "new {kind} refused; the previous one keeps serving");
+                // Every trigger finds the same bad file until it is fixed:
+                // say so once per change (the metric counts every attempt).
+                if self.refused.is_news(&input, &e.to_string()) {
+                    tracing::error!(trigger, error = %e, "new {kind} refused; the previous one keeps serving");
+                } else {
+                    tracing::debug!(trigger, error = %e, "new {kind} still refused");
+                }
                 Outcome::Failed(e.to_string())
             }
         }

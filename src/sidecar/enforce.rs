@@ -255,8 +255,13 @@ mod tests {
         };
         let with_crls = |bundles: Vec<crate::tls::TrustBundle>| {
             let roots: Vec<_> = bundles.iter().flat_map(|b| b.certs.iter()).collect();
+            let trust = crate::revocation::CrlTrust {
+                roots: &roots,
+                intermediates: &[],
+                in_force: None,
+            };
             let crls =
-                crate::revocation::load_crls(std::slice::from_ref(&crl), &[], &roots, policy)
+                crate::revocation::load_crls(std::slice::from_ref(&crl), &[], &trust, policy)
                     .unwrap();
             TrustStore::new(bundles.clone()).with_revocation(crls)
         };

@@ -77,6 +77,9 @@ impl ControlPlane {
             Outcome::Failed(format!("{}: reload task failed: {e}", path.display()))
         });
         self.metrics.policy.reload(outcome.label());
+        if !outcome.is_failed() {
+            self.policy_refused.clear();
+        }
         match &outcome {
             Outcome::Applied(v) => {
                 let active = self.policy.active();
@@ -88,7 +91,12 @@ impl ControlPlane {
             }
             Outcome::Unchanged(_) => tracing::debug!(trigger, "policy unchanged"),
             Outcome::Failed(e) => {
-                tracing::error!(trigger, error = %e, "policy reload refused; the previous policy keeps serving")
+                let input = super::report::content_hash(&path);
+                if self.policy_refused.is_news(&input, e) {
+                    tracing::error!(trigger, error = %e, "policy reload refused; the previous policy keeps serving")
+                } else {
+                    tracing::debug!(trigger, error = %e, "policy still refused")
+                }
             }
             Outcome::Pending { .. } | Outcome::NotConfigured => {}
         }
@@ -115,10 +123,14 @@ impl ControlPlane {
         let new = match loaded {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(trigger, error = %e, "config reload refused; upstream settings unchanged");
+                let input = super::report::content_hash(&self.config.source);
+                if self.config_refused.is_news(&input, &e.to_string()) {
+                    tracing::error!(trigger, error = %e, "config reload refused; upstream settings unchanged");
+                }
                 return Outcome::Failed(e.to_string());
             }
         };
+        self.config_refused.clear();
         let mut changed = Vec::new();
         for set in sets {
             if let Some(l) = new.outbound.iter().find(|l| l.name == set.name())

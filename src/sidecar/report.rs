@@ -107,6 +107,43 @@ impl ReloadReport {
     }
 }
 
+/// The last refusal reported for one kind of state. Every trigger (the
+/// periodic re-read, each file event) re-reads a bad file and refuses it
+/// again; saying so each time buries the one line that matters. A refusal
+/// is news when its input or its reason differs from the last one.
+#[derive(Debug, Default)]
+pub struct LastRefusal(std::sync::Mutex<Option<String>>);
+
+impl LastRefusal {
+    /// Whether refusing `input` (a content hash) for `reason` is news;
+    /// remembers it.
+    pub fn is_news(&self, input: &str, reason: &str) -> bool {
+        let key = format!("{input}\n{reason}");
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(key.as_str()) {
+            return false;
+        }
+        *last = Some(key);
+        true
+    }
+
+    /// The state was accepted (or is unchanged and good): the next refusal
+    /// is news whatever it is.
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// A content hash of `path` for [`LastRefusal`] (its read error, if it
+/// cannot be read).
+pub fn content_hash(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    match std::fs::read(path) {
+        Ok(bytes) => hex::encode(sha2::Sha256::digest(bytes)),
+        Err(e) => format!("unreadable: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +190,17 @@ mod tests {
             off.to_json(),
             serde_json::json!({"result": "not_configured"})
         );
+    }
+
+    #[test]
+    fn the_same_refusal_is_news_once() {
+        let r = LastRefusal::default();
+        assert!(r.is_news("a", "bad"));
+        assert!(!r.is_news("a", "bad"));
+        assert!(r.is_news("b", "bad"), "a changed file is news");
+        assert!(r.is_news("b", "worse"), "a new reason is news");
+        assert!(!r.is_news("b", "worse"));
+        r.clear();
+        assert!(r.is_news("b", "worse"), "after a good state, news again");
     }
 }

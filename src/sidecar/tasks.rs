@@ -88,6 +88,8 @@ pub(super) async fn expiry(plane: Arc<ControlPlane>, stop: CancellationToken) {
 pub(super) async fn fetch_crls(plane: Arc<ControlPlane>, stop: CancellationToken) {
     const RETRY: Duration = Duration::from_secs(30);
     let max_wait = plane.config.reload.interval.0.max(Duration::from_secs(10));
+    // URL → digest of the last download refused from it.
+    let mut refused: std::collections::HashMap<String, [u8; 32]> = Default::default();
     loop {
         let trust = plane.tls.trust();
         let identity = plane.tls.identity().current();
@@ -102,7 +104,6 @@ pub(super) async fn fetch_crls(plane: Arc<ControlPlane>, stop: CancellationToken
         urls.dedup();
         let mut wait = max_wait;
         let mut changed = false;
-        let policy = plane.config.revocation.as_ref().map(|r| r.policy);
         for url in &urls {
             let fetched = crate::revocation::http_fetch::send(
                 hyper::Method::GET,
@@ -123,15 +124,26 @@ pub(super) async fn fetch_crls(plane: Arc<ControlPlane>, stop: CancellationToken
             };
             // Validate on its own first, so a bad download never blocks reloads.
             let entry = [(url.clone(), bytes.clone())];
-            let roots: Vec<_> = trust.bundles().flat_map(|b| b.certs.iter()).collect();
-            if let Some(policy) = policy
-                && let Err(e) = crate::revocation::load_crls(&[], &entry, &roots, policy)
+            if let Some(r) = &plane.config.revocation
+                && let Err(e) = super::credentials::load_crls(
+                    r,
+                    &identity,
+                    &trust,
+                    &[],
+                    &entry,
+                    trust.revocation(),
+                )
             {
-                tracing::warn!(%url, error = %e, "fetched CRL refused");
+                // The same bad download again is not news: say it once.
+                let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
                 plane.metrics.identity.cert_reload("crl", "error");
+                if refused.insert(url.clone(), digest) != Some(digest) {
+                    tracing::warn!(%url, error = %e, "fetched CRL refused; the lists in force stay");
+                }
                 wait = wait.min(RETRY);
                 continue;
             }
+            refused.remove(url);
             if let Ok(ders) =
                 crate::revocation::parse_crl_bytes(std::path::Path::new(url), bytes.clone())
                 && let Some(der) = ders.first()

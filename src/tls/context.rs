@@ -211,7 +211,7 @@ fn build_server(
     counters: &Option<RevocationCounters>,
 ) -> Result<ServerConfig, rustls::Error> {
     let verifier = Arc::new(InboundVerifier::new(trust.clone(), counters.clone()));
-    let config = ServerConfig::builder_with_provider(super::provider())
+    let config = ServerConfig::builder_with_provider(crate::crypto::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity.clone());
@@ -235,7 +235,7 @@ fn build_client(
         OutboundVerifier::new(trust.clone(), expected.clone(), counters.clone())
             .with_ocsp(ocsp.clone()),
     );
-    let config = ClientConfig::builder_with_provider(super::provider())
+    let config = ClientConfig::builder_with_provider(crate::crypto::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)

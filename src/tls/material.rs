@@ -205,7 +205,7 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
     }
 
     let certified =
-        CertifiedKey::from_der(chain, key, &super::provider()).map_err(|e| match e {
+        CertifiedKey::from_der(chain, key, &crate::crypto::provider()).map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => LoadError {
                 key_mismatch: true,
                 ..LoadError::new(

@@ -1,20 +1,19 @@
-//! TLS: the crypto provider, loading identity and trust material from files,
+//! TLS: loading identity and trust material from files,
 //! SVID-aware certificate verifiers, the resolver that serves our current
 //! certificate, rustls configs (TLS 1.3 only), and naming handshake failures.
 
 mod context;
 mod failure;
 mod material;
-mod provider;
 mod store;
 mod verifier;
 
+pub use crate::crypto::provider;
 pub use context::{ALPN_H2, ALPN_HTTP1, Alpn, OutboundTls, TlsContext};
 pub use failure::HandshakeFailure;
 pub use material::{
     CertKind, CertSummary, LoadedIdentity, TrustBundle, TrustStore, load_bundle, load_identity,
 };
-pub use provider::provider;
 pub use store::IdentityStore;
 pub use verifier::{
     InboundVerifier, OutboundVerifier, RevocationCounters, SvidVerifier, VerifyError,

@@ -99,7 +99,7 @@ impl SvidVerifier {
     pub fn new(trust: Arc<TrustStore>) -> Self {
         SvidVerifier {
             trust,
-            algs: super::provider().signature_verification_algorithms,
+            algs: crate::crypto::provider().signature_verification_algorithms,
             counters: None,
         }
     }
@@ -304,7 +304,7 @@ pub fn verified_issuer(
     role: Role,
 ) -> Result<CertificateDer<'static>, rustls::Error> {
     let c = chain(trust, end_entity, role)?;
-    let algs = super::provider().signature_verification_algorithms;
+    let algs = crate::crypto::provider().signature_verification_algorithms;
     let path =
         c.ee.verify_for_usage(
             algs.all,

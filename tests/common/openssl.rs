@@ -22,6 +22,12 @@ pub fn openssl_ca_in(d: &Path, ca: &Ca) {
     std::fs::create_dir_all(d).unwrap();
     std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
     std::fs::write(d.join("ca-key.pem"), ca.key_pem()).unwrap();
+    openssl_ca_config(d);
+}
+
+/// The `openssl ca` database and config for the CA whose `ca.pem` and
+/// `ca-key.pem` are (or will be) in `d`.
+pub fn openssl_ca_config(d: &Path) {
     std::fs::write(d.join("index.txt"), "").unwrap();
     // Our SVIDs share a subject; their identity is the URI SAN.
     std::fs::write(d.join("index.txt.attr"), "unique_subject = no\n").unwrap();
@@ -99,4 +105,29 @@ pub async fn responder_on(dir: &Path, signer: &str, key: &str, port: u16) -> (Ch
     // Keep draining its stderr so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, format!("http://127.0.0.1:{port}/"))
+}
+
+/// Writes `request` to `req.der`, has `openssl ocsp` answer it once from
+/// the CA's index in `d`, signed by the CA, with `extra` arguments, and
+/// returns the DER response.
+pub fn ocsp_one_shot(d: &Path, request: &[u8], extra: &[&str]) -> Vec<u8> {
+    std::fs::write(d.join("req.der"), request).unwrap();
+    let mut args = vec![
+        "ocsp",
+        "-index",
+        "index.txt",
+        "-CA",
+        "ca.pem",
+        "-rsigner",
+        "ca.pem",
+        "-rkey",
+        "ca-key.pem",
+        "-reqin",
+        "req.der",
+        "-respout",
+        "resp.der",
+    ];
+    args.extend_from_slice(extra);
+    openssl(d, &args);
+    std::fs::read(d.join("resp.der")).unwrap()
 }
