@@ -109,6 +109,7 @@ fn admission(c: &mut Criterion) {
             timeout: Duration::from_secs(1),
             max_age: Duration::from_secs(3_600),
             cache_size: 10_000,
+            error_cache: Duration::from_secs(10),
             nonce: false,
         },
         portcullis::revocation::OcspMetrics::new(&metrics.revocation),

@@ -410,6 +410,7 @@ async fn concurrent_checks_of_one_certificate_share_one_query() {
             timeout: Duration::from_secs(5),
             max_age: Duration::from_secs(3600),
             cache_size: 10,
+            error_cache: Duration::from_secs(10),
             nonce: false,
         },
         portcullis::revocation::OcspMetrics::new(&metrics.revocation),
@@ -498,4 +499,72 @@ async fn answers_are_fresh_and_nonces_must_match() {
         ocsp::verify_with(&plain, &leaf, &ca, &checks(now, Some(nonce))),
         Err(OcspError::NonceMismatch)
     );
+}
+
+/// A responder that accepts connections and never answers: the worst kind
+/// of down. Returns its URL and how many connections it accepted.
+async fn black_hole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (url, accepted)
+}
+
+/// A responder that hangs costs each certificate one timeout per
+/// `error_cache`, not one per connection: later connections are decided
+/// at once from the remembered failure (here admitted, `failure: open`,
+/// and counted as errors). With the cache off, every connection asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_responder_costs_one_timeout_not_one_per_connection() {
+    const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+    let pki = Pki::new();
+    pki.svid("srv", SERVER_ID);
+    pki.svid("peer", "spiffe://prod.example.org/ns/a/sa/peer");
+    for (name, error_cache, queries) in [("cached", "1h", 1), ("uncached", "0s", 4)] {
+        let (url, accepted) = black_hole().await;
+        let server = ocsp_server(
+            &pki,
+            name,
+            &format!(
+                "revocation:\n  failure: open\n  ocsp:\n    mode: require\n    responder: {url}\n\
+                 \x20   timeout: 300ms\n    error_cache: {error_cache}\n"
+            ),
+        )
+        .await;
+        // Our own staple's fetch goes there first.
+        wait_for(Duration::from_secs(10), "the staple fetch", || async {
+            (accepted.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        let addr = server.inbound_addr("orders").unwrap();
+        for _ in 0..4 {
+            assert!(
+                echoes(&pki, "peer", SERVER_ID, addr).await,
+                "{name}: failure: open admits"
+            );
+        }
+        let m = server.metrics().encode();
+        assert_eq!(
+            metric(
+                &m,
+                "portcullis_revocation_checks_total",
+                &[("method", "ocsp"), ("result", "error")]
+            ),
+            Some(4.0),
+            "{name}: every connection's check is an error"
+        );
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst) - 1,
+            queries,
+            "{name}: queries about the peer that reached the responder"
+        );
+    }
 }

@@ -61,6 +61,10 @@ pub struct OcspConfig {
     /// is younger than this.
     pub max_age: Duration,
     pub cache_size: usize,
+    /// A failed query (timeout, unreachable, bad answer) is remembered this
+    /// long per certificate, so a dead responder costs one timeout, not one
+    /// per new connection. Zero turns it off.
+    pub error_cache: Duration,
     /// Send a nonce with each query and refuse an answer that does not carry
     /// it back (for responders that support nonces; many CDN-fronted ones
     /// do not).
@@ -96,6 +100,7 @@ struct RawOcsp {
     timeout: Option<ConfigDuration>,
     max_age: Option<ConfigDuration>,
     cache_size: Option<Spanned<usize>>,
+    error_cache: Option<ConfigDuration>,
     #[serde(default)]
     nonce: bool,
 }
@@ -178,6 +183,7 @@ impl RawOcsp {
             timeout: self.timeout.map_or(Duration::from_secs(2), |t| t.0),
             max_age: self.max_age.map_or(Duration::from_secs(3600), |t| t.0),
             cache_size,
+            error_cache: self.error_cache.map_or(Duration::from_secs(10), |t| t.0),
             nonce: self.nonce,
         }))
     }

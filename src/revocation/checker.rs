@@ -71,6 +71,9 @@ pub struct OcspChecker {
     config: OcspConfig,
     metrics: OcspMetrics,
     cache: Mutex<HashMap<Key, Cached>>,
+    /// Recent failed queries, by certificate: answered from here (as
+    /// "unknown") until `error_cache` has passed.
+    failures: Mutex<HashMap<Key, (Instant, OcspError)>>,
     /// Certificates an answer said were revoked: outside the cache, so no
     /// eviction and no later answer makes them good again.
     revoked: Mutex<HashSet<Key>>,
@@ -91,6 +94,7 @@ impl OcspChecker {
             metrics,
             cache: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashSet::new()),
+            failures: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             on_revoked: std::sync::OnceLock::new(),
         }
@@ -191,6 +195,7 @@ impl OcspChecker {
                 cache.remove(&oldest);
             }
         }
+        Self::lock(&self.failures).remove(&k);
         cache.insert(
             k,
             Cached {
@@ -200,6 +205,33 @@ impl OcspChecker {
         );
         self.metrics.cache_size.set(cache.len() as i64);
         answer
+    }
+
+    /// The error of a query for `k` that failed less than `error_cache`
+    /// ago.
+    fn recent_failure(&self, k: &Key, now: Instant) -> Option<OcspError> {
+        let failures = Self::lock(&self.failures);
+        let (at, e) = failures.get(k)?;
+        (now.saturating_duration_since(*at) < self.config.error_cache).then(|| e.clone())
+    }
+
+    fn remember_failure(&self, k: Key, e: OcspError) {
+        if self.config.error_cache.is_zero() {
+            return;
+        }
+        let mut failures = Self::lock(&self.failures);
+        if failures.len() >= self.config.cache_size {
+            let now = Instant::now();
+            failures
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < self.config.error_cache);
+            if failures.len() >= self.config.cache_size {
+                // Still full of fresh failures: forget one rather than grow.
+                if let Some(victim) = failures.keys().next().cloned() {
+                    failures.remove(&victim);
+                }
+            }
+        }
+        failures.insert(k, (Instant::now(), e));
     }
 
     /// The revocation status of `leaf` (issued by `issuer`).
@@ -238,7 +270,10 @@ impl OcspChecker {
                 }
                 Ok(answer)
             }
-            _ => self.fetch(k, leaf_der, issuer_der).await,
+            _ => match self.recent_failure(&k, now) {
+                Some(e) => Err(e),
+                None => self.fetch(k, leaf_der, issuer_der).await,
+            },
         };
         match answer {
             Ok(a) => match a.status {
@@ -281,6 +316,9 @@ impl OcspChecker {
                     .latency
                     .observe(started.elapsed().as_secs_f64());
                 let r = r.map(|a| self.store(k.clone(), a));
+                if let Err(e) = &r {
+                    self.remember_failure(k.clone(), e.clone());
+                }
                 if let Ok(a) = &r {
                     if a.status == OcspStatus::Revoked
                         && let Some(f) = self.on_revoked.get()
@@ -344,6 +382,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_age: Duration::from_secs(3600),
             cache_size: 100,
+            error_cache: Duration::from_secs(10),
             nonce: false,
         };
         Arc::new(OcspChecker::new(

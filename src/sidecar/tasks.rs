@@ -47,13 +47,41 @@ pub(super) fn ocsp(plane: &Arc<ControlPlane>, stop: CancellationToken) {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
-                    for certs in registry.ocsp_certs() {
-                        checker.check(&certs.0, &certs.1).await;
-                    }
+                    // Concurrently, so one slow answer does not hold up the
+                    // rest; bounded, so thousands of peers do not open
+                    // thousands of sockets to the responder at once.
+                    let checker = checker.clone();
+                    for_each_bounded(registry.ocsp_certs(), RECHECK_CONCURRENCY, move |certs| {
+                        let checker = checker.clone();
+                        async move {
+                            checker.check(&certs.0, &certs.1).await;
+                        }
+                    })
+                    .await;
                 }
             }
         }
     });
+}
+
+/// How many OCSP re-check queries run at once.
+const RECHECK_CONCURRENCY: usize = 16;
+
+/// Runs `f` on every item, at most `limit` at a time, and returns when all
+/// are done.
+async fn for_each_bounded<T, F, Fut>(items: Vec<T>, limit: usize, f: F)
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    for item in items {
+        while running.len() >= limit.max(1) {
+            running.join_next().await;
+        }
+        running.spawn(f(item));
+    }
+    while running.join_next().await.is_some() {}
 }
 
 /// With `connections.close_on_peer_expiry`: sweeps when the earliest
@@ -222,5 +250,34 @@ pub(super) async fn staple(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn bounded_runs_up_to_the_limit_at_once_and_no_more() {
+        let active = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let (a, p, d) = (active.clone(), peak.clone(), done.clone());
+        for_each_bounded((0..20).collect(), 3, move |_: i32| {
+            let (a, p, d) = (a.clone(), p.clone(), d.clone());
+            async move {
+                let now = a.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                a.fetch_sub(1, Ordering::SeqCst);
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+        assert_eq!(done.load(Ordering::SeqCst), 20);
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
     }
 }
