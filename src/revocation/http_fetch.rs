@@ -39,14 +39,16 @@ pub async fn send(
                 "{url}: only http:// URLs are supported"
             )));
         }
-        let host = uri
-            .host()
-            .ok_or_else(|| FetchError::Unreachable(format!("{url}: no host")))?
-            .to_string();
-        let port = uri.port_u16().unwrap_or(80);
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        let authority = uri
+            .authority()
+            .ok_or_else(|| FetchError::Unreachable(format!("{url}: no host")))?;
+        let port = authority.port_u16().unwrap_or(80);
+        let stream = tokio::net::TcpStream::connect((connect_host(authority.host()), port))
             .await
             .map_err(|e| unreachable(&e))?;
+        // Host carries the port when the URL does, and an IPv6 literal in
+        // its brackets (RFC 9110 §7.2); never any userinfo.
+        let host = host_header(authority);
         let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
             hyper_util::rt::TokioIo::new(stream),
         )
@@ -80,4 +82,81 @@ pub async fn send(
     tokio::time::timeout(timeout, io)
         .await
         .map_err(|_| FetchError::Timeout)?
+}
+
+/// The name or address to connect to: an IPv6 literal without the
+/// brackets a URL puts around it (`[::1]` → `::1`).
+fn connect_host(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// The Host header for `authority`: host and port as the URL has them.
+fn host_header(authority: &hyper::http::uri::Authority) -> String {
+    match authority.port() {
+        Some(port) => format!("{}:{}", authority.host(), port),
+        None => authority.host().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_literals_connect_without_brackets_and_keep_them_in_host() {
+        let uri: hyper::Uri = "http://[::1]:8080/ocsp".parse().unwrap();
+        let a = uri.authority().unwrap();
+        assert_eq!(connect_host(a.host()), "::1");
+        assert_eq!(host_header(a), "[::1]:8080");
+        let uri: hyper::Uri = "http://user@ocsp.example.org/".parse().unwrap();
+        let a = uri.authority().unwrap();
+        assert_eq!(connect_host(a.host()), "ocsp.example.org");
+        assert_eq!(host_header(a), "ocsp.example.org");
+    }
+
+    /// A real request to a listener on [::1], as a URL in a certificate
+    /// would name it.
+    #[tokio::test]
+    async fn fetches_from_an_ipv6_literal_url() {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            assert!(
+                std::env::var("PORTCULLIS_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "no IPv6 loopback, and PORTCULLIS_REQUIRE_TOOLS is set"
+            );
+            eprintln!(
+                "skipping fetches_from_an_ipv6_literal_url: no IPv6 loopback on this machine"
+            );
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let host_ok = head
+                .to_ascii_lowercase()
+                .contains(&format!("host: [::1]:{port}\r\n"));
+            let body = if host_ok { "six" } else { "bad host" };
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(reply.as_bytes()).await.unwrap();
+        });
+        let body = send(
+            hyper::Method::GET,
+            &format!("http://[::1]:{port}/crl"),
+            None,
+            Vec::new(),
+            1024,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(body, b"six");
+    }
 }

@@ -26,21 +26,34 @@ pub async fn fetch(leaf: &[u8], issuer: &[u8], config: &OcspConfig) -> Result<St
         None => ocsp::responder_url(leaf)
             .ok_or("our SVID names no OCSP responder and none is configured")?,
     };
-    let request = ocsp::request(leaf, issuer).map_err(|e| e.to_string())?;
+    let nonce = config.nonce.then(|| {
+        let mut n = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut n);
+        n
+    });
+    let request = ocsp::request_with_nonce(leaf, issuer, nonce.as_ref().map(|n| &n[..]))
+        .map_err(|e| e.to_string())?;
     let response = ocsp::query(&url, request, config.timeout)
         .await
         .map_err(|e| e.to_string())?;
     let now = unix_now();
-    let answer = ocsp::verify(&response, leaf, issuer, now).map_err(|e| e.to_string())?;
+    let checks = ocsp::Checks {
+        now,
+        max_age: config.max_age.as_secs() as i64,
+        nonce: nonce.as_ref().map(|n| &n[..]),
+    };
+    let answer = ocsp::verify_with(&response, leaf, issuer, &checks).map_err(|e| e.to_string())?;
     if answer.status != OcspStatus::Good {
         return Err(format!(
             "the responder says our SVID is {:?}; not stapling",
             answer.status
         ));
     }
+    // Without nextUpdate an answer holds while its thisUpdate is younger
+    // than max_age, as for peers' answers.
     let until = answer
         .next_update
-        .unwrap_or(now + config.max_age.as_secs() as i64);
+        .unwrap_or(answer.this_update + config.max_age.as_secs() as i64);
     let half = ((until - answer.this_update).max(0) / 2) as u64;
     let due = (answer.this_update + half as i64 - now).max(5) as u64;
     Ok(Staple {

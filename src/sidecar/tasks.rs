@@ -197,14 +197,26 @@ pub(super) async fn fetch_crls(plane: Arc<ControlPlane>, stop: CancellationToken
 
 /// Keeps our SVID's OCSP staple fresh until `stop`: fetch, staple, and
 /// fetch again at half the answer's validity (sooner when our SVID
-/// rotates); a failed fetch is retried after 30 s.
+/// rotates). While the responder is down, fetches back off (5 s doubling
+/// to 5 min, jittered); the staple held meanwhile stops being served at
+/// its nextUpdate (the identity store sees to that), which is logged once.
 pub(super) async fn staple(
     tls: Arc<TlsContext>,
     config: crate::config::OcspConfig,
     next_update: prometheus::Gauge,
     stop: CancellationToken,
 ) {
-    const RETRY: Duration = Duration::from_secs(30);
+    let mut failures: u32 = 0;
+    let mut expiry_logged = false;
+    let note_expiry = |logged: &mut bool| {
+        if let Some(until) = tls.identity().staple_until()
+            && until <= unix_now()
+            && !*logged
+        {
+            *logged = true;
+            tracing::warn!(next_update = %crate::clock::fmt_time(until), "our OCSP staple has passed its nextUpdate and is no longer served");
+        }
+    };
     loop {
         let identity = tls.identity().current();
         let chain = &identity.certified.cert;
@@ -220,15 +232,23 @@ pub(super) async fn staple(
         };
         let wait = match fetched {
             Ok(staple) => {
-                tls.identity()
-                    .set_staple(&identity.leaf.serial, staple.response);
+                tls.identity().set_staple(
+                    &identity.leaf.serial,
+                    staple.response,
+                    staple.next_update,
+                );
                 next_update.set(staple.next_update as f64);
                 tracing::debug!(next_update = %crate::clock::fmt_time(staple.next_update), "OCSP staple refreshed");
+                failures = 0;
+                expiry_logged = false;
                 staple.refresh_in
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot fetch an OCSP staple for our SVID; retrying");
-                RETRY
+                let wait = staple_backoff(failures, rand::random::<f64>());
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot fetch an OCSP staple for our SVID");
+                note_expiry(&mut expiry_logged);
+                wait
             }
         };
         // Re-check sooner than that if our SVID rotates.
@@ -246,11 +266,23 @@ pub(super) async fn staple(
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(step) => {}
             }
+            note_expiry(&mut expiry_logged);
             if tls.identity().current().leaf.serial != serial {
+                failures = 0;
                 break;
             }
         }
     }
+}
+
+/// The wait before the next staple fetch after `failures` failed ones in a
+/// row: 5 s doubling up to 5 min, scaled by 0.8–1.2 with `jitter` in
+/// [0, 1) so a fleet whose responder comes back does not ask in step.
+fn staple_backoff(failures: u32, jitter: f64) -> Duration {
+    const FIRST: Duration = Duration::from_secs(5);
+    const CAP: Duration = Duration::from_secs(300);
+    let base = FIRST.saturating_mul(1u32 << failures.min(10)).min(CAP);
+    base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]
@@ -279,5 +311,13 @@ mod tests {
         .await;
         assert_eq!(done.load(Ordering::SeqCst), 20);
         assert_eq!(peak.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn staple_fetches_back_off_to_a_cap_with_jitter() {
+        let mid: Vec<u64> = (0..9).map(|n| staple_backoff(n, 0.5).as_secs()).collect();
+        assert_eq!(mid, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(staple_backoff(0, 0.0), Duration::from_secs(4));
+        assert_eq!(staple_backoff(u32::MAX, 0.999_999).as_secs(), 359);
     }
 }

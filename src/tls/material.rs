@@ -70,10 +70,22 @@ impl CertSummary {
 /// Our own SVID: the rustls signing material plus what we read from it.
 #[derive(Debug, Clone)]
 pub struct LoadedIdentity {
+    /// Our chain and key, without a staple.
     pub certified: Arc<CertifiedKey>,
     pub leaf: LeafInfo,
     /// Leaf first, then intermediates, as in the file.
     pub chain: Vec<CertSummary>,
+    /// The same with our OCSP staple, while it is valid.
+    pub stapled: Option<Stapled>,
+}
+
+/// Our certified key with an OCSP response attached, and when that
+/// response's nextUpdate passes (Unix seconds): from then on it is not
+/// served, since a peer would rightly refuse it.
+#[derive(Debug, Clone)]
+pub struct Stapled {
+    pub certified: Arc<CertifiedKey>,
+    pub until: i64,
 }
 
 /// The CA certificates trusted for one trust domain.
@@ -222,6 +234,7 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
         certified: Arc::new(certified),
         leaf,
         chain: summaries,
+        stapled: None,
     })
 }
 
