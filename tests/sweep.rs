@@ -1,9 +1,14 @@
 //! The one enforcement sweep reaches every kind of live connection, not
-//! only a peer's L4 connections: a new CRL closes the local app's L4
-//! connections and the pooled HTTP connections to an upstream it revokes;
-//! a policy reload closes the WebSocket tunnel whose opening request it no
-//! longer admits and keeps the one it still does; a pooled connection to an
-//! upstream whose certificate expires is closed.
+//! only a peer's L4 connections. Between a client and a server sidecar
+//! every kind is opened (the app's L4 connection, a WebSocket tunnel,
+//! pooled HTTP/2 and HTTP/1.1 connections; on the server, the matching
+//! inbound L4, HTTP and tunnel connections), and then, on one side at a
+//! time, a new CRL, an OCSP "revoked" and the removal of the CA the peer
+//! chains to each close every one of them there, counted by kind and
+//! reason. A policy reload closes the WebSocket tunnel whose opening
+//! request it no longer admits and keeps the one it still does; a pooled
+//! connection to an upstream whose certificate expires is closed, with or
+//! without `close_on_peer_expiry`.
 
 mod common;
 
@@ -87,57 +92,6 @@ async fn wait_count(sidecar: &Sidecar, kind: ConnKind, n: usize) {
         || async { (registry.count(kind) == n).then_some(()) },
     )
     .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_crl_closes_outbound_and_pooled_connections_to_a_revoked_upstream() {
-    let pki = Pki::new();
-    let issued = pki.ca.issue_svid(&id(SERVER_ID), DAY).unwrap();
-    pki.write("server", &issued);
-    std::fs::write(pki.path("ca.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
-    let server = server(&pki, "server", "").await;
-    let client = client(&pki, &server, "revocation:\n  crls: [ca.crl]\n").await;
-
-    let mut l4 = open_echo(client.outbound_addr("orders").unwrap()).await;
-    let web = client.outbound_addr("web").unwrap();
-    let (code, _) = http_get(web, "/").await.unwrap();
-    assert_eq!(code, 200);
-    wait_count(&client, ConnKind::OutboundTcp, 1).await;
-    wait_count(&client, ConnKind::UpstreamPooled, 1).await;
-
-    // The upstream's SVID is revoked: both connections to it close.
-    let entry = RevokedEntry {
-        serial: issued.serial.clone(),
-        revoked_at: time::OffsetDateTime::now_utc(),
-    };
-    std::fs::write(pki.path("ca.crl"), pki.ca.crl(&[entry], 2, DAY).unwrap()).unwrap();
-    let (code, reply) = post_reload(client.admin_addr()).await;
-    assert_eq!(code, 200, "{reply}");
-    assert_eq!(reply["identity"]["bundle_changed"], true, "{reply}");
-    closed(&mut l4, "the L4 connection to the revoked upstream").await;
-    wait_count(&client, ConnKind::UpstreamPooled, 0).await;
-    wait_count(&client, ConnKind::OutboundTcp, 0).await;
-    wait_metric(
-        &client,
-        "portcullis_revoked_connections_closed_total",
-        &[],
-        2.0,
-    )
-    .await;
-    wait_metric(
-        &client,
-        "portcullis_connections_closed_total",
-        &[
-            ("direction", "outbound"),
-            ("listener", "orders"),
-            ("reason", "revoked"),
-        ],
-        1.0,
-    )
-    .await;
-    // And no new connection gets through either.
-    let (code, body) = http_get(web, "/").await.unwrap();
-    assert_eq!(code, 502, "{body}");
 }
 
 /// Opens a WebSocket to `path` through `addr` and checks it echoes.
@@ -262,35 +216,241 @@ async fn a_policy_reload_closes_the_tunnels_it_no_longer_admits() {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 }
 
+/// Reusing a pooled connection sends new requests to its peer, so it
+/// closes when the upstream's certificate expires whatever
+/// `close_on_peer_expiry` says; that setting decides for connections
+/// already carrying traffic (here the app's L4 connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_closes_when_its_upstreams_certificate_expires() {
-    let pki = Pki::new();
-    let mut spec = LeafSpec::svid(&id(SERVER_ID), DAY);
-    spec.not_after = time::OffsetDateTime::now_utc() + Duration::from_secs(3);
-    pki.issue("short", &spec);
-    let server = server(&pki, "short", "").await;
-    let client = client(
-        &pki,
-        &server,
-        "connections:\n  close_on_peer_expiry: true\n",
-    )
-    .await;
-    let web = client.outbound_addr("web").unwrap();
-    let (code, _) = http_get(web, "/").await.unwrap();
-    assert_eq!(code, 200);
-    let mut l4 = open_echo(client.outbound_addr("orders").unwrap()).await;
-    wait_count(&client, ConnKind::UpstreamPooled, 1).await;
-    closed(&mut l4, "the L4 connection to the expired upstream").await;
-    wait_count(&client, ConnKind::UpstreamPooled, 0).await;
-    wait_metric(
-        &client,
-        "portcullis_connections_closed_total",
-        &[
-            ("direction", "outbound"),
-            ("listener", "orders"),
-            ("reason", "peer_expired"),
-        ],
-        1.0,
-    )
-    .await;
+    for close_on_peer_expiry in [true, false] {
+        let pki = Pki::new();
+        let mut spec = LeafSpec::svid(&id(SERVER_ID), DAY);
+        spec.not_after = time::OffsetDateTime::now_utc() + Duration::from_secs(3);
+        pki.issue("short", &spec);
+        let server = server(&pki, "short", "").await;
+        let client = client(
+            &pki,
+            &server,
+            &format!("connections:\n  close_on_peer_expiry: {close_on_peer_expiry}\n"),
+        )
+        .await;
+        let web = client.outbound_addr("web").unwrap();
+        let (code, _) = http_get(web, "/").await.unwrap();
+        assert_eq!(code, 200);
+        let mut l4 = open_echo(client.outbound_addr("orders").unwrap()).await;
+        wait_count(&client, ConnKind::UpstreamPooled, 1).await;
+        wait_count(&client, ConnKind::UpstreamPooled, 0).await;
+        wait_metric(
+            &client,
+            "portcullis_enforcement_closed_connections_total",
+            &[("kind", "upstream_pooled"), ("reason", "peer_expired")],
+            1.0,
+        )
+        .await;
+        if close_on_peer_expiry {
+            closed(&mut l4, "the L4 connection to the expired upstream").await;
+            wait_metric(
+                &client,
+                "portcullis_connections_closed_total",
+                &[
+                    ("direction", "outbound"),
+                    ("listener", "orders"),
+                    ("reason", "peer_expired"),
+                ],
+                1.0,
+            )
+            .await;
+        } else {
+            // Past the expiry sweep that closed the pool, still open.
+            l4.write_all(b"ok").await.unwrap();
+            let mut b = [0u8; 2];
+            l4.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"ok");
+            assert_eq!(client.control().registry.count(ConnKind::OutboundTcp), 1);
+        }
+    }
+}
+
+/// Which side a trigger is applied to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Side2 {
+    Server,
+    Client,
+}
+
+/// A server sidecar (inbound `orders`: L4 echo; `web`: HTTP; `web1`: L4
+/// in front of the HTTP app, so clients pool HTTP/1.1 to it) and a client
+/// sidecar (outbound `orders`, `web` and `web1` to them). `server_extra`
+/// and `client_extra` are appended to each config; each trusts the bundle
+/// file named.
+struct Mesh {
+    server: Sidecar,
+    client: Sidecar,
+}
+
+async fn mesh(pki: &Pki, server: (&str, &str), client: (&str, &str)) -> Mesh {
+    let echo = echo_app().await;
+    let (app, _) = http_app().await;
+    let (server_bundle, server_extra) = server;
+    let (client_bundle, client_extra) = client;
+    let server = start(pki.config(
+        "mesh-server.yaml",
+        &format!(
+            "identity:\n  cert: server.pem\n  key: server-key.pem\n  trust_bundle: {server_bundle}\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {echo}\n\
+             \x20 - name: web\n    listen: 127.0.0.1:0\n    forward: {app}\n    protocol: http\n\
+             \x20 - name: web1\n    listen: 127.0.0.1:0\n    forward: {app}\n\
+             admin:\n  listen: 127.0.0.1:0\n{server_extra}"
+        ),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("server: {e}"));
+    let addr = |name| server.inbound_addr(name).unwrap();
+    let (orders, web, web1) = (addr("orders"), addr("web"), addr("web1"));
+    let client = start(pki.config(
+        "mesh-client.yaml",
+        &format!(
+            "identity:\n  cert: client.pem\n  key: client-key.pem\n  trust_bundle: {client_bundle}\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{orders}]\n    identity: {SERVER_ID}\n\
+             \x20 - name: web\n    listen: 127.0.0.1:0\n    endpoints: [{web}]\n    identity: {SERVER_ID}\n    protocol: http\n\
+             \x20 - name: web1\n    listen: 127.0.0.1:0\n    endpoints: [{web1}]\n    identity: {SERVER_ID}\n    protocol: http\n\
+             admin:\n  listen: 127.0.0.1:0\n{client_extra}"
+        ),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("client: {e}"));
+    Mesh { server, client }
+}
+
+/// The kinds each side holds once [`open_all`] has run.
+const CLIENT_KINDS: [(ConnKind, usize); 3] = [
+    (ConnKind::OutboundTcp, 1),
+    (ConnKind::OutboundTunnel, 1),
+    // HTTP/2 to `web`, HTTP/1.1 to `web1`.
+    (ConnKind::UpstreamPooled, 2),
+];
+const SERVER_KINDS: [(ConnKind, usize); 3] = [
+    // `orders`, and the pooled HTTP/1.1 connection through `web1`.
+    (ConnKind::InboundTcp, 2),
+    (ConnKind::InboundTunnel, 1),
+    // The pooled HTTP/2 connection (the one the WebSocket upgraded counts
+    // as the tunnel from then on).
+    (ConnKind::InboundHttp, 1),
+];
+
+/// Opens every kind of connection through the client; returns the app's
+/// L4 connection and WebSocket, which the test watches close.
+async fn open_all(m: &Mesh) -> (TcpStream, TcpStream) {
+    let out = |name| m.client.outbound_addr(name).unwrap();
+    let l4 = open_echo(out("orders")).await;
+    let ws = open_ws(out("web"), "/ws").await;
+    for name in ["web", "web1"] {
+        let (code, body) = http_get(out(name), "/").await.unwrap();
+        assert_eq!(code, 200, "{name}: {body}");
+    }
+    for (kind, n) in CLIENT_KINDS {
+        wait_count(&m.client, kind, n).await;
+    }
+    for (kind, n) in SERVER_KINDS {
+        wait_count(&m.server, kind, n).await;
+    }
+    (l4, ws)
+}
+
+/// After a trigger on `side`: the app's connections are closed, that
+/// side's registry holds none of the kinds it had, and it counted each
+/// close with `reason`.
+async fn all_closed(m: &Mesh, side: Side2, reason: &str, (mut l4, mut ws): (TcpStream, TcpStream)) {
+    closed(&mut l4, "the app's L4 connection").await;
+    closed(&mut ws, "the WebSocket").await;
+    let (sidecar, kinds) = match side {
+        Side2::Server => (&m.server, &SERVER_KINDS),
+        Side2::Client => (&m.client, &CLIENT_KINDS),
+    };
+    for (kind, n) in kinds {
+        wait_count(sidecar, *kind, 0).await;
+        // Closed by this side's sweep, for this reason, not as a
+        // consequence of the other side closing.
+        wait_metric(
+            sidecar,
+            "portcullis_enforcement_closed_connections_total",
+            &[("kind", kind.as_str()), ("reason", reason)],
+            *n as f64,
+        )
+        .await;
+    }
+}
+
+fn serial_of(pki: &Pki, name: &str) -> String {
+    let pem = std::fs::read(pki.path(&format!("{name}.pem"))).unwrap();
+    let der =
+        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+            &pem,
+        )
+        .unwrap();
+    portcullis::identity::check_leaf(&der, None).unwrap().serial
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_crl_closes_every_connection_to_and_from_the_peer_it_revokes() {
+    for side in [Side2::Server, Side2::Client] {
+        let pki = Pki::new();
+        pki.svid("server", SERVER_ID);
+        pki.svid("client", CLIENT_ID);
+        std::fs::write(pki.path("ca.crl"), pki.ca.crl(&[], 1, DAY).unwrap()).unwrap();
+        let crls = "revocation:\n  crls: [ca.crl]\n";
+        let m = mesh(&pki, ("bundle.pem", crls), ("bundle.pem", crls)).await;
+        let open = open_all(&m).await;
+        // The list now revokes the peer of `side`; only `side` reloads.
+        let (victim, sidecar) = match side {
+            Side2::Server => ("client", &m.server),
+            Side2::Client => ("server", &m.client),
+        };
+        let entry = RevokedEntry {
+            serial: serial_of(&pki, victim),
+            revoked_at: time::OffsetDateTime::now_utc(),
+        };
+        std::fs::write(pki.path("ca.crl"), pki.ca.crl(&[entry], 2, DAY).unwrap()).unwrap();
+        let (code, reply) = post_reload(sidecar.admin_addr()).await;
+        assert_eq!(code, 200, "{side:?}: {reply}");
+        all_closed(&m, side, "revoked", open).await;
+        if side == Side2::Client {
+            // And no new connection gets through either.
+            let web = m.client.outbound_addr("web").unwrap();
+            let (code, body) = http_get(web, "/").await.unwrap();
+            assert_eq!(code, 502, "{body}");
+        }
+    }
+}
+
+/// Both roots are the trust domain's: the trust-domain check alone would
+/// keep every connection. Removing the CA that one side's peer chains to
+/// (while its own CA stays, so its own chain still verifies) closes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_ca_a_peer_chains_to_closes_every_connection_to_and_from_it() {
+    for side in [Side2::Server, Side2::Client] {
+        let pki = Pki::new();
+        let other = portcullis::pki::Ca::generate(
+            &portcullis::identity::TrustDomain::parse(TD).unwrap(),
+            DAY,
+        )
+        .unwrap();
+        // The server's SVID from the test root, the client's from the other.
+        pki.svid("server", SERVER_ID);
+        pki.write("client", &other.issue_svid(&id(CLIENT_ID), DAY).unwrap());
+        let both = format!("{}{}", pki.ca.cert_pem(), other.cert_pem());
+        std::fs::write(pki.path("server-bundle.pem"), &both).unwrap();
+        std::fs::write(pki.path("client-bundle.pem"), &both).unwrap();
+        let m = mesh(&pki, ("server-bundle.pem", ""), ("client-bundle.pem", "")).await;
+        let open = open_all(&m).await;
+        let (file, keep, sidecar) = match side {
+            Side2::Server => ("server-bundle.pem", pki.ca.cert_pem(), &m.server),
+            Side2::Client => ("client-bundle.pem", other.cert_pem(), &m.client),
+        };
+        std::fs::write(pki.path(file), keep).unwrap();
+        let (code, reply) = post_reload(sidecar.admin_addr()).await;
+        assert_eq!(code, 200, "{side:?}: {reply}");
+        assert_eq!(reply["identity"]["bundle_changed"], true, "{reply}");
+        all_closed(&m, side, "denied", open).await;
+    }
 }

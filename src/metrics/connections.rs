@@ -1,5 +1,6 @@
 //! Connections through the listeners: opened, open, closed (by reason),
-//! TLS handshakes (by result) and bytes.
+//! TLS handshakes (by result), bytes, and those the enforcement sweep
+//! closed (by kind and reason).
 
 use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 
@@ -16,6 +17,8 @@ pub struct ConnectionFamilies {
     pub handshakes: IntCounterVec,
     /// direction, listener, flow
     pub bytes: IntCounterVec,
+    /// kind, reason
+    pub swept: IntCounterVec,
 }
 
 impl ConnectionFamilies {
@@ -50,6 +53,12 @@ impl ConnectionFamilies {
                 "portcullis_bytes_total",
                 "Bytes proxied; flow=to_upstream is from the listener's client onwards, to_downstream is back to it.",
                 &["direction", "listener", "flow"],
+            ),
+            swept: counter_vec(
+                registry,
+                "portcullis_enforcement_closed_connections_total",
+                "Open connections the enforcement sweep closed because what is admitted changed (policy, CRLs, OCSP, trust bundles, peer expiry), by connection kind and reason.",
+                &["kind", "reason"],
             ),
         }
     }

@@ -53,7 +53,7 @@ impl RevocationFamilies {
             revoked_closed: counter(
                 registry,
                 "portcullis_revoked_connections_closed_total",
-                "Open connections closed because a new CRL revoked their peer.",
+                "Open connections closed because a new CRL or OCSP answer revoked their peer.",
             ),
             ocsp_cache: int_gauge(
                 registry,

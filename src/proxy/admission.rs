@@ -26,6 +26,9 @@ pub struct PeerIdentity {
     /// The leaf's issuer name and serial as DER, for CRL lookups.
     pub issuer_raw: Box<[u8]>,
     pub serial_raw: Box<[u8]>,
+    /// The chain the peer presented, leaf first: a trust change verifies it
+    /// again, so removing the CA it chains to closes its connections.
+    pub chain: Box<[CertificateDer<'static>]>,
 }
 
 /// Why admission refused a connection.
@@ -76,7 +79,8 @@ pub fn peer_identity(
     trust: &TrustStore,
     now_unix: i64,
 ) -> Result<PeerIdentity, Denial> {
-    let leaf = certs.and_then(|c| c.first()).ok_or(Denial::NoCertificate)?;
+    let certs = certs.unwrap_or_default();
+    let leaf = certs.first().ok_or(Denial::NoCertificate)?;
     let (_, cert) = X509Certificate::from_der(leaf)
         .map_err(|e| Denial::Svid(SvidError::Parse(e.to_string())))?;
     let id = spiffe_id_of(&cert)?;
@@ -100,6 +104,7 @@ pub fn peer_identity(
         not_after,
         issuer_raw: cert.issuer().as_raw().into(),
         serial_raw: cert.raw_serial().into(),
+        chain: certs.iter().map(|c| c.clone().into_owned()).collect(),
     })
 }
 

@@ -39,6 +39,15 @@ pub enum ConnKind {
 }
 
 impl ConnKind {
+    /// Whether the peer is the upstream (a TLS server we connected to)
+    /// rather than a client that connected to us.
+    pub fn peer_is_server(self) -> bool {
+        matches!(
+            self,
+            ConnKind::OutboundTcp | ConnKind::OutboundTunnel | ConnKind::UpstreamPooled
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConnKind::InboundTcp => "inbound_tcp",
@@ -193,6 +202,22 @@ impl ConnRegistry {
             .collect()
     }
 
+    /// Every distinct registered peer (by its certificate), with whether
+    /// it is a server to us: what a trust change must verify again. One
+    /// pass; the caller verifies outside the lock.
+    pub fn peers(&self) -> Vec<(Arc<PeerIdentity>, bool)> {
+        let conns = self.lock();
+        let mut seen: HashSet<(&[u8], bool)> = HashSet::new();
+        conns
+            .values()
+            .filter(|(c, _)| {
+                let leaf = c.peer.chain.first().map_or(&[][..], |l| l.as_ref());
+                seen.insert((leaf, c.kind.peer_is_server()))
+            })
+            .map(|(c, _)| (c.peer.clone(), c.kind.peer_is_server()))
+            .collect()
+    }
+
     /// The earliest notAfter of a registered peer, Unix seconds
     /// (`i64::MAX`: none).
     pub fn earliest_expiry(&self) -> i64 {
@@ -216,6 +241,9 @@ impl ConnRegistry {
         let conns = self.lock();
         let mut n = 0;
         let mut earliest = i64::MAX;
+        // A peer already expired and left open (the rules keep it) must not
+        // make the expiry sweep run again at once, and again.
+        let now = crate::clock::unix_now();
         for (info, control) in conns.values() {
             if control.token.is_cancelled() {
                 continue;
@@ -228,7 +256,8 @@ impl ConnRegistry {
                     closed(info, why);
                     n += 1;
                 }
-                None => earliest = earliest.min(info.peer.not_after),
+                None if info.peer.not_after > now => earliest = earliest.min(info.peer.not_after),
+                None => {}
             }
         }
         self.earliest_expiry.0.store(earliest, Ordering::Release);
@@ -248,6 +277,7 @@ mod tests {
             not_after,
             issuer_raw: b"issuer".to_vec().into(),
             serial_raw: vec![1].into(),
+            chain: Box::new([]),
         })
     }
 
@@ -266,15 +296,21 @@ mod tests {
     fn the_sweep_stops_what_it_judges_and_tracks_the_next_expiry() {
         let registry = Arc::new(ConnRegistry::default());
         assert_eq!(registry.earliest_expiry(), i64::MAX);
-        let a = registry.register(conn(ConnKind::InboundTcp, peer("spiffe://td/a", 300)));
-        let b = registry.register(conn(ConnKind::UpstreamPooled, peer("spiffe://td/b", 100)));
-        let c = registry.register(conn(ConnKind::OutboundTcp, peer("spiffe://td/c", 200)));
-        assert_eq!(registry.earliest_expiry(), 100);
+        let t = crate::clock::unix_now();
+        let a = registry.register(conn(ConnKind::InboundTcp, peer("spiffe://td/a", t + 300)));
+        let b = registry.register(conn(
+            ConnKind::UpstreamPooled,
+            peer("spiffe://td/b", t + 100),
+        ));
+        let c = registry.register(conn(ConnKind::OutboundTcp, peer("spiffe://td/c", t + 200)));
+        // Expired already and kept open by the rules (no close on expiry).
+        let d = registry.register(conn(ConnKind::InboundTcp, peer("spiffe://td/d", t - 10)));
+        assert_eq!(registry.earliest_expiry(), t - 10);
         assert_eq!(registry.count(ConnKind::UpstreamPooled), 1);
 
         let mut seen = Vec::new();
         let n = registry.sweep(
-            |c| (c.peer.not_after <= 150).then_some(CloseReason::PeerExpired),
+            |c| (c.peer.not_after == t + 100).then_some(CloseReason::PeerExpired),
             |c, why| seen.push((c.kind, why)),
         );
         assert_eq!(n, 1);
@@ -282,7 +318,12 @@ mod tests {
         assert!(b.stopped().is_cancelled());
         assert_eq!(b.reason(), Some(CloseReason::PeerExpired));
         assert!(!a.stopped().is_cancelled() && a.reason().is_none());
-        assert_eq!(registry.earliest_expiry(), 200, "recomputed over survivors");
+        assert_eq!(
+            registry.earliest_expiry(),
+            t + 200,
+            "recomputed over survivors not yet expired"
+        );
+        drop(d);
 
         // A stopped connection is not judged again; dropping deregisters.
         let n = registry.sweep(|_| Some(CloseReason::Revoked), |_, _| {});

@@ -8,23 +8,32 @@
 //! The rules, per connection, against the state in force now:
 //! - its peer's certificate is revoked (a loaded CRL lists it, or the OCSP
 //!   answer that triggered the sweep names it): closed as `revoked`;
-//! - its peer's trust domain is no longer trusted: closed as `denied`;
-//! - with `connections.close_on_peer_expiry`, its peer's certificate has
-//!   expired: closed as `peer_expired`;
+//! - its peer's trust domain is no longer trusted, or (after a trust
+//!   change) the chain it presented no longer verifies against the bundles
+//!   in force, e.g. the CA it chains to was removed: closed as `denied`
+//!   (or `revoked`, if the new CRLs revoke a certificate of that chain).
+//!   A chain whose revocation status is merely unknown now is left open:
+//!   a stale list is not evidence against a peer already admitted;
+//! - its peer's certificate has expired: a pooled upstream connection is
+//!   closed as `peer_expired` always (reusing it would send new requests
+//!   to a peer whose identity no longer holds), any other connection with
+//!   `connections.close_on_peer_expiry`;
 //! - an inbound L4 connection the policy no longer admits, or an inbound
 //!   tunnel whose opening request it no longer admits: closed as `policy`.
 //!   HTTP connections are judged request by request instead, and outbound
 //!   connections are not subject to the inbound policy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::clock::unix_now;
+use crate::identity::Role;
 use crate::metrics::Metrics;
 use crate::policy::{Authorizer, Request};
 use crate::proxy::close::CloseReason;
 use crate::proxy::registry::{ConnInfo, ConnKind, ConnRegistry};
 use crate::revocation::same_serial;
-use crate::tls::{TlsContext, TrustStore};
+use crate::tls::{SvidVerifier, TlsContext, TrustStore};
 
 /// What prompted a sweep.
 #[derive(Debug, Clone, Copy)]
@@ -85,14 +94,68 @@ impl Enforcer {
     pub fn sweep(&self, change: Change<'_>) -> usize {
         let trust = self.tls.trust();
         let now = unix_now();
+        let chains = match change {
+            Change::Trust => self.judge_chains(&trust, now),
+            _ => Default::default(),
+        };
         let closed = self.registry.sweep(
-            |c| self.judge(c, &change, &trust, now),
+            |c| {
+                let leaf = c.peer.chain.first().map_or(&[][..], |l| l.as_ref());
+                if let Some(why) = chains[usize::from(c.kind.peer_is_server())].get(leaf) {
+                    return Some(*why);
+                }
+                self.judge(c, &change, &trust, now)
+            },
             |c, why| self.report(c, why),
         );
         if closed > 0 {
             tracing::info!(closed, after = change.as_str(), "open connections closed");
         }
         closed
+    }
+
+    /// Verifies every registered peer's chain again against `trust` (each
+    /// distinct certificate once, outside the registry lock) and returns
+    /// the ones that no longer pass, with the reason. Verified as of a
+    /// moment the leaf was valid: expiry has its own rule.
+    /// Indexed by whether the peer is a server to us, then by leaf.
+    fn judge_chains(
+        &self,
+        trust: &Arc<TrustStore>,
+        now: i64,
+    ) -> [HashMap<Vec<u8>, CloseReason>; 2] {
+        let peers = self.registry.peers();
+        let verifier = SvidVerifier::new(trust.clone());
+        let mut failed: [HashMap<Vec<u8>, CloseReason>; 2] = Default::default();
+        for (peer, is_server) in &peers {
+            let Some((leaf, intermediates)) = peer.chain.split_first() else {
+                continue;
+            };
+            let at = now.min(peer.not_after - 1).max(0) as u64;
+            let at =
+                rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(at));
+            let role = if *is_server {
+                Role::Server
+            } else {
+                Role::Client
+            };
+            let why = match verifier.verify(leaf, intermediates, at, role) {
+                Ok(_) => continue,
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                    CloseReason::Revoked
+                }
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownRevocationStatus
+                    | rustls::CertificateError::ExpiredRevocationList,
+                )) => continue,
+                Err(e) => {
+                    tracing::debug!(peer = %peer.id, error = %e, "peer chain no longer verifies");
+                    CloseReason::Denied
+                }
+            };
+            failed[usize::from(*is_server)].insert(leaf.to_vec(), why);
+        }
+        failed
     }
 
     /// Why `c` is no longer admitted, if it is not.
@@ -119,7 +182,9 @@ impl Enforcer {
         if trust.get(peer.id.trust_domain_name()).is_none() {
             return Some(CloseReason::Denied);
         }
-        if self.close_on_peer_expiry && peer.not_after <= now {
+        if peer.not_after <= now
+            && (self.close_on_peer_expiry || c.kind == ConnKind::UpstreamPooled)
+        {
             return Some(CloseReason::PeerExpired);
         }
         let request = match c.kind {
@@ -142,6 +207,11 @@ impl Enforcer {
     /// Logs and counts one connection the sweep closed.
     fn report(&self, c: &ConnInfo, why: CloseReason) {
         let (service, peer, remote, kind) = (&c.listener, &c.peer.id, c.remote, c.kind.as_str());
+        self.metrics
+            .connections
+            .swept
+            .with_label_values(&[kind, why.as_str()])
+            .inc();
         match why {
             CloseReason::Policy => {
                 let request = c.request.as_deref().map(|r| Request {
@@ -164,7 +234,7 @@ impl Enforcer {
                 self.metrics.revocation.revoked_closed.inc();
             }
             CloseReason::Denied => {
-                tracing::warn!(%service, %peer, %remote, kind, "closing open connection: the peer's trust domain is no longer trusted");
+                tracing::warn!(%service, %peer, %remote, kind, "closing open connection: the peer's trust domain or the CA its chain ends at is no longer trusted");
             }
             CloseReason::PeerExpired => {
                 tracing::info!(%service, %peer, %remote, kind, "closing open connection: the peer certificate expired");
@@ -315,6 +385,7 @@ mod tests {
                 not_after: p.not_after,
                 issuer_raw: p.issuer.into(),
                 serial_raw: p.serial.to_be_bytes().to_vec().into(),
+                chain: Box::new([]),
             }),
             remote: "127.0.0.1:1".parse().unwrap(),
             request: request.map(|(m, p)| {

@@ -242,7 +242,13 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     );
     tokio::spawn(tasks::readiness(plane.clone(), stop_admin.clone()));
     tasks::ocsp(&plane, stop_admin.clone());
-    if config.connections.close_on_peer_expiry {
+    // Pooled upstream connections close when their peer expires whatever
+    // `close_on_peer_expiry` says; the task sleeps until the next expiry.
+    let pools = config
+        .outbound
+        .iter()
+        .any(|l| l.protocol != crate::config::Protocol::Tcp);
+    if config.connections.close_on_peer_expiry || pools {
         tokio::spawn(tasks::expiry(plane.clone(), stop_admin.clone()));
     }
     if let Some(ocsp) = revocation.and_then(|r| r.ocsp.clone())

@@ -84,8 +84,9 @@ where
     while running.join_next().await.is_some() {}
 }
 
-/// With `connections.close_on_peer_expiry`: sweeps when the earliest
-/// registered peer certificate expires (woken sooner when a connection
+/// With `connections.close_on_peer_expiry`, or pooled upstream
+/// connections to close: sweeps when the earliest registered peer
+/// certificate expires (woken sooner when a connection
 /// whose peer expires sooner registers).
 pub(super) async fn expiry(plane: Arc<ControlPlane>, stop: CancellationToken) {
     let registry = plane.registry.clone();
