@@ -568,3 +568,53 @@ async fn a_hanging_responder_costs_one_timeout_not_one_per_connection() {
         );
     }
 }
+
+/// A server whose own SVID is revoked stops stapling the "good" it held
+/// as soon as its next fetch hears the news, instead of serving it until
+/// that answer's nextUpdate: a client that cannot reach the responder
+/// then has nothing to admit it with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_told_its_svid_is_revoked_stops_stapling_the_old_good() {
+    let test = "a_server_told_its_svid_is_revoked_stops_stapling_the_old_good";
+    if !have_tool("openssl", test) {
+        return;
+    }
+    const SERVER_ID: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    openssl_ca(&pki);
+    pki.svid("srv", SERVER_ID);
+    openssl(d, &["ca", "-config", "ca.cnf", "-valid", "srv.pem"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut first, url) = responder_on(d, "ca.pem", "ca-key.pem", port).await;
+    // max_age bounds how long until the staple is fetched again (5 s at
+    // least); the responder's answers are good for 5 minutes.
+    let server = ocsp_server(
+        &pki,
+        "srv",
+        &format!(
+            "revocation:\n  ocsp:\n    mode: require\n    responder: {url}\n    max_age: 2s\n"
+        ),
+    )
+    .await;
+    let identity = server.control().tls.identity().clone();
+    wait_for(
+        Duration::from_secs(10),
+        "the server's own staple",
+        || async { identity.staple_until().map(|_| ()) },
+    )
+    .await;
+    first.kill().await.unwrap();
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "srv.pem"]);
+    let _second = responder_on(d, "ca.pem", "ca-key.pem", port).await;
+    wait_for(
+        Duration::from_secs(20),
+        "the staple to be dropped",
+        || async { identity.staple_until().is_none().then_some(()) },
+    )
+    .await;
+}

@@ -454,3 +454,48 @@ async fn removing_the_ca_a_peer_chains_to_closes_every_connection_to_and_from_it
         all_closed(&m, side, "denied", open).await;
     }
 }
+
+/// An OCSP "revoked" found by the periodic re-check closes every kind of
+/// connection to and from that peer on the side that asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ocsp_revoked_closes_every_connection_to_and_from_the_peer() {
+    let test = "an_ocsp_revoked_closes_every_connection_to_and_from_the_peer";
+    if !have_tool("openssl", test) {
+        return;
+    }
+    for side in [Side2::Server, Side2::Client] {
+        let pki = Pki::new();
+        let d = pki.dir.path();
+        openssl_ca(&pki);
+        pki.svid("server", SERVER_ID);
+        pki.svid("client", CLIENT_ID);
+        openssl(d, &["ca", "-config", "ca.cnf", "-valid", "server.pem"]);
+        openssl(d, &["ca", "-config", "ca.cnf", "-valid", "client.pem"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (mut first, url) = responder_on(d, "ca.pem", "ca-key.pem", port).await;
+        // Only `side` checks OCSP, so its closes are its own.
+        let ocsp = format!(
+            "revocation:\n  ocsp:\n    mode: require\n    responder: {url}\n    max_age: 1s\n"
+        );
+        let (server_extra, client_extra, victim) = match side {
+            Side2::Server => (ocsp.as_str(), "", "client.pem"),
+            Side2::Client => ("", ocsp.as_str(), "server.pem"),
+        };
+        let m = mesh(
+            &pki,
+            ("bundle.pem", server_extra),
+            ("bundle.pem", client_extra),
+        )
+        .await;
+        let open = open_all(&m).await;
+        // The CA revokes the peer; the responder comes back knowing it.
+        first.kill().await.unwrap();
+        openssl(d, &["ca", "-config", "ca.cnf", "-revoke", victim]);
+        let _second = responder_on(d, "ca.pem", "ca-key.pem", port).await;
+        all_closed(&m, side, "revoked", open).await;
+    }
+}

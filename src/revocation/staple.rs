@@ -19,8 +19,31 @@ pub struct Staple {
     pub refresh_in: Duration,
 }
 
+/// Why no staple came back.
+#[derive(Debug, thiserror::Error)]
+pub enum StapleError {
+    /// The responder answered, and not "good": whatever is stapled now
+    /// must not be served any longer.
+    #[error("the responder says our SVID is {0:?}; not stapling")]
+    NotGood(OcspStatus),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for StapleError {
+    fn from(e: String) -> Self {
+        StapleError::Failed(e)
+    }
+}
+
+impl From<&str> for StapleError {
+    fn from(e: &str) -> Self {
+        StapleError::Failed(e.to_string())
+    }
+}
+
 /// Fetches and verifies an answer for `leaf` (issued by `issuer`).
-pub async fn fetch(leaf: &[u8], issuer: &[u8], config: &OcspConfig) -> Result<Staple, String> {
+pub async fn fetch(leaf: &[u8], issuer: &[u8], config: &OcspConfig) -> Result<Staple, StapleError> {
     let url = match &config.responder {
         Some(u) => u.clone(),
         None => ocsp::responder_url(leaf)
@@ -44,10 +67,7 @@ pub async fn fetch(leaf: &[u8], issuer: &[u8], config: &OcspConfig) -> Result<St
     };
     let answer = ocsp::verify_with(&response, leaf, issuer, &checks).map_err(|e| e.to_string())?;
     if answer.status != OcspStatus::Good {
-        return Err(format!(
-            "the responder says our SVID is {:?}; not stapling",
-            answer.status
-        ));
+        return Err(StapleError::NotGood(answer.status));
     }
     // Without nextUpdate an answer holds while its thisUpdate is younger
     // than max_age, as for peers' answers.

@@ -222,11 +222,11 @@ pub(super) async fn staple(
         let identity = tls.identity().current();
         let chain = &identity.certified.cert;
         let fetched = match chain.first() {
-            None => Err("no certificate".to_string()),
+            None => Err("no certificate".into()),
             Some(leaf) => {
                 let now = rustls_pki_types::UnixTime::now();
                 match verified_issuer(&tls.trust(), leaf, &chain[1..], now, Role::Server) {
-                    Err(e) => Err(format!("our chain does not verify: {e}")),
+                    Err(e) => Err(format!("our chain does not verify: {e}").into()),
                     Ok(issuer) => crate::revocation::staple::fetch(leaf, &issuer, &config).await,
                 }
             }
@@ -245,6 +245,10 @@ pub(super) async fn staple(
                 staple.refresh_in
             }
             Err(e) => {
+                if let crate::revocation::staple::StapleError::NotGood(_) = e {
+                    // A "good" held from before must not outlive the news.
+                    tls.identity().clear_staple(&identity.leaf.serial);
+                }
                 let wait = staple_backoff(failures, rand::random::<f64>());
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, retry_in = ?wait, "cannot fetch an OCSP staple for our SVID");

@@ -59,6 +59,18 @@ impl IdentityStore {
         true
     }
 
+    /// Stops stapling to the SVID with `serial` (the responder no longer
+    /// says it is good).
+    pub fn clear_staple(&self, serial: &str) {
+        let current = self.current.load_full();
+        if current.leaf.serial != serial || current.stapled.is_none() {
+            return;
+        }
+        let mut next = (*current).clone();
+        next.stapled = None;
+        self.current.store(Arc::new(next));
+    }
+
     /// When the staple served now stops being served (Unix seconds), if
     /// there is one.
     pub fn staple_until(&self) -> Option<i64> {
@@ -128,5 +140,10 @@ mod tests {
         assert!(store.set_staple(&svid.serial, b"stale".to_vec(), now - 1));
         assert_eq!(store.served().ocsp, None);
         assert_eq!(store.served().cert, store.current().certified.cert);
+
+        // The responder says it is no longer good: dropped at once.
+        assert!(store.set_staple(&svid.serial, b"fresh".to_vec(), now + 3600));
+        store.clear_staple(&svid.serial);
+        assert_eq!(store.served().ocsp, None);
     }
 }
