@@ -1,6 +1,9 @@
 //! Revocation as an attacker would try to get past it, with real
-//! certificates and real `openssl` responders. Each test reproduces an
-//! attack that worked before the fix it names.
+//! certificates and real `openssl` responders and CAs. Each test
+//! reproduces an attack that worked before the fix it names: an extra CA
+//! in the chain to pick the OCSP issuer, a replayed older staple, a
+//! recorded answer replayed on the wire, SHA-1 and RSA-1024 signatures on
+//! revocation data, and forged or older CRLs of an intermediate.
 //!
 //! The extra-CA trick: a peer whose leaf is revoked sends the chain
 //! `[leaf, a CA of its own, the real intermediate]`. Path building ignores
