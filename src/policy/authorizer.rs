@@ -124,6 +124,13 @@ impl ServiceAuthorizer {
         &self.service
     }
 
+    /// Whether the policy in force would admit an L4 connection from
+    /// `peer`, with no side effect (no count, no audit, no rate-limit
+    /// token).
+    pub fn would_admit(&self, peer: &SpiffeId) -> bool {
+        self.authorizer.recheck(&self.service, peer, None).is_ok()
+    }
+
     /// A new L4 connection from `peer`: the policy, then the service's
     /// rate limit.
     pub fn connection(&self, peer: &SpiffeId, src: SocketAddr) -> Result<(), Refusal> {

@@ -17,10 +17,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::admission::{Denial, admit};
+use super::admission::{Denial, PeerIdentity, admit};
 use super::close::{self, CloseReason};
 use super::counters::ListenerMetrics;
-use super::detect::{Detected, Rewind, detect};
+use super::detect::{Detected, Rewind, detect, detect_from};
 use super::http::{HttpVersion, ServeLimits};
 use super::listener::{ActiveGuard, ListenerParts};
 use super::registry::{ConnInfo, ConnKind, ConnRegistry};
@@ -29,7 +29,7 @@ use crate::log_limit::LogLimiter;
 use crate::policy::ServiceAuthorizer;
 use crate::tls::{ALPN_H2, ALPN_HTTP1, HandshakeFailure, TlsContext};
 use http::{AdmittedPeer, InboundHttp};
-use tcp::InboundTcp;
+use tcp::{FirstSpeaker, InboundTcp};
 
 /// The peer's stream, boxed so that moving it from phase to phase (which
 /// each keep a slot for it in the task's future) costs a pointer, not the
@@ -37,7 +37,8 @@ use tcp::InboundTcp;
 type InboundIo = Rewind<Box<TlsStream<TcpStream>>>;
 
 enum Mode {
-    Tcp(InboundIo),
+    /// Opaque TCP; with the app's connection when the app spoke first.
+    Tcp(InboundIo, Option<(TcpStream, Bytes)>),
     Http(InboundIo, HttpVersion),
 }
 
@@ -136,9 +137,9 @@ impl InboundListener {
             }
         };
 
-        let mode = match Box::pin(self.connection_mode(tls, src)).await {
-            Some(mode) => mode,
-            None => return m.closed(CloseReason::Error),
+        let mode = match Box::pin(self.connection_mode(tls, &peer, src)).await {
+            Ok(mode) => mode,
+            Err(reason) => return m.closed(reason),
         };
 
         // Registered before the policy is read: a reload that lands after
@@ -146,7 +147,7 @@ impl InboundListener {
         let peer = Arc::new(peer);
         let registration = self.registry.register(ConnInfo {
             kind: match mode {
-                Mode::Tcp(_) => ConnKind::InboundTcp,
+                Mode::Tcp(..) => ConnKind::InboundTcp,
                 Mode::Http(..) => ConnKind::InboundHttp,
             },
             listener: self.name.clone(),
@@ -159,11 +160,11 @@ impl InboundListener {
         let stopped = || registration.reason().unwrap_or(CloseReason::Policy);
 
         match mode {
-            Mode::Tcp(io) => {
+            Mode::Tcp(io, app) => {
                 let end =
                     Box::pin(
                         self.tcp
-                            .serve(io, &peer, src, registration.stopped(), deadline),
+                            .serve(io, app, &peer, src, registration.stopped(), deadline),
                     )
                     .await;
                 if let Some(end) = end {
@@ -205,21 +206,22 @@ impl InboundListener {
     async fn connection_mode(
         &self,
         tls: Box<TlsStream<TcpStream>>,
+        peer: &PeerIdentity,
         src: SocketAddr,
-    ) -> Option<Mode> {
+    ) -> Result<Mode, CloseReason> {
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let Some(http) = &self.http else {
-            return Some(Mode::Tcp(Rewind::new(Bytes::new(), tls)));
+            return Ok(Mode::Tcp(Rewind::new(Bytes::new(), tls), None));
         };
         match alpn.as_deref() {
             Some(ALPN_H2) => {
-                return Some(Mode::Http(
+                return Ok(Mode::Http(
                     Rewind::new(Bytes::new(), tls),
                     HttpVersion::Http2,
                 ));
             }
             Some(ALPN_HTTP1) => {
-                return Some(Mode::Http(
+                return Ok(Mode::Http(
                     Rewind::new(Bytes::new(), tls),
                     HttpVersion::Http1,
                 ));
@@ -227,20 +229,45 @@ impl InboundListener {
             _ => {}
         }
         let mut tls = tls;
-        let (detected, prefix) = match detect(&mut tls, http.detect_timeout()).await {
+        let failed = |e: std::io::Error| {
+            tracing::debug!(listener = %self.name, %src, error = %e, "connection failed during protocol detection");
+        };
+        let (mut detected, mut prefix) = match detect(&mut tls, http.detect_timeout()).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!(listener = %self.name, %src, error = %e, "connection failed during protocol detection");
-                return None;
+                failed(e);
+                return Err(CloseReason::Error);
             }
         };
+        let mut app = None;
+        if detected == Detected::Silent && self.protocol == Protocol::Auto {
+            // Silence proves nothing: whoever speaks first decides.
+            match self.tcp.first_speaker(&mut tls, peer).await {
+                FirstSpeaker::Peer(first) => {
+                    (detected, prefix) =
+                        match detect_from(&mut tls, first, http.detect_timeout()).await {
+                            Ok(d) => d,
+                            Err(e) => {
+                                failed(e);
+                                return Err(CloseReason::Error);
+                            }
+                        };
+                }
+                FirstSpeaker::App(stream, greeting) => {
+                    detected = Detected::Tcp;
+                    app = Some((stream, greeting));
+                }
+                FirstSpeaker::Nobody => return Err(CloseReason::IdleTimeout),
+            }
+        }
         let io = Rewind::new(prefix, tls);
-        Some(match (detected, self.protocol) {
+        Ok(match (detected, self.protocol) {
             (Detected::Http2, _) => Mode::Http(io, HttpVersion::Http2),
-            (Detected::Http1, _) => Mode::Http(io, HttpVersion::Http1),
-            // `http` listeners answer anything else as HTTP/1.1 (a 400).
-            (Detected::Tcp, Protocol::Http) => Mode::Http(io, HttpVersion::Http1),
-            (Detected::Tcp, _) => Mode::Tcp(io),
+            (Detected::Tcp, Protocol::Auto) => Mode::Tcp(io, app),
+            // Everything else is HTTP/1.1: on `http` listeners whatever
+            // came (hyper answers it or times it out), and on `auto` ones
+            // anything that is not evidence of another protocol.
+            _ => Mode::Http(io, HttpVersion::Http1),
         })
     }
 

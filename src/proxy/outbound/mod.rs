@@ -110,8 +110,9 @@ impl OutboundListener {
             (Detected::Http2, _) => HttpVersion::Http2,
             (Detected::Http1, _) => HttpVersion::Http1,
             // `http` listeners answer anything else as HTTP/1.1 (a 400).
-            (Detected::Tcp, Protocol::Http) => HttpVersion::Http1,
-            (Detected::Tcp, _) => {
+            (Detected::Tcp | Detected::Silent, Protocol::Http) => HttpVersion::Http1,
+            // The local app is what it is: silence is a server-first protocol.
+            (Detected::Tcp | Detected::Silent, _) => {
                 let end = Box::pin(tcp::serve(
                     &self.connector,
                     m,
