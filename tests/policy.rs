@@ -468,3 +468,84 @@ async fn probes_reach_the_app_under_default_deny_and_nothing_else_does() {
     // Only the one probe path ever reached the app.
     assert!(seen.try_recv().is_err());
 }
+
+/// A deny rule that names paths holds at L4: on a `tcp` listener the peers
+/// it names are refused whole, rather than getting everything another
+/// rule allows them (their bytes could be exactly the request the rule
+/// forbids). An allow rule that names paths admits nobody at L4. Peers the
+/// deny rule does not name are unaffected. Before, BATCH's connection got
+/// through on the allow rule and `GET /admin` reached the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_rules_with_paths_deny_whole_l4_connections() {
+    let pki = Pki::new();
+    pki.svid("frontend", FRONTEND);
+    pki.svid("batch", BATCH);
+    pki.svid("reader", "spiffe://prod.example.org/ns/web/sa/reader");
+    let app = echo_app().await;
+    let policy = pki.path("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "default: deny\nservices:\n  orders:\n    rules:\n\
+             \x20     - {{ name: everyone, action: allow, from: [\"{FRONTEND}\", \"{BATCH}\"] }}\n\
+             \x20     - {{ name: no-admin-for-batch, action: deny, from: [\"{BATCH}\"], paths: [\"/admin/*\"] }}\n\
+             \x20     - {{ name: readers, action: allow, from: [spiffe://prod.example.org/ns/web/sa/reader], methods: [GET] }}\n"
+        ),
+    )
+    .unwrap();
+    let s = server(&pki, app, &policy, "").await;
+    let addr = s.inbound_addr("orders").unwrap();
+    assert!(
+        echoes(&pki, "frontend", SERVER_ID, addr).await,
+        "frontend is unaffected"
+    );
+    assert!(
+        !echoes(&pki, "batch", SERVER_ID, addr).await,
+        "the L7 deny holds at L4"
+    );
+    assert!(
+        !echoes(&pki, "reader", SERVER_ID, addr).await,
+        "an L7 allow admits nobody at L4"
+    );
+    let m = s.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_authz_decisions_total",
+            &[
+                ("service", "orders"),
+                ("decision", "deny"),
+                ("rule", "no-admin-for-batch")
+            ]
+        ),
+        Some(1.0)
+    );
+
+    // `portcullis check` says what such rules do on this listener.
+    std::fs::write(
+        pki.path("check.yaml"),
+        format!(
+            "identity:\n  cert: srv.pem\n  key: srv-key.pem\n  trust_bundle: bundle.pem\npolicy: {}\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:15006\n    forward: 127.0.0.1:8080\n",
+            path_str(&policy)
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(pki.dir.path())
+        .args(["check", "--config", "check.yaml"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("deny rule \"no-admin-for-batch\"")
+            && out.contains("its `tcp` listener it denies the whole connection"),
+        "{out}"
+    );
+    assert!(
+        out.contains("allow rule \"readers\"") && out.contains("never admits anyone"),
+        "{out}"
+    );
+    assert!(!out.contains("\"everyone\""), "{out}");
+}

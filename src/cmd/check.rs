@@ -6,6 +6,37 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 
+/// What rules with methods or paths do on a listener that carries TCP:
+/// one line per such rule of `service`, for a listener of `protocol`.
+fn l4_warnings(
+    service: &crate::policy::ServiceSpec,
+    protocol: Option<crate::config::Protocol>,
+) -> Vec<String> {
+    use crate::config::Protocol;
+    let on = match protocol {
+        Some(Protocol::Tcp) => "its `tcp` listener",
+        Some(Protocol::Auto) => "connections its `auto` listener takes as TCP",
+        // HTTP listeners judge requests; no listener: said per policy.
+        Some(Protocol::Http) => return Vec::new(),
+        None => "a `tcp` listener (and TCP on an `auto` one)",
+    };
+    service
+        .rules
+        .iter()
+        .filter(|r| r.is_l7())
+        .map(|r| match r.action {
+            crate::policy::Action::Deny => format!(
+                "warning:    service {:?}: deny rule {:?} names methods or paths, so on {on} it denies the whole connection of every peer it names",
+                service.name, r.name
+            ),
+            crate::policy::Action::Allow => format!(
+                "warning:    service {:?}: allow rule {:?} names methods or paths, so on {on} it never admits anyone",
+                service.name, r.name
+            ),
+        })
+        .collect()
+}
+
 fn print_policy(path: &std::path::Path, spec: &crate::policy::PolicySpec, sha: &str) {
     let rules: usize = spec.services.iter().map(|s| s.rules.len()).sum();
     println!(
@@ -21,6 +52,11 @@ pub fn check_policy(path: &std::path::Path) -> ExitCode {
         Ok((spec, sha)) => {
             println!("{}: ok", path.display());
             print_policy(path, &spec, &sha);
+            for service in &spec.services {
+                for w in l4_warnings(service, None) {
+                    println!("  {w}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -82,6 +118,11 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
                 (Some(path), Some((spec, sha))) => {
                     print_policy(path, spec, sha);
                     for l in &config.inbound {
+                        if let Some(service) = spec.services.iter().find(|s| s.name == l.name) {
+                            for w in l4_warnings(service, Some(l.protocol)) {
+                                println!("  {w}");
+                            }
+                        }
                         if !spec.services.iter().any(|s| s.name == l.name) {
                             println!(
                                 "  note:       inbound {:?} is not in the policy: it gets `default: {}`",

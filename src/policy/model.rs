@@ -79,7 +79,8 @@ pub struct RuleSpec {
     pub name: String,
     pub action: Action,
     pub from: Vec<IdPattern>,
-    /// Upper-case HTTP methods; `None`: any (and the rule applies at L4).
+    /// Upper-case HTTP methods; `None`: any. A rule with methods or paths
+    /// never allows an L4 connection, and as a deny it denies it whole.
     pub methods: Option<Vec<String>>,
     /// Exact paths (`/orders`) and prefixes (`/orders/*`); `None`: any.
     pub paths: Option<Vec<String>>,

@@ -93,8 +93,12 @@ impl CompiledRule {
 
     fn applies(&self, request: Option<&Request<'_>>) -> bool {
         let Some(req) = request else {
-            // Plain TCP: a rule with HTTP conditions can never match.
-            return !self.l7;
+            // Plain TCP has no method or path. A deny rule that names them
+            // denies the whole connection (what could be inside it is what
+            // the rule forbids: fail closed, as Istio reads HTTP-only
+            // fields in DENY policies); an allow rule that names them never
+            // matches.
+            return !self.l7 || self.action == Action::Deny;
         };
         if let Some(methods) = &self.methods
             && !methods.iter().any(|m| m == req.method)
@@ -502,12 +506,14 @@ services:
                 "deny",
                 "no-evil-batch",
             ),
+            // At L4 a deny rule that names paths denies the whole
+            // connection: nothing tells what the bytes ask for.
             (
                 "orders",
                 "spiffe://prod.example.org/ns/ops/a/b",
                 None,
-                "allow",
-                "ops",
+                "deny",
+                "no-admin",
             ),
             (
                 "orders",
@@ -592,8 +598,8 @@ services:
                 "orders",
                 "spiffe://prod.example.org/ns/ops/a",
                 None,
-                "allow",
-                "ops",
+                "deny",
+                "no-admin",
             ),
             // Unlisted service: the file's default.
             (

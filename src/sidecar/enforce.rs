@@ -413,7 +413,9 @@ mod tests {
         let denied = "spiffe://prod.example.org/denied";
         let cases = [
             // (kind, peer, tunnel request, closed for)
-            (InboundTcp, prod(ok, 1), None, None),
+            // A deny rule with paths (`no-admin`) names every prod peer:
+            // at L4, where there is no path, it denies the connection whole.
+            (InboundTcp, prod(ok, 1), None, Some(CloseReason::Policy)),
             (InboundTcp, prod(denied, 2), None, Some(CloseReason::Policy)),
             // HTTP connections are judged request by request instead.
             (InboundHttp, prod(denied, 3), None, None),
@@ -492,6 +494,6 @@ mod tests {
         });
         assert_eq!(n, 1);
         assert_eq!(ocsp.reason(), Some(CloseReason::Revoked));
-        assert!(regs[0].reason().is_none(), "the others stay");
+        assert!(regs[3].reason().is_none(), "the others stay");
     }
 }
