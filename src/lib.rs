@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod files;
 pub mod identity;
+pub mod limit;
 pub mod line_writer;
 pub mod log_limit;
 pub mod metrics;

@@ -638,3 +638,79 @@ async fn upstream_settings_reload_live_and_bad_ones_are_refused() {
     assert_eq!(dump["upstreams"][0]["settings"]["max_requests"], 1);
     assert_eq!(dump["upstreams"][0]["requests"], 1);
 }
+
+/// The local app can open at most `limits.max_app_connections` at an
+/// outbound listener, whatever it sends on them (here nothing); over it a
+/// new one is closed at once and counted. The ceiling reloads live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn app_connections_are_bounded_per_outbound_listener_and_reload_live() {
+    let pki = Pki::new();
+    let (app, _) = counting_app(200, false).await;
+    let srv = server(&pki, "orders.yaml", app, "http").await;
+    let ep = srv.inbound_addr("orders").unwrap();
+    let cl = client(
+        &pki,
+        "frontend.yaml",
+        &[ep],
+        "http",
+        "    limits: { max_app_connections: 2 }\n",
+    )
+    .await;
+    let out = cl.outbound_addr("orders").unwrap();
+    let rejected = || {
+        metric(
+            &cl.metrics().encode(),
+            "portcullis_listener_rejected_connections_total",
+            &[
+                ("direction", "outbound"),
+                ("listener", "orders"),
+                ("limit", "max_app_connections"),
+            ],
+        )
+    };
+    let active = || async {
+        metric(
+            &cl.metrics().encode(),
+            "portcullis_connections_active",
+            &[("direction", "outbound"), ("listener", "orders")],
+        )
+    };
+
+    let idle: Vec<TcpStream> = vec![
+        TcpStream::connect(out).await.unwrap(),
+        TcpStream::connect(out).await.unwrap(),
+    ];
+    wait_for(
+        Duration::from_secs(10),
+        "two app connections open",
+        || async { (active().await == Some(2.0)).then_some(()) },
+    )
+    .await;
+    let mut third = TcpStream::connect(out).await.unwrap();
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await;
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut b))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the third connection was served"
+    );
+    assert_eq!(rejected(), Some(1.0));
+
+    // Raised live: a third fits next to the two still open.
+    let file = pki.path("frontend.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("max_app_connections: 2", "max_app_connections: 3"),
+    )
+    .unwrap();
+    let (status, reply) = post_reload(cl.admin_addr()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(status_of(out, "GET", "/").await.0, 200);
+    assert_eq!(rejected(), Some(1.0));
+    drop(idle);
+}

@@ -366,3 +366,118 @@ async fn a_silent_client_is_cut_at_the_handshake_timeout() {
     )
     .await;
 }
+
+/// Waits until the server closes `s` (EOF or reset) and says whether it
+/// did within 5 s.
+async fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Anyone on the pod network can open connections and send nothing. A
+/// listener holds at most `limits.max_connections` and has at most
+/// `limits.max_handshakes` in progress: past either, a new connection is
+/// closed at once and counted, and once the flood lets go an allowed peer
+/// gets through again. (The sidecar's memory under a larger flood is
+/// measured by the load benchmark, not asserted here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_handshake_floods_hit_the_listener_limits() {
+    let pki = Pki::new();
+    pki.svid("orders", SERVER_ID);
+    pki.svid("peer", PEER_ID);
+    let app = echo_app().await;
+    let server = portcullis::sidecar::start(pki.config(
+        "limits.yaml",
+        &format!(
+            "identity:\n  cert: orders.pem\n  key: orders-key.pem\n  trust_bundle: bundle.pem\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n\
+             \x20   limits: {{ max_connections: 3, max_handshakes: 2 }}\n\
+             admin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    let addr = server.inbound_addr("orders").unwrap();
+    let metric_of = |limit: &str| {
+        metric(
+            &server.metrics().encode(),
+            "portcullis_listener_rejected_connections_total",
+            &[("listener", "orders"), ("limit", limit)],
+        )
+    };
+
+    // Two silent connections fill the handshakes in progress.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "two handshakes in progress",
+        || async {
+            let m = server.metrics().encode();
+            (metric(
+                &m,
+                "portcullis_connections_active",
+                &[("listener", "orders")],
+            ) == Some(2.0))
+            .then_some(())
+        },
+    )
+    .await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_by_server(&mut third).await,
+        "a third handshake was let in"
+    );
+    assert_eq!(metric_of("max_handshakes"), Some(1.0));
+    assert!(
+        !echoes(&pki, "peer", SERVER_ID, addr).await,
+        "over max_handshakes"
+    );
+
+    // One lets go: the peer's handshake fits, and its connection stays.
+    drop(silent.pop());
+    let mut peer = tls_connect(addr, pki.client_tls("peer", SERVER_ID))
+        .await
+        .unwrap();
+    peer.write_all(b"hi").await.unwrap();
+    let mut b = [0u8; 2];
+    peer.read_exact(&mut b).await.unwrap();
+
+    // Open now: one silent, the peer. One more fills max_connections;
+    // the next is closed at once, before any handshake.
+    silent.push(TcpStream::connect(addr).await.unwrap());
+    wait_for(
+        Duration::from_secs(10),
+        "three connections open",
+        || async {
+            let m = server.metrics().encode();
+            (metric(
+                &m,
+                "portcullis_connections_active",
+                &[("listener", "orders")],
+            ) == Some(3.0))
+            .then_some(())
+        },
+    )
+    .await;
+    let mut fifth = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_by_server(&mut fifth).await,
+        "a fifth connection was held"
+    );
+    assert_eq!(metric_of("max_connections"), Some(1.0));
+    // What was already open keeps working.
+    peer.write_all(b"ok").await.unwrap();
+    peer.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ok");
+    drop(silent);
+    assert!(
+        echoes(&pki, "peer", SERVER_ID, addr).await,
+        "after the flood"
+    );
+}

@@ -421,6 +421,7 @@ fn leaves_import_only_leaves() {
         "clock",
         "crypto",
         "files",
+        "limit",
         "log_limit",
         "line_writer",
     ];

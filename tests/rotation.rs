@@ -564,3 +564,86 @@ async fn ready_turns_false_when_our_svid_expires() {
         200
     );
 }
+
+/// A TLS 1.3 session carries the certificates of the handshake that made
+/// it, and each resumption hands out new tickets for it: a session that
+/// survived a rotation would keep showing peers our old SVID, or keep
+/// admitting a peer under trust that has since changed, for as long as
+/// traffic flows. Sessions are resumed (that is what makes reconnecting
+/// cheap), but never across a change of our SVID or of the bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_is_resumed_across_an_svid_or_bundle_change() {
+    use rustls::HandshakeKind;
+    let pki = Pki::new();
+    pki.svid("peer", CLIENT_ID);
+    pki.svid("srv", SERVER_ID);
+    let app = echo_app().await;
+    let server = start(pki.config(
+        "srv.yaml",
+        &sidecar_yaml(
+            "srv",
+            &format!("inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n"),
+            "reload:\n  debounce: 50ms\n  interval: 1h\n",
+        ),
+    ))
+    .await
+    .unwrap();
+    let addr = server.inbound_addr("orders").unwrap();
+    // One client config, so one session store across the connections.
+    let client = pki.client_tls("peer", SERVER_ID);
+    // (how the handshake went, the serial of the leaf the server showed)
+    let connect = || async {
+        let mut s = tls_connect(addr, client.clone()).await.unwrap();
+        // A round trip, so the session tickets that follow the handshake
+        // are read and stored.
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        let conn = s.get_ref().1;
+        let leaf = conn.peer_certificates().unwrap()[0].clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        (
+            conn.handshake_kind().unwrap(),
+            cert.raw_serial_as_string().replace(':', ""),
+        )
+    };
+    let serial_of = |issued: &Issued| issued.serial.replace(':', "").to_ascii_lowercase();
+
+    let (kind, _) = connect().await;
+    assert_eq!(kind, HandshakeKind::Full);
+    let (kind, _) = connect().await;
+    assert_eq!(kind, HandshakeKind::Resumed, "resumption is on");
+
+    let next = pki.ca.issue_svid(&id(SERVER_ID), DAY).unwrap();
+    install(&pki, "srv", &next);
+    wait_serial(&server, &next.serial).await;
+    let (kind, serial) = connect().await;
+    assert_eq!(
+        kind,
+        HandshakeKind::Full,
+        "a session from before the rotation was resumed"
+    );
+    assert_eq!(serial.to_ascii_lowercase(), serial_of(&next));
+    assert_eq!(connect().await.0, HandshakeKind::Resumed);
+
+    // A second CA joins the bundle: what the old trust admitted is judged
+    // again by a full handshake.
+    let ca2 = Ca::generate(&TrustDomain::parse(TD).unwrap(), DAY).unwrap();
+    atomic_write(
+        &pki.bundle(),
+        &format!("{}{}", pki.ca.cert_pem(), ca2.cert_pem()),
+    );
+    wait_for(Duration::from_secs(15), "the new bundle in use", || async {
+        let m = server.metrics().encode();
+        (m.matches("portcullis_cert_expiration_timestamp_seconds{kind=\"root\"")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        connect().await.0,
+        HandshakeKind::Full,
+        "a session from before the bundle change was resumed"
+    );
+}

@@ -39,6 +39,31 @@ pub struct InboundConfig {
     pub listen: SocketAddr,
     pub forward: SocketAddr,
     pub protocol: Protocol,
+    pub limits: InboundLimits,
+}
+
+/// What one inbound listener holds at most. Past a limit a new
+/// connection is closed at once (an HTTP request is answered 503), and
+/// counted: the sidecar stays up and keeps serving the others.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct InboundLimits {
+    /// Open connections, in any state.
+    pub max_connections: usize,
+    /// TLS handshakes in progress.
+    pub max_handshakes: usize,
+    /// HTTP: connections to the local app. A request that needs one waits
+    /// up to `timeouts.connect`, then gets 503 `overloaded`.
+    pub max_app_connections: usize,
+}
+
+impl Default for InboundLimits {
+    fn default() -> Self {
+        InboundLimits {
+            max_connections: 10_000,
+            max_handshakes: 256,
+            max_app_connections: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -158,6 +183,40 @@ pub(super) struct RawInbound {
     forward: SocketAddr,
     #[serde(default = "tcp")]
     protocol: Protocol,
+    limits: Option<RawInboundLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInboundLimits {
+    max_connections: Option<Spanned<usize>>,
+    max_handshakes: Option<Spanned<usize>>,
+    max_app_connections: Option<Spanned<usize>>,
+}
+
+impl RawInboundLimits {
+    fn validate(self, c: &Check<'_>) -> Result<InboundLimits, ConfigError> {
+        let mut l = InboundLimits::default();
+        c.set(
+            self.max_connections,
+            "limits.max_connections",
+            1..,
+            &mut l.max_connections,
+        )?;
+        c.set(
+            self.max_handshakes,
+            "limits.max_handshakes",
+            1..,
+            &mut l.max_handshakes,
+        )?;
+        c.set(
+            self.max_app_connections,
+            "limits.max_app_connections",
+            1..,
+            &mut l.max_app_connections,
+        )?;
+        Ok(l)
+    }
 }
 
 #[derive(Deserialize)]
@@ -248,11 +307,16 @@ impl Listeners {
         l: RawInbound,
     ) -> Result<InboundConfig, ConfigError> {
         self.check(c, &l.name, &l.listen)?;
+        let limits = match l.limits {
+            Some(raw) => raw.validate(c)?,
+            None => InboundLimits::default(),
+        };
         Ok(InboundConfig {
             name: l.name.value,
             listen: l.listen.value,
             forward: l.forward,
             protocol: l.protocol,
+            limits,
         })
     }
 

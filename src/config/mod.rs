@@ -28,7 +28,9 @@ pub use file::Config;
 pub use http::HttpConfig;
 pub use identity::IdentityConfig;
 pub use limits::{ConnectionsConfig, Timeouts};
-pub use listeners::{AdminConfig, Endpoint, InboundConfig, OutboundConfig, ProbeConfig, Protocol};
+pub use listeners::{
+    AdminConfig, Endpoint, InboundConfig, InboundLimits, OutboundConfig, ProbeConfig, Protocol,
+};
 pub use logging::{AuditConfig, LogConfig, LogFormat, LogSink};
 pub use revocation::{OcspConfig, OcspMode, RevocationConfig, RevocationPolicy};
 pub use runtime::{ReloadConfig, RuntimeConfig};

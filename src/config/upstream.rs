@@ -25,6 +25,9 @@ pub struct UpstreamConfig {
     pub max_pending_requests: usize,
     /// HTTP requests in flight to the upstream.
     pub max_requests: usize,
+    /// Connections from the local app open at once, whatever the protocol
+    /// (over it a new one is closed at once).
+    pub max_app_connections: usize,
     /// Retries may add at most this share (percent) of requests.
     pub retry_budget_percent: u32,
 }
@@ -38,6 +41,7 @@ impl Default for UpstreamConfig {
             max_connections: 1024,
             max_pending_requests: 1024,
             max_requests: 1024,
+            max_app_connections: 10_000,
             retry_budget_percent: 20,
         }
     }
@@ -109,6 +113,7 @@ pub(super) struct RawLimits {
     max_connections: Option<Spanned<usize>>,
     max_pending_requests: Option<Spanned<usize>>,
     max_requests: Option<Spanned<usize>>,
+    max_app_connections: Option<Spanned<usize>>,
 }
 
 /// Validates an outbound listener's `circuit_breaker`, `limits` and
@@ -141,6 +146,12 @@ pub(super) fn validate(
             "limits.max_requests",
             1..,
             &mut u.max_requests,
+        )?;
+        c.set(
+            l.max_app_connections,
+            "limits.max_app_connections",
+            1..,
+            &mut u.max_app_connections,
         )?;
     }
     c.set(

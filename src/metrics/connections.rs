@@ -19,6 +19,8 @@ pub struct ConnectionFamilies {
     pub bytes: IntCounterVec,
     /// kind, reason
     pub swept: IntCounterVec,
+    /// direction, listener, limit
+    pub rejected: IntCounterVec,
 }
 
 impl ConnectionFamilies {
@@ -59,6 +61,12 @@ impl ConnectionFamilies {
                 "portcullis_enforcement_closed_connections_total",
                 "Open connections the enforcement sweep closed because what is admitted changed (policy, CRLs, OCSP, trust bundles, peer expiry), by connection kind and reason.",
                 &["kind", "reason"],
+            ),
+            rejected: counter_vec(
+                registry,
+                "portcullis_listener_rejected_connections_total",
+                "New connections a listener closed at once because a limit was reached: max_connections or max_handshakes (inbound), max_app_connections (outbound).",
+                &["direction", "listener", "limit"],
             ),
         }
     }

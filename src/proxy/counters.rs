@@ -37,6 +37,11 @@ pub struct ListenerMetrics {
     pub to_upstream: IntCounter,
     /// Bytes from the far side back to the listener's client.
     pub to_downstream: IntCounter,
+    /// New connections closed at once at a listener limit: over
+    /// `max_connections` (or outbound `max_app_connections`), and over
+    /// `max_handshakes`.
+    pub rejected_connections: IntCounter,
+    pub rejected_handshakes: IntCounter,
     handshake_ok: IntCounter,
     handshake_failed: Vec<(HandshakeFailure, IntCounter)>,
     closed: Vec<(CloseReason, IntCounter)>,
@@ -60,6 +65,15 @@ impl ListenerMetrics {
             active: c.active.with_label_values(&[d, name]),
             to_upstream: c.bytes.with_label_values(&[d, name, "to_upstream"]),
             to_downstream: c.bytes.with_label_values(&[d, name, "to_downstream"]),
+            rejected_connections: c.rejected.with_label_values(&[
+                d,
+                name,
+                match direction {
+                    Direction::Inbound => "max_connections",
+                    Direction::Outbound => "max_app_connections",
+                },
+            ]),
+            rejected_handshakes: c.rejected.with_label_values(&[d, name, "max_handshakes"]),
             handshake_ok: c.handshakes.with_label_values(&[d, name, "success"]),
             handshake_failed: HandshakeFailure::ALL
                 .iter()

@@ -328,7 +328,12 @@ impl Credentials {
                         not_after = %fmt_time(identity.leaf.not_after),
                         "new SVID in use for new handshakes"
                     );
-                    self.tls.identity().swap(identity);
+                    if let Err(e) = self.tls.set_identity(identity) {
+                        // Building a config from an SVID that loaded cannot
+                        // fail today; if it ever does, the new SVID is
+                        // already served and only the old sessions linger.
+                        tracing::error!(trigger, error = %e, "cannot rebuild TLS configs for the new SVID");
+                    }
                     self.metrics.identity.cert_reload("identity", "success");
                 }
                 if bundle_changed {

@@ -2,9 +2,12 @@
 //! identity and trust store and held behind `ArcSwap`s so that a reload can
 //! replace them while connections keep flowing.
 //!
-//! Both directions are TLS 1.3 only. A new `ServerConfig` (and so a new
-//! session cache) is built whenever trust changes, so a resumed session
-//! never outlives the trust it was made under.
+//! Both directions are TLS 1.3 only. New configs (and so new session
+//! caches, both sides) are built whenever trust or our own SVID changes: a
+//! resumed session carries the certificates of the handshake that made
+//! it, so one that outlived a rotation would keep showing a peer our old
+//! SVID (or admit a chain the old trust accepted) for as long as traffic
+//! keeps renewing its tickets.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -180,22 +183,36 @@ impl TlsContext {
     /// connections are untouched; new handshakes use the new trust at once.
     pub fn set_trust(&self, trust: TrustStore) -> Result<(), rustls::Error> {
         let trust = Arc::new(trust);
-        let server = build_server(&self.identity, &trust, &self.counters)?;
+        self.rebuild(&trust)?;
+        self.trust.store(trust);
+        Ok(())
+    }
+
+    /// Serves `identity` from the next handshake on, with configs (and
+    /// session caches) rebuilt so no session made under the previous SVID
+    /// is resumed.
+    pub fn set_identity(&self, identity: LoadedIdentity) -> Result<(), rustls::Error> {
+        self.identity.swap(identity);
+        self.rebuild(&self.trust.load_full())
+    }
+
+    /// Builds every config from `trust` and the current identity, then
+    /// swaps them in; a failure changes nothing.
+    fn rebuild(&self, trust: &Arc<TrustStore>) -> Result<(), rustls::Error> {
+        let server = build_server(&self.identity, trust, &self.counters)?;
         let server_http = with_http_alpn(&server);
         let registry = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
         let mut clients = Vec::with_capacity(registry.len());
         for out in registry.iter().filter_map(Weak::upgrade) {
             let config = build_client(
                 &self.identity,
-                &trust,
+                trust,
                 &out.expected,
                 &self.counters,
                 &self.ocsp,
             )?;
             clients.push((out, config));
         }
-        // Build everything first, then swap, so a failure changes nothing.
-        self.trust.store(trust);
         self.server.store(Arc::new(server));
         self.server_http.store(Arc::new(server_http));
         for (out, config) in clients {

@@ -106,6 +106,8 @@ pub struct UpstreamSet {
     /// Retry tokens in thousandths: each request adds `budget * 10`, each
     /// retry takes 1000.
     retry_tokens: AtomicI64,
+    /// Connections from the local app (`limits.max_app_connections`).
+    app_connections: Arc<crate::limit::Limit>,
     metrics: UpstreamMetrics,
 }
 
@@ -197,6 +199,7 @@ impl UpstreamSet {
                 .collect(),
             // Room for a few retries before any request has paid for them.
             retry_tokens: AtomicI64::new(10_000),
+            app_connections: crate::limit::Limit::new(config.max_app_connections),
             config: arc_swap::ArcSwap::from_pointee(config),
             connections: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -218,8 +221,15 @@ impl UpstreamSet {
         for e in &self.endpoints {
             e.breaker.set_config(config.breaker.clone());
         }
+        self.app_connections.set_max(config.max_app_connections);
         self.config.store(Arc::new(config));
         true
+    }
+
+    /// A place for one more connection from the local app, or `None` at
+    /// `limits.max_app_connections`.
+    pub fn app_connection(&self) -> Option<crate::limit::Place> {
+        self.app_connections.try_take()
     }
 
     pub fn name(&self) -> &str {

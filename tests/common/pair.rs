@@ -23,6 +23,8 @@ pub struct Side<'a> {
     pub policy: Option<&'a str>,
     /// Lines under `timeouts:`.
     pub timeouts: &'a str,
+    /// Lines in the listener's own section (indented by four spaces).
+    pub listener: &'a str,
 }
 
 pub fn http_side() -> Side<'static> {
@@ -65,9 +67,10 @@ pub async fn pair(
         "orders.yaml",
         &format!(
             "identity:\n  cert: orders-svid.pem\n  key: orders-svid-key.pem\n  trust_bundle: bundle.pem\n\
-             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n    protocol: {}\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n    protocol: {}\n{}\
              admin:\n  listen: 127.0.0.1:0\n{}",
             server.protocol,
+            server.listener,
             side_yaml(pki, "orders", &server)
         ),
     );
@@ -77,9 +80,10 @@ pub async fn pair(
         "frontend.yaml",
         &format!(
             "identity:\n  cert: frontend-svid.pem\n  key: frontend-svid-key.pem\n  trust_bundle: bundle.pem\n\
-             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{endpoint}]\n    identity: {ORDERS}\n    protocol: {}\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{endpoint}]\n    identity: {ORDERS}\n    protocol: {}\n{}\
              admin:\n  listen: 127.0.0.1:0\n{}",
             client.protocol,
+            client.listener,
             side_yaml(pki, "frontend", &client)
         ),
     );

@@ -166,3 +166,79 @@ async fn slowloris_clients_are_cut_off() {
     )
     .await;
 }
+
+/// Sends one HTTP/1.1 request over mTLS straight to the inbound listener
+/// (ALPN http/1.1) and returns the raw reply.
+async fn h1_over_mtls(
+    tls: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> String {
+    let mut s = tls_connect(addr, tls).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// Each concurrent HTTP/1.1 request needs its own connection to the app;
+/// `limits.max_app_connections` bounds them per inbound listener, and a
+/// request that finds none free within the connect timeout is answered
+/// 503 `overloaded` instead of opening one more (or waiting forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_to_the_app_are_bounded_and_the_excess_answered_503() {
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let (app, accepted) = http_app().await;
+    let (server, _client) = pair(
+        &pki,
+        app,
+        Side {
+            protocol: "http",
+            listener: "    limits:\n      max_app_connections: 1\n",
+            timeouts: "  connect: 300ms",
+            ..Default::default()
+        },
+        http_side(),
+    )
+    .await;
+    pki.svid("frontend-svid", FRONTEND);
+    let mut tls = (*pki.client_tls("frontend-svid", ORDERS)).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = Arc::new(tls);
+    let inbound = server.inbound_addr("orders").unwrap();
+
+    // The slow request holds the one connection to the app for 3 s.
+    let before = accepted.load(Ordering::SeqCst);
+    let slow = tokio::spawn(h1_over_mtls(tls.clone(), inbound, "/slow"));
+    wait_for(
+        Duration::from_secs(5),
+        "the slow request to reach the app",
+        || async { (accepted.load(Ordering::SeqCst) > before).then_some(()) },
+    )
+    .await;
+
+    let reply = h1_over_mtls(tls.clone(), inbound, "/second").await;
+    assert_eq!(status(&reply), 503, "{reply}");
+    assert_eq!(
+        header(&reply, "x-portcullis-error"),
+        Some("overloaded"),
+        "{reply}"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before + 1,
+        "a second connection reached the app"
+    );
+
+    // The slow one was not disturbed, and once it is done its connection
+    // serves the next request.
+    let slow = slow.await.unwrap();
+    assert_eq!(status(&slow), 200, "{slow}");
+    let reply = h1_over_mtls(tls, inbound, "/third").await;
+    assert_eq!(status(&reply), 200, "{reply}");
+}

@@ -40,6 +40,9 @@ pub struct Held {
     pub slot: Option<Slot>,
     pub registration: Option<Registration>,
     pub stop: Option<CancellationToken>,
+    /// Inbound: the connection's place among the listener's connections
+    /// to the local app.
+    pub app_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Held {
@@ -49,6 +52,7 @@ impl Held {
             slot,
             stop: Some(registration.stopped().clone()),
             registration: Some(registration),
+            app_slot: None,
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct InboundHttp {
     server: ServerSettings,
     client: ClientSettings,
     app: Arc<Pool>,
+    /// Places among the connections to the app (`limits.max_app_connections`):
+    /// each connection holds one while it is open, pooled or not.
+    app_slots: Arc<tokio::sync::Semaphore>,
     forward: SocketAddr,
     forward_authority: Authority,
     request_timeout: Duration,
@@ -84,6 +87,9 @@ impl InboundHttp {
             server: ServerSettings::new(http, parts.timeouts.idle.0),
             client: ClientSettings::new(http),
             app,
+            app_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_app_connections,
+            )),
             forward: config.forward,
             forward_authority: Authority::try_from(config.forward.to_string().as_str())
                 .unwrap_or_else(|_| Authority::from_static("localhost")),
@@ -94,6 +100,22 @@ impl InboundHttp {
             forward_client_cert: http.forward_client_cert,
             detect_timeout: http.detect_timeout.0,
             access_log: parts.access_log.clone(),
+        }
+    }
+
+    /// A place for one more connection to the app, waiting up to the
+    /// connect timeout for one to free up; past it the request is answered
+    /// 503 `overloaded` rather than queued without bound.
+    async fn app_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HttpError> {
+        let wait = self.app_slots.clone().acquire_owned();
+        match tokio::time::timeout(self.connect_timeout, wait).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                if let Some(suppressed) = self.log_limit.allow() {
+                    tracing::warn!(listener = %self.service, suppressed, "no connection to the local app free within the connect timeout (limits.max_app_connections)");
+                }
+                Err(HttpError::Overloaded)
+            }
         }
     }
 
@@ -362,6 +384,7 @@ impl PeerConnection {
             }
             Some(g)
         };
+        let app_slot = http.app_slot().await?;
         let tcp = connect_with_timeout(http.forward, http.connect_timeout)
             .await
             .map_err(|reason| {
@@ -375,7 +398,14 @@ impl PeerConnection {
             })?;
         let sender = http
             .client
-            .handshake(tcp, version, Held::default())
+            .handshake(
+                tcp,
+                version,
+                Held {
+                    app_slot: Some(app_slot),
+                    ..Held::default()
+                },
+            )
             .await
             .map_err(|_| HttpError::UpstreamReset)?;
         if let Sender::H2(s) = &sender {
@@ -411,9 +441,12 @@ impl PeerConnection {
                 req.uri().path().to_string()
             },
         };
+        let app_slot = http.app_slot().await?;
         let tcp = connect_with_timeout(http.forward, http.connect_timeout)
             .await
             .map_err(|_| HttpError::ConnectFailed)?;
+        // The place is kept by the tunnel's task, not the HTTP/1.1
+        // connection's: that one ends when the upgrade happens.
         let sender = http
             .client
             .handshake_h1(tcp, Held::default())
@@ -438,6 +471,7 @@ impl PeerConnection {
             });
             let (http, deadline) = (self.http.clone(), self.deadline);
             self.http.tasks.spawn(async move {
+                let _app_slot = app_slot;
                 let limits = CopyLimits {
                     idle: http.idle,
                     deadline,

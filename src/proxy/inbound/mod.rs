@@ -25,6 +25,7 @@ use super::http::{HttpVersion, ServeLimits};
 use super::listener::{ActiveGuard, ListenerParts};
 use super::registry::{ConnInfo, ConnKind, ConnRegistry};
 use crate::config::{ConnectionsConfig, InboundConfig, Protocol};
+use crate::limit::Limit;
 use crate::log_limit::LogLimiter;
 use crate::policy::ServiceAuthorizer;
 use crate::tls::{ALPN_H2, ALPN_HTTP1, HandshakeFailure, TlsContext};
@@ -53,6 +54,9 @@ pub struct InboundListener {
     registry: Arc<ConnRegistry>,
     log_limit: LogLimiter,
     tcp: InboundTcp,
+    /// Open connections and handshakes in progress, each with its ceiling.
+    connections_open: Arc<Limit>,
+    handshakes: Arc<Limit>,
     /// Set for `protocol: http | auto`.
     http: Option<Arc<InboundHttp>>,
     /// Cancelled when the sidecar drains: HTTP connections finish the
@@ -80,6 +84,8 @@ impl InboundListener {
         InboundListener {
             name: config.name.as_str().into(),
             tcp: InboundTcp::new(config, &parts, authz),
+            connections_open: Limit::new(config.limits.max_connections),
+            handshakes: Limit::new(config.limits.max_handshakes),
             tls: parts.tls,
             metrics: parts.metrics,
             handshake_timeout: parts.timeouts.handshake.0,
@@ -96,6 +102,12 @@ impl InboundListener {
     pub async fn serve(self: Arc<Self>, tcp: TcpStream, src: SocketAddr) {
         let m = &self.metrics;
         m.opened.inc();
+        // Before anything costs memory or CPU: a flood of connections or
+        // of slow handshakes is turned away here, and the sidecar keeps
+        // serving what it already holds.
+        let Some(_open) = self.connections_open.try_take() else {
+            return self.rejected(&m.rejected_connections, "max_connections", src);
+        };
         let _active = ActiveGuard::new(&m.active);
 
         // The config is loaded per connection so a trust or identity
@@ -109,8 +121,12 @@ impl InboundListener {
         // its largest, so inlining the handshake, the TCP copy and the HTTP
         // server side by side would make every idle connection pay for all
         // three at once.
+        let Some(handshaking) = self.handshakes.try_take() else {
+            return self.rejected(&m.rejected_handshakes, "max_handshakes", src);
+        };
         let handshake =
             tokio::time::timeout(self.handshake_timeout, Box::pin(acceptor.accept(tcp))).await;
+        drop(handshaking);
         let tls = match handshake {
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => return self.handshake_failed(HandshakeFailure::classify(&e), &e, src),
@@ -269,6 +285,16 @@ impl InboundListener {
             // anything that is not evidence of another protocol.
             _ => Mode::Http(io, HttpVersion::Http1),
         })
+    }
+
+    /// A new connection closed at once at `limit`: counted twice (by the
+    /// limit, and as closed `overloaded`) and logged under a rate limit.
+    fn rejected(&self, counter: &prometheus::IntCounter, limit: &str, src: SocketAddr) {
+        counter.inc();
+        self.metrics.closed(CloseReason::Overloaded);
+        if let Some(suppressed) = self.log_limit.allow() {
+            tracing::warn!(listener = %self.name, %src, limit, suppressed, "inbound connection refused: listener limit reached");
+        }
     }
 
     fn handshake_failed(&self, why: HandshakeFailure, err: &std::io::Error, src: SocketAddr) {

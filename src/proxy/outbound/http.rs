@@ -375,6 +375,7 @@ impl AppConnection {
             slot: Some(slot),
             registration: None,
             stop: Some(registration.stopped().clone()),
+            app_slot: None,
         };
         let sender = self
             .http

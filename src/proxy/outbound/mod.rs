@@ -40,6 +40,7 @@ pub struct OutboundListener {
     /// policy: nothing cancels this. (The connections they make upstream
     /// are registered with the sweep.)
     never: tokio_util::sync::CancellationToken,
+    log_limit: crate::log_limit::LogLimiter,
 }
 
 /// What an outbound listener is built from besides its config.
@@ -71,6 +72,7 @@ impl OutboundListener {
             http,
             drain: parts.drain,
             never: Default::default(),
+            log_limit: crate::log_limit::LogLimiter::new(20),
         }
     }
 
@@ -83,6 +85,14 @@ impl OutboundListener {
     pub async fn serve(self: Arc<Self>, mut app: TcpStream, src: SocketAddr) {
         let m = &self.metrics;
         m.opened.inc();
+        let Some(_place) = self.connector.set().app_connection() else {
+            m.rejected_connections.inc();
+            m.closed(CloseReason::Overloaded);
+            if let Some(suppressed) = self.log_limit.allow() {
+                tracing::warn!(listener = %self.connector.listener(), %src, suppressed, "app connection refused: limits.max_app_connections reached");
+            }
+            return;
+        };
         let _active = ActiveGuard::new(&m.active);
         let deadline = close::lifetime_deadline(&self.connections);
 
