@@ -150,3 +150,127 @@ async fn certs_and_config_dump_never_show_keys() {
         assert!(!text.contains(&key_body[..40]));
     }
 }
+
+/// Connects from `ip` (any 127.0.0.0/8 address is loopback on Linux), so
+/// one test can be several clients.
+async fn connect_from(ip: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Whether the server closes `s` within `within` (EOF or reset).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The probe port is reachable from the pod network and the admin port
+/// may be: neither can be held by slow or idle clients, flooded from one
+/// address, or fed a large body, and kubelet (another address) still gets
+/// its answer meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_probe_servers_are_not_slowloris_targets() {
+    let pki = Pki::new();
+    let (app, _) = http_app().await;
+    pki.svid("orders", SERVER_ID);
+    let sidecar = portcullis::sidecar::start(pki.config(
+        "orders.yaml",
+        &format!(
+            "identity:\n  cert: orders.pem\n  key: orders-key.pem\n  trust_bundle: bundle.pem\n\
+             inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n\
+             probes:\n  listen: 127.0.0.1:0\n  forward: {app}\n  paths: [/healthz]\n\
+             admin:\n  listen: 127.0.0.1:0\n"
+        ),
+    ))
+    .await
+    .unwrap();
+    let refused = |server: &str, reason: &str| {
+        metric(
+            &sidecar.metrics().encode(),
+            "portcullis_plaintext_refused_total",
+            &[("server", server), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+
+    for (server, addr, path) in [
+        ("admin", sidecar.admin_addr(), "/live"),
+        ("probe", sidecar.probe_addr().unwrap(), "/healthz"),
+    ] {
+        // A head dribbled one byte at a time, and a connection that never
+        // says anything: both cut off by the header deadline (5 s).
+        let mut slow = connect_from([127, 0, 0, 1], addr).await;
+        let mut idle = connect_from([127, 0, 0, 1], addr).await;
+        let dribble = async {
+            for b in b"GET /live HTTP/1.1\r\nHost: a\r\nx-a: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+                if slow.write_all(&[*b]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            closed_within(&mut slow, Duration::from_secs(10)).await
+        };
+        let (slow_closed, idle_closed) =
+            tokio::join!(dribble, closed_within(&mut idle, Duration::from_secs(10)));
+        assert!(slow_closed, "{server}: a slow head was never cut off");
+        assert!(
+            idle_closed,
+            "{server}: an idle connection was never cut off"
+        );
+        assert!(refused(server, "header_timeout") >= 2.0, "{server}");
+
+        // A declared body over 64 KiB is refused without being read.
+        let reply = raw(
+            addr,
+            format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(status(&reply), 413, "{server}: {reply}");
+        assert_eq!(refused(server, "body_too_large"), 1.0, "{server}");
+
+        // One address holds at most 32 connections...
+        let mut held = Vec::new();
+        for _ in 0..32 {
+            held.push(connect_from([127, 0, 0, 2], addr).await);
+        }
+        let mut over = connect_from([127, 0, 0, 2], addr).await;
+        assert!(
+            closed_within(&mut over, Duration::from_secs(3)).await,
+            "{server}"
+        );
+        assert_eq!(refused(server, "max_per_client"), 1.0, "{server}");
+        // ...and the server at most 128, from anyone; kubelet, from
+        // another address, is answered while one address is at its cap.
+        let (status_code, _) = http_get(addr, path).await.unwrap();
+        assert_eq!(status_code, 200, "{server}");
+        for ip in [[127, 0, 0, 3], [127, 0, 0, 4], [127, 0, 0, 5]] {
+            for _ in 0..32 {
+                held.push(connect_from(ip, addr).await);
+            }
+        }
+        let mut over = connect_from([127, 0, 0, 6], addr).await;
+        assert!(
+            closed_within(&mut over, Duration::from_secs(3)).await,
+            "{server}"
+        );
+        assert_eq!(refused(server, "max_connections"), 1.0, "{server}");
+        // Once the flood lets go, the server answers again.
+        drop(held);
+        wait_for(
+            Duration::from_secs(10),
+            "the server to answer again",
+            || async { matches!(http_get(addr, path).await, Ok((200, _))).then_some(()) },
+        )
+        .await;
+    }
+}

@@ -21,6 +21,8 @@ pub struct ConnectionFamilies {
     pub swept: IntCounterVec,
     /// direction, listener, limit
     pub rejected: IntCounterVec,
+    /// server (admin, probe), reason
+    pub plaintext_refused: IntCounterVec,
 }
 
 impl ConnectionFamilies {
@@ -67,6 +69,12 @@ impl ConnectionFamilies {
                 "portcullis_listener_rejected_connections_total",
                 "New connections a listener closed at once because a limit was reached: max_connections or max_handshakes (inbound), max_app_connections (outbound).",
                 &["direction", "listener", "limit"],
+            ),
+            plaintext_refused: counter_vec(
+                registry,
+                "portcullis_plaintext_refused_total",
+                "Connections and requests the admin and probe servers cut off at a bound: max_connections, max_per_client, header_timeout, request_timeout, body_too_large.",
+                &["server", "reason"],
             ),
         }
     }

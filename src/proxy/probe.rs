@@ -23,11 +23,19 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ProbeListener {
     pub forward: SocketAddr,
     pub paths: Vec<String>,
+    pub refusals: super::plaintext::Refusals,
 }
 
 impl ProbeListener {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        super::plaintext::serve(listener, shutdown, "probe", move |req| {
+        let bounds = super::plaintext::Bounds {
+            // Past the app's own TIMEOUT, so the probe's 504 is what a
+            // slow app gets.
+            request_timeout: TIMEOUT + Duration::from_secs(5),
+            ..super::plaintext::Bounds::DEFAULT
+        };
+        let refusals = self.refusals.clone();
+        super::plaintext::serve(listener, shutdown, "probe", bounds, refusals, move |req| {
             let this = self.clone();
             async move { this.handle(req).await }
         })

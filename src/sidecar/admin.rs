@@ -17,10 +17,19 @@ use super::control::ControlPlane;
 
 /// Serves the admin API on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: CancellationToken) {
-    crate::proxy::plaintext::serve(listener, shutdown, "admin", move |req| {
-        let plane = plane.clone();
-        async move { route(&plane, req).await }
-    })
+    use crate::proxy::plaintext::{self, Bounds, Refusals};
+    let refusals = Refusals::new(plane.metrics.connections.plaintext_refused.clone(), "admin");
+    plaintext::serve(
+        listener,
+        shutdown,
+        "admin",
+        Bounds::DEFAULT,
+        refusals,
+        move |req| {
+            let plane = plane.clone();
+            async move { route(&plane, req).await }
+        },
+    )
     .await
 }
 

@@ -165,6 +165,10 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         let probe = Arc::new(ProbeListener {
             forward: p.forward,
             paths: p.paths.clone(),
+            refusals: crate::proxy::plaintext::Refusals::new(
+                metrics.connections.plaintext_refused.clone(),
+                "probe",
+            ),
         });
         // Probes answer until the process exits: kubelet keeps asking
         // while the pod drains.
