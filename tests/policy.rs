@@ -362,6 +362,55 @@ async fn rate_limits_refuse_the_excess_per_identity() {
     .await;
 }
 
+/// Reloading the policy must not be a way to reset one's budget: a
+/// service whose limit did not change keeps every peer's bucket; one
+/// whose limit changed starts afresh under the new limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reload_keeps_spent_rate_limits_unless_the_limit_changed() {
+    let pki = Pki::new();
+    pki.svid("frontend", FRONTEND);
+    let app = echo_app().await;
+    let policy = pki.path("policy.yaml");
+    let limited = |ids: &[&str], burst: u32| {
+        format!(
+            "{}    rate_limit: {{ per_identity_per_second: 0.001, burst: {burst} }}\n",
+            allow(ids)
+        )
+    };
+    std::fs::write(&policy, limited(&[FRONTEND], 2)).unwrap();
+    let s = server(
+        &pki,
+        app,
+        &policy,
+        "reload:\n  watch: false\n  interval: 1h\n",
+    )
+    .await;
+    let addr = s.inbound_addr("orders").unwrap();
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
+    assert!(
+        !echoes(&pki, "frontend", SERVER_ID, addr).await,
+        "burst spent"
+    );
+
+    // Another rule changes, the limit does not: still spent.
+    std::fs::write(&policy, limited(&[FRONTEND, BATCH], 2)).unwrap();
+    let (status, reply) = post_reload(s.admin_addr()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["policy"]["result"], "success", "{reply}");
+    assert!(
+        !echoes(&pki, "frontend", SERVER_ID, addr).await,
+        "the reload handed out a new burst"
+    );
+
+    // The limit itself changes: the new one applies from a full bucket.
+    std::fs::write(&policy, limited(&[FRONTEND, BATCH], 1)).unwrap();
+    let (status, reply) = post_reload(s.admin_addr()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(echoes(&pki, "frontend", SERVER_ID, addr).await);
+    assert!(!echoes(&pki, "frontend", SERVER_ID, addr).await);
+}
+
 #[test]
 fn check_validates_a_policy_offline() {
     let pki = Pki::new();

@@ -24,11 +24,19 @@ pub struct ActivePolicy {
     pub sha256: Option<String>,
     /// Unix time it was loaded.
     pub loaded_at: i64,
-    limiters: HashMap<String, RateLimiter>,
+    limiters: HashMap<String, Arc<RateLimiter>>,
 }
 
 impl ActivePolicy {
-    fn new(spec: Option<PolicySpec>, sha256: Option<String>) -> Self {
+    /// Compiles `spec`. A service whose rate limit is the same as in
+    /// `previous` keeps its limiter, buckets and all: otherwise reloading
+    /// the policy (or getting an operator to) would hand every peer a new
+    /// burst.
+    fn new(
+        spec: Option<PolicySpec>,
+        sha256: Option<String>,
+        previous: Option<&ActivePolicy>,
+    ) -> Self {
         let table = spec
             .as_ref()
             .map(PolicyTable::compile)
@@ -37,8 +45,15 @@ impl ActivePolicy {
             .iter()
             .flat_map(|s| s.services.iter())
             .filter_map(|s| {
-                s.rate_limit
-                    .map(|rl| (s.name.clone(), RateLimiter::new(rl)))
+                let rl = s.rate_limit?;
+                let kept = previous
+                    .and_then(|p| p.limiters.get(&s.name))
+                    .filter(|l| l.spec() == rl)
+                    .cloned();
+                Some((
+                    s.name.clone(),
+                    kept.unwrap_or_else(|| Arc::new(RateLimiter::new(rl))),
+                ))
             })
             .collect();
         ActivePolicy {
@@ -52,7 +67,7 @@ impl ActivePolicy {
 
     /// The rate limiter of `service`, if its policy sets one.
     pub fn limiter(&self, service: &str) -> Option<&RateLimiter> {
-        self.limiters.get(service)
+        self.limiters.get(service).map(|l| &**l)
     }
 }
 
@@ -86,9 +101,9 @@ impl PolicyStore {
         let active = match path {
             Some(p) => {
                 let (spec, sha) = load_file(p)?;
-                ActivePolicy::new(Some(spec), Some(sha))
+                ActivePolicy::new(Some(spec), Some(sha), None)
             }
-            None => ActivePolicy::new(None, None),
+            None => ActivePolicy::new(None, None, None),
         };
         Ok(PolicyStore {
             path: path.map(Path::to_path_buf),
@@ -109,7 +124,11 @@ impl PolicyStore {
     /// in force for the next decision. Compiling a large policy takes time:
     /// call it on a blocking thread.
     pub fn install(&self, spec: PolicySpec, sha256: String) {
-        self.active
-            .store(Arc::new(ActivePolicy::new(Some(spec), Some(sha256))));
+        let previous = self.active.load_full();
+        self.active.store(Arc::new(ActivePolicy::new(
+            Some(spec),
+            Some(sha256),
+            Some(&previous),
+        )));
     }
 }
