@@ -714,3 +714,218 @@ async fn app_connections_are_bounded_per_outbound_listener_and_reload_live() {
     assert_eq!(rejected(), Some(1.0));
     drop(idle);
 }
+
+/// `max_requests` counts a request until its answer's body ends: a
+/// streamed answer (a download, a gRPC stream) keeps the upstream busy
+/// after its head. An app whose first answer sends its head and half its
+/// body, then waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_slot_is_held_until_the_answer_body_ends() {
+    let finish = Arc::new(tokio::sync::Notify::new());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    let first = Arc::new(AtomicBool::new(true));
+    {
+        let (finish, first) = (finish.clone(), first.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (finish, first) = (finish.clone(), first.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |_req: hyper::Request<hyper::body::Incoming>| {
+                            let (finish, first) = (finish.clone(), first.clone());
+                            async move {
+                                let stall = first.swap(false, Ordering::SeqCst);
+                                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                                tokio::spawn(async move {
+                                    let _ = tx.send(bytes::Bytes::from_static(b"hello ")).await;
+                                    if stall {
+                                        finish.notified().await;
+                                    }
+                                    let _ = tx.send(bytes::Bytes::from_static(b"world")).await;
+                                });
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    ChannelBody(rx),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+                });
+            }
+        });
+    }
+    let pki = Pki::new();
+    let srv = server(&pki, "orders.yaml", app, "http").await;
+    let cl = client(
+        &pki,
+        "frontend.yaml",
+        &[srv.inbound_addr("orders").unwrap()],
+        "http",
+        "    limits: { max_requests: 1 }\n",
+    )
+    .await;
+    let out = cl.outbound_addr("orders").unwrap();
+
+    // The first answer's head and first bytes arrive; its body goes on.
+    let mut streaming = TcpStream::connect(out).await.unwrap();
+    streaming
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("hello") {
+        let n = tokio::time::timeout(Duration::from_secs(10), streaming.read(&mut buf))
+            .await
+            .expect("the head and first bytes in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        status_of(out, "GET", "/second").await,
+        (503, "overloaded".into())
+    );
+
+    // The body ends: the slot is free again.
+    finish.notify_one();
+    while !String::from_utf8_lossy(&got).contains("world") {
+        let n = tokio::time::timeout(Duration::from_secs(10), streaming.read(&mut buf))
+            .await
+            .expect("the rest in time")
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    wait_for(Duration::from_secs(10), "the slot given back", || async {
+        (status_of(out, "GET", "/third").await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+/// A response body fed frame by frame from a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// An endpoint given by name uses every address the name resolves to, and
+/// the name is resolved again: the client sidecar runs as its own process
+/// with a hosts file of the test's mounted over /etc/hosts (a mount
+/// namespace of its own, so nothing else sees it), and the name
+/// `orders.test` points at two server sidecars, 127.0.0.1 and 127.0.0.2 on
+/// one port; then at only the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_endpoint_uses_every_address_and_is_resolved_again() {
+    const TEST: &str = "a_dns_endpoint_uses_every_address_and_is_resolved_again";
+    if !have_root(TEST) || !have_tool("unshare", TEST) || !have_tool("mount", TEST) {
+        return;
+    }
+    let pki = Pki::new();
+    let app = echo_app().await;
+    pki.svid("orders-svid", ORDERS);
+    let serve_at = |ip: &str, port: u16, file: &str| {
+        pki.config(
+            file,
+            &format!(
+                "identity:\n  cert: orders-svid.pem\n  key: orders-svid-key.pem\n  trust_bundle: bundle.pem\n\
+                 inbound:\n  - name: orders\n    listen: {ip}:{port}\n    forward: {app}\n\
+                 admin:\n  listen: 127.0.0.1:0\n"
+            ),
+        )
+    };
+    let a = start(serve_at("127.0.0.1", 0, "a.yaml")).await.unwrap();
+    let port = a.inbound_addr("orders").unwrap().port();
+    let b = start(serve_at("127.0.0.2", port, "b.yaml")).await.unwrap();
+    let opened = |s: &Sidecar| {
+        metric(
+            &s.metrics().encode(),
+            "portcullis_connections_opened_total",
+            &[("direction", "inbound"), ("listener", "orders")],
+        )
+        .unwrap_or(0.0)
+    };
+
+    let hosts = pki.path("hosts");
+    std::fs::write(&hosts, "127.0.0.1 orders.test\n127.0.0.2 orders.test\n").unwrap();
+    pki.svid("frontend-svid", FRONTEND);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (out, admin) = (free(), free());
+    let config = pki.path("frontend.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  cert: frontend-svid.pem\n  key: frontend-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             outbound:\n  - name: orders\n    listen: {out}\n    endpoints: [\"orders.test:{port}\"]\n    identity: {ORDERS}\n    dns_refresh: 200ms\n\
+             admin:\n  listen: {admin}\n"
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec {} run --config {}",
+        path_str(&hosts),
+        env!("CARGO_BIN_EXE_portcullis"),
+        path_str(&config)
+    );
+    let _client = tokio::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the client sidecar to be ready",
+        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+
+    // Both addresses take connections.
+    for _ in 0..20 {
+        assert!(tcp_ok(out).await);
+    }
+    let (at_a, at_b) = (opened(&a), opened(&b));
+    assert!(at_a >= 5.0 && at_b >= 5.0, "a: {at_a}, b: {at_b}");
+
+    // The name now points at the second only: once resolved again, every
+    // connection goes there.
+    std::fs::write(&hosts, "127.0.0.2 orders.test\n").unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the name resolved again",
+        || async {
+            let before = opened(&a);
+            for _ in 0..4 {
+                assert!(tcp_ok(out).await);
+            }
+            (opened(&a) == before).then_some(())
+        },
+    )
+    .await;
+    let before = (opened(&a), opened(&b));
+    for _ in 0..10 {
+        assert!(tcp_ok(out).await);
+    }
+    assert_eq!(opened(&a), before.0);
+    assert_eq!(opened(&b), before.1 + 10.0);
+}

@@ -441,6 +441,16 @@ async fn connection_and_handshake_floods_hit_the_listener_limits() {
 
     // One lets go: the peer's handshake fits, and its connection stays.
     drop(silent.pop());
+    wait_for(Duration::from_secs(10), "one handshake let go", || async {
+        let m = server.metrics().encode();
+        (metric(
+            &m,
+            "portcullis_connections_active",
+            &[("listener", "orders")],
+        ) == Some(1.0))
+        .then_some(())
+    })
+    .await;
     let mut peer = tls_connect(addr, pki.client_tls("peer", SERVER_ID))
         .await
         .unwrap();
@@ -475,7 +485,22 @@ async fn connection_and_handshake_floods_hit_the_listener_limits() {
     peer.write_all(b"ok").await.unwrap();
     peer.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"ok");
+    // Once the server has seen the flood go, a new peer gets through.
     drop(silent);
+    wait_for(
+        Duration::from_secs(10),
+        "the silent connections gone",
+        || async {
+            let m = server.metrics().encode();
+            (metric(
+                &m,
+                "portcullis_connections_active",
+                &[("listener", "orders")],
+            ) == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await;
     assert!(
         echoes(&pki, "peer", SERVER_ID, addr).await,
         "after the flood"

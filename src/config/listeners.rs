@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use rustls_pki_types::ServerName;
+
+use super::duration::ConfigDuration;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
@@ -74,6 +76,9 @@ pub struct OutboundConfig {
     pub identity: SpiffeId,
     pub protocol: Protocol,
     pub upstream: UpstreamConfig,
+    /// How often endpoints given by name are resolved again (getaddrinfo
+    /// gives no TTL); every address a name resolves to is used.
+    pub dns_refresh: ConfigDuration,
 }
 
 /// A plaintext listener that forwards only the listed GET/HEAD paths to the
@@ -232,6 +237,7 @@ pub(super) struct RawOutbound {
     limits: Option<RawLimits>,
     /// Percent of requests that retries may add.
     retry_budget: Option<Spanned<u32>>,
+    dns_refresh: Option<Spanned<ConfigDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -349,7 +355,10 @@ impl Listeners {
         for e in &l.endpoints.value {
             endpoints.push(Endpoint::parse(&e.value).map_err(|why| c.at(e.referenced, why))?);
         }
+        let mut dns_refresh = ConfigDuration(std::time::Duration::from_secs(5));
+        c.set_positive(l.dns_refresh, "dns_refresh", &mut dns_refresh)?;
         Ok(OutboundConfig {
+            dns_refresh,
             upstream: upstream::validate(c, l.circuit_breaker, l.limits, l.retry_budget)?,
             name: l.name.value,
             listen: l.listen.value,

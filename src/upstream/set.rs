@@ -90,8 +90,11 @@ impl Rejection {
 struct EndpointState {
     endpoint: Endpoint,
     breaker: Breaker,
-    /// Latency moving average in nanoseconds (0: no sample yet).
+    /// Latency moving average in nanoseconds (0: no sample yet), as of
+    /// `ewma_at`. It decays towards zero with time (see [`DECAY`]).
     ewma_ns: AtomicU64,
+    /// Milliseconds after the set's `epoch` when `ewma_ns` was last set.
+    ewma_at: AtomicU64,
     in_flight: AtomicUsize,
 }
 
@@ -109,7 +112,17 @@ pub struct UpstreamSet {
     /// Connections from the local app (`limits.max_app_connections`).
     app_connections: Arc<crate::limit::Limit>,
     metrics: UpstreamMetrics,
+    /// Zero point of the endpoints' `ewma_at`.
+    epoch: Instant,
 }
+
+/// How fast an endpoint's latency average forgets, as Linkerd's peak-EWMA
+/// balancer does: it falls by a factor e every `DECAY` with no sample, so
+/// one slow answer (which sets the average at once: peaks count in full)
+/// cannot keep an endpoint out of use after it has recovered. An endpoint
+/// the two choices keep passing over drifts back into use and is sampled
+/// again.
+const DECAY: Duration = Duration::from_secs(10);
 
 /// A held unit of a limit, given back when dropped.
 pub struct Slot {
@@ -158,7 +171,7 @@ impl Call {
         // A failure counts as a slow sample, so an endpoint that fails fast
         // does not look like the fastest one.
         let sample = if failure { took.max(slow_after) } else { took };
-        set.observe(self.idx, sample);
+        set.observe(self.idx, sample, now);
         let outcome = Outcome {
             failure,
             slow: took > slow_after,
@@ -194,12 +207,14 @@ impl UpstreamSet {
                     endpoint: e.clone(),
                     breaker: Breaker::new(config.breaker.clone()),
                     ewma_ns: AtomicU64::new(0),
+                    ewma_at: AtomicU64::new(0),
                     in_flight: AtomicUsize::new(0),
                 })
                 .collect(),
             // Room for a few retries before any request has paid for them.
             retry_tokens: AtomicI64::new(10_000),
             app_connections: crate::limit::Limit::new(config.max_app_connections),
+            epoch: Instant::now(),
             config: arc_swap::ArcSwap::from_pointee(config),
             connections: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -347,7 +362,11 @@ impl UpstreamSet {
                 let a = rand::random_range(0..n);
                 let b = (a + 1 + rand::random_range(0..n - 1)) % n;
                 match (candidate(a), candidate(b)) {
-                    (true, true) => Some(if self.cost(b) < self.cost(a) { b } else { a }),
+                    (true, true) => Some(if self.cost(b, now) < self.cost(a, now) {
+                        b
+                    } else {
+                        a
+                    }),
                     (true, false) => Some(a),
                     (false, true) => Some(b),
                     (false, false) => (0..n).map(|k| (a + k) % n).find(|&i| candidate(i)),
@@ -384,31 +403,47 @@ impl UpstreamSet {
         })
     }
 
-    fn cost(&self, i: usize) -> u128 {
+    fn cost(&self, i: usize, now: Instant) -> f64 {
         let ep = &self.endpoints[i];
-        let ewma = u128::from(ep.ewma_ns.load(Ordering::Relaxed));
-        let pending = ep.in_flight.load(Ordering::Relaxed) as u128;
-        ewma * (pending + 1)
+        let pending = ep.in_flight.load(Ordering::Relaxed) as f64;
+        self.latency(ep, now) * (pending + 1.0)
     }
 
-    fn observe(&self, i: usize, sample: Duration) {
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The endpoint's latency average as of `now`, in nanoseconds: what
+    /// was last recorded, decayed for the time since.
+    fn latency(&self, ep: &EndpointState, now: Instant) -> f64 {
+        let ewma = ep.ewma_ns.load(Ordering::Relaxed) as f64;
+        let elapsed = self
+            .millis(now)
+            .saturating_sub(ep.ewma_at.load(Ordering::Relaxed));
+        ewma * (-(elapsed as f64) / DECAY.as_millis() as f64).exp()
+    }
+
+    fn observe(&self, i: usize, sample: Duration, now: Instant) {
         let ep = &self.endpoints[i];
-        let sample = sample.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let mut next = 0;
-        let _ = ep
-            .ewma_ns
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
-                next = if old == 0 {
-                    sample
-                } else {
-                    // Weight 0.3 for the new sample: recent enough to move off a
-                    // degrading endpoint within a few calls.
-                    ((old as f64) * 0.7 + (sample as f64) * 0.3) as u64
-                };
-                Some(next)
-            });
+        let sample = sample.as_nanos().min(u128::from(u64::MAX)) as f64;
+        // The decayed average is also the weight the past keeps: samples
+        // close together move it a little each, a sample after a long
+        // quiet spell almost replaces it. A peak replaces it at once.
+        let at = ep.ewma_at.load(Ordering::Relaxed);
+        let elapsed = self.millis(now).saturating_sub(at) as f64;
+        let keep = (-elapsed / DECAY.as_millis() as f64).exp();
+        let old = ep.ewma_ns.load(Ordering::Relaxed) as f64 * keep;
+        let next = if sample >= old {
+            sample
+        } else {
+            old + sample * (1.0 - keep)
+        };
+        // Two calls finishing at once may each write their own result;
+        // either is a fair average, and the balancer needs no more.
+        ep.ewma_ns.store(next as u64, Ordering::Relaxed);
+        ep.ewma_at.store(self.millis(now), Ordering::Relaxed);
         if let Some(m) = self.metrics.endpoints.get(i) {
-            m.ewma_seconds.set(next as f64 / 1e9);
+            m.ewma_seconds.set(next / 1e9);
         }
     }
 
@@ -445,7 +480,7 @@ impl UpstreamSet {
                 serde_json::json!({
                     "endpoint": e.endpoint.to_string(),
                     "circuit": e.breaker.state().as_str(),
-                    "latency_ewma_ms": e.ewma_ns.load(Ordering::Relaxed) as f64 / 1e6,
+                    "latency_ewma_ms": self.latency(e, Instant::now()) / 1e6,
                     "in_flight": e.in_flight.load(Ordering::Relaxed),
                 })
             })
@@ -569,12 +604,43 @@ mod tests {
     #[tokio::test]
     async fn lower_latency_wins_the_two_choices() {
         let s = set(2, UpstreamConfig::default());
-        s.observe(0, Duration::from_millis(50));
-        s.observe(1, Duration::from_millis(1));
+        let now = Instant::now();
+        s.observe(0, Duration::from_millis(50), now);
+        s.observe(1, Duration::from_millis(1), now);
         for _ in 0..20 {
             let c = s.pick(None).unwrap();
             assert_eq!(c.index(), 1);
             drop(c);
         }
+    }
+
+    #[tokio::test]
+    async fn one_slow_answer_does_not_keep_an_endpoint_out_forever() {
+        let s = set(2, UpstreamConfig::default());
+        let t0 = Instant::now();
+        // Endpoint 0 answers once in 5 s; endpoint 1 keeps answering in
+        // 10 ms, once a second, as the traffic it wins would make it.
+        s.observe(0, Duration::from_secs(5), t0);
+        s.observe(1, Duration::from_millis(10), t0);
+        assert!(s.cost(0, t0) > s.cost(1, t0));
+        let mut t = t0;
+        let mut back_after = None;
+        for sec in 1..=120 {
+            t = t0 + Duration::from_secs(sec);
+            s.observe(1, Duration::from_millis(10), t);
+            if s.cost(0, t) < s.cost(1, t) {
+                back_after = Some(sec);
+                break;
+            }
+        }
+        // ln(5 s / 10 ms) * 10 s: about 62 s.
+        let back_after = back_after.expect("endpoint 0 never came back");
+        assert!((55..=70).contains(&back_after), "{back_after}");
+        // A peak counts in full at once; a fast sample after it only
+        // moves the average by the time that passed.
+        s.observe(1, Duration::from_secs(2), t);
+        assert!(s.latency(&s.endpoints[1], t) >= 2e9);
+        s.observe(1, Duration::from_millis(10), t + Duration::from_millis(100));
+        assert!(s.latency(&s.endpoints[1], t + Duration::from_millis(100)) > 1.9e9);
     }
 }

@@ -264,6 +264,25 @@ pub fn have_tool(tool: &str, test: &str) -> bool {
     found
 }
 
+/// Whether the test can do what only root may (mount namespaces, network
+/// namespaces). As with tools: skipped with the reason printed, or a
+/// failure under PORTCULLIS_REQUIRE_TOOLS=1.
+pub fn have_root(test: &str) -> bool {
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if uid != "0" {
+        if std::env::var("PORTCULLIS_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{test}: needs root (PORTCULLIS_REQUIRE_TOOLS=1)");
+        }
+        eprintln!("SKIPPED {test}: needs root");
+        return false;
+    }
+    true
+}
+
 /// A TLS stream to `addr` presenting `client_tls`'s identity.
 pub async fn tls_connect(
     addr: SocketAddr,

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use h2::RecvStream;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::upstream::Slot;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Called when a streamed body ends cleanly (e.g. to return a pooled
@@ -84,6 +86,9 @@ pub struct Streamed {
     /// Set when the limit was crossed, so the sender can answer 413.
     exceeded: Option<Arc<AtomicBool>>,
     on_end: Option<Box<dyn OnEnd>>,
+    /// An upstream's request slot (`limits.max_requests`), held until the
+    /// body ends or is dropped: a streamed answer is a request in flight.
+    slot: Option<Slot>,
 }
 
 /// Signals when a request body has been sent whole, so the request
@@ -219,6 +224,7 @@ impl ProxyBody {
             remaining: None,
             exceeded: None,
             on_end: None,
+            slot: None,
         })
     }
 
@@ -230,6 +236,7 @@ impl ProxyBody {
             remaining: Some(limit),
             exceeded: Some(exceeded),
             on_end: None,
+            slot: None,
         })
     }
 
@@ -248,6 +255,7 @@ impl ProxyBody {
             remaining,
             exceeded,
             on_end,
+            slot: None,
         })
     }
 
@@ -258,7 +266,19 @@ impl ProxyBody {
             remaining: None,
             exceeded: None,
             on_end: Some(on_end),
+            slot: None,
         })
+    }
+
+    /// Keeps `slot` until this body ends or is dropped (a body that is
+    /// already over, or one portcullis wrote, lets it go at once).
+    pub fn holding(mut self, slot: Slot) -> Self {
+        if let ProxyBody::Stream(s) = &mut self
+            && !s.inner.is_end_stream()
+        {
+            s.slot = Some(slot);
+        }
+        self
     }
 }
 
@@ -290,16 +310,18 @@ impl Body for ProxyBody {
                         if let Some(hook) = s.on_end.take() {
                             hook.ended();
                         }
+                        s.slot = None;
                         Poll::Ready(None)
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                     Poll::Ready(Some(Ok(frame))) => {
                         // A body of known length may be dropped right after
                         // its last byte, never polled to its end.
-                        if s.inner.is_end_stream()
-                            && let Some(hook) = s.on_end.take()
-                        {
-                            hook.ended();
+                        if s.inner.is_end_stream() {
+                            if let Some(hook) = s.on_end.take() {
+                                hook.ended();
+                            }
+                            s.slot = None;
                         }
                         if let (Some(left), Some(data)) = (s.remaining.as_mut(), frame.data_ref()) {
                             let n = data.len() as u64;

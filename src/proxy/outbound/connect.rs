@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::resolve::Addresses;
 use crate::config::{Endpoint, OutboundConfig, Timeouts};
 use crate::log_limit::LogLimiter;
 use crate::proxy::admission::{Denial, OcspCerts, PeerIdentity, admit};
@@ -106,7 +107,7 @@ pub struct Upstream {
 /// who each endpoint is.
 pub struct Connector {
     listener: Arc<str>,
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<Addresses>,
     tls: Arc<TlsContext>,
     upstream: Arc<OutboundTls>,
     set: Arc<UpstreamSet>,
@@ -129,7 +130,11 @@ impl Connector {
         } = parts.timeouts;
         Connector {
             listener: config.name.as_str().into(),
-            endpoints: config.endpoints.clone(),
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|e| Addresses::new(e.clone(), config.dns_refresh.0))
+                .collect(),
             tls: parts.tls.clone(),
             upstream,
             set: UpstreamSet::new(
@@ -232,22 +237,32 @@ impl Connector {
     /// skipped the verifier, so it is checked here as for a fresh one), not
     /// revoked. Logs and counts what went wrong.
     pub async fn connect_endpoint(&self, idx: usize, alpn: Alpn) -> Result<Upstream, ConnectError> {
-        let endpoint = &self.endpoints[idx];
-        let Some(addr) = resolve(endpoint).await else {
+        let addresses = &self.endpoints[idx];
+        let endpoint = addresses.endpoint();
+        let Some(attempts) = addresses.attempts().await else {
             if let Some(suppressed) = self.log_limit.allow() {
                 tracing::warn!(listener = %self.listener, %endpoint, suppressed, "endpoint name does not resolve");
             }
             return Err(ConnectError::Unresolvable);
         };
-        let tcp = match connect_with_timeout(addr, self.connect_timeout).await {
-            Ok(s) => s,
-            Err(reason) => {
-                if let Some(suppressed) = self.log_limit.allow() {
-                    tracing::warn!(listener = %self.listener, %endpoint, reason = reason.as_str(), suppressed, "cannot reach upstream endpoint");
+        // Each of the name's addresses in turn, until one takes the TCP
+        // connection: one that is gone costs a connect, not the request.
+        let mut connected = Err(CloseReason::ConnectFailed);
+        for addr in attempts.iter() {
+            match connect_with_timeout(addr, self.connect_timeout).await {
+                Ok(s) => {
+                    connected = Ok((s, addr));
+                    break;
                 }
-                return Err(ConnectError::Connect(reason));
+                Err(reason) => {
+                    if let Some(suppressed) = self.log_limit.allow() {
+                        tracing::warn!(listener = %self.listener, %endpoint, %addr, reason = reason.as_str(), suppressed, "cannot reach upstream endpoint");
+                    }
+                    connected = Err(reason);
+                }
             }
-        };
+        }
+        let (tcp, addr) = connected.map_err(ConnectError::Connect)?;
         let connector = TlsConnector::from(self.upstream.config_for(alpn));
         let handshake = tokio::time::timeout(
             self.handshake_timeout,
@@ -306,14 +321,4 @@ impl Connector {
             tracing::warn!(listener = %self.listener, %endpoint, expected = %self.upstream.expected(), reason = why.as_str(), error = %err, suppressed, "outbound TLS handshake failed");
         }
     }
-}
-
-async fn resolve(endpoint: &Endpoint) -> Option<SocketAddr> {
-    if let Some(a) = endpoint.addr() {
-        return Some(a);
-    }
-    tokio::net::lookup_host((endpoint.host(), endpoint.port()))
-        .await
-        .ok()?
-        .next()
 }

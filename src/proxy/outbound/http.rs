@@ -175,7 +175,9 @@ impl AppConnection {
         start: Instant,
     ) -> Result<Response<ProxyBody>, HttpError> {
         let set = self.http.connector.set();
-        let _request = set.request().map_err(|_| HttpError::Overloaded)?;
+        // Held until the answer's body ends, not just its head: a
+        // streamed answer is still a request the upstream is serving.
+        let request = set.request().map_err(|_| HttpError::Overloaded)?;
         // The version the app spoke: an HTTP/1.x request crossing an HTTP/2
         // hop is marked so the far side speaks HTTP/1.1 to its app again.
         let from = if req.version() < Version::HTTP_2 {
@@ -225,7 +227,7 @@ impl AppConnection {
                     .failure_statuses
                     .contains(&resp.status().as_u16());
                 call.finish(failed);
-                Ok(resp)
+                Ok(resp.map(|body| body.holding(request)))
             }
             Err(e) => {
                 call.finish(true);

@@ -7,6 +7,7 @@
 
 mod connect;
 mod http;
+mod resolve;
 mod tcp;
 
 use std::net::SocketAddr;
