@@ -38,6 +38,22 @@ pub struct HttpConfig {
     pub pool_idle_timeout: ConfigDuration,
     /// One JSON line per request, when set.
     pub access_log: LogSink,
+    /// What `%2F` and `%5C` in a request path mean (see `proxy/http/path.rs`).
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// `http.escaped_slashes`, as Envoy's `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// Answer 400: an app that decodes them would see a path other than
+    /// the one judged.
+    Reject,
+    /// Decode both to `/`, judge and forward that.
+    Unescape,
+    /// Leave them encoded: data, not separators (for apps that never
+    /// decode them, such as those with IDs containing `/`).
+    Keep,
 }
 
 impl Default for HttpConfig {
@@ -53,6 +69,7 @@ impl Default for HttpConfig {
             max_concurrent_streams: 256,
             pool_idle_timeout: ConfigDuration(Duration::from_secs(90)),
             access_log: LogSink::Off,
+            escaped_slashes: EscapedSlashes::Reject,
         }
     }
 }
@@ -72,6 +89,7 @@ pub(super) struct RawHttp {
     pool_idle_timeout: Option<Spanned<ConfigDuration>>,
     /// stdout | stderr | off | a file path
     access_log: Option<Spanned<String>>,
+    escaped_slashes: Option<EscapedSlashes>,
 }
 
 impl RawHttp {
@@ -124,6 +142,9 @@ impl RawHttp {
             &mut http.pool_idle_timeout,
         )?;
         http.forward_client_cert = self.forward_client_cert;
+        if let Some(e) = self.escaped_slashes {
+            http.escaped_slashes = e;
+        }
         if let Some(sink) = self.access_log {
             http.access_log = LogSink::read(c, sink, "http.access_log")?;
         }

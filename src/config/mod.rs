@@ -25,7 +25,7 @@ pub use check::ConfigError;
 pub(crate) use check::{Check, valid_name};
 pub use duration::ConfigDuration;
 pub use file::Config;
-pub use http::HttpConfig;
+pub use http::{EscapedSlashes, HttpConfig};
 pub use identity::IdentityConfig;
 pub use limits::{ConnectionsConfig, Timeouts};
 pub use listeners::{

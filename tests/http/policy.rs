@@ -178,3 +178,96 @@ async fn rate_limits_answer_429_per_request() {
     assert_eq!(&codes[..3], &[200, 200, 200]);
     assert!(codes[3..].contains(&429), "{codes:?}");
 }
+
+/// The classic ways around a deny rule on `/admin/*`, each sent byte for
+/// byte through the client sidecar (which forwards the path as it came)
+/// to the server sidecar, whose one path rule set (proxy/http/path.rs)
+/// judges them; what the app then receives is the path that was judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_classic_path_bypasses_meet_a_deny_rule() {
+    const BYPASS_POLICY: &str = "\
+default: deny
+services:
+  orders:
+    rules:
+      - name: everything
+        action: allow
+        from: [spiffe://prod.example.org/ns/web/sa/frontend]
+      - name: no-admin
+        action: deny
+        from: [spiffe://prod.example.org/ns/web/**]
+        paths: [/admin/*]
+";
+    let pki = Pki::new();
+    let (app, _) = http_app().await;
+    for mode in ["reject", "unescape", "keep"] {
+        let http = format!("  escaped_slashes: {mode}");
+        let (_server, client) = pair(
+            &pki,
+            app,
+            Side {
+                protocol: "http",
+                policy: Some(BYPASS_POLICY),
+                http: &http,
+                ..Default::default()
+            },
+            http_side(),
+        )
+        .await;
+        let out = client.outbound_addr("orders").unwrap();
+        let send = |target: &str, method: &str| {
+            let request =
+                format!("{method} {target} HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n");
+            async move {
+                let reply = raw(out, request.as_bytes()).await;
+                let seen = (status(&reply) == 200).then(|| {
+                    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+                    seen(body).path
+                });
+                (status(&reply), seen)
+            }
+        };
+        let forbidden = (403, None);
+        // Every mode: these are /admin/... however they are spelt.
+        for target in [
+            "/admin/x",
+            "/%61dmin/x",
+            "/admin//x",
+            "//admin/x",
+            "/./admin/x",
+            "/x/../admin/x",
+            "/x/%2e%2e/admin/x",
+            "/admin;x/y",
+            "/public/..;/admin/x",
+            "/admin\\x",
+        ] {
+            assert_eq!(send(target, "GET").await, forbidden, "{mode}: {target}");
+        }
+        // Not /admin/...: allowed, and the app is given the judged path.
+        assert_eq!(
+            send("/admin/../x", "GET").await,
+            (200, Some("/x".into())),
+            "{mode}"
+        );
+        assert_eq!(
+            send("/public;v=1/ok", "GET").await,
+            (200, Some("/public;v=1/ok".into())),
+            "{mode}"
+        );
+        // An encoded slash: refused, decoded (and so denied), or kept as
+        // data (and so not under /admin/), as configured.
+        let escaped = send("/admin%2fx", "GET").await;
+        match mode {
+            "reject" => assert_eq!(escaped, (400, None)),
+            "unescape" => assert_eq!(escaped, forbidden),
+            _ => assert_eq!(escaped, (200, Some("/admin%2Fx".into()))),
+        }
+        // `OPTIONS *` reaches the app as `OPTIONS *`; `*` is for OPTIONS only.
+        assert_eq!(
+            send("*", "OPTIONS").await,
+            (200, Some("*".into())),
+            "{mode}"
+        );
+        assert_eq!(send("*", "GET").await.0, 400, "{mode}");
+    }
+}

@@ -3,8 +3,6 @@
 //! marker carried across the HTTP/2 hop, request-target forms for each
 //! HTTP version, and path normalization for authorization.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -227,91 +225,6 @@ fn authority_form(authority: Authority) -> Result<Uri, hyper::http::Error> {
     Ok(Uri::from_parts(parts)?)
 }
 
-/// The path as authorization must see it: dot segments removed, repeated
-/// slashes merged, and percent-encoded unreserved characters decoded (so
-/// `/%61dmin/../admin` cannot slip past a rule on `/admin`), as Envoy's
-/// `normalize_path` and `merge_slashes`. Encoded slashes (`%2F`) stay
-/// encoded: they are data, not separators. Borrows when nothing changes.
-pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    let needs = path.contains('%') || path.contains("/.") || path.contains("//");
-    if !needs && path.starts_with('/') {
-        return Cow::Borrowed(path);
-    }
-    let decoded = decode_unreserved(path);
-    let mut out: Vec<&str> = Vec::new();
-    let trailing = decoded.ends_with('/')
-        || decoded.ends_with("/.")
-        || decoded.ends_with("/..")
-        || decoded == "."
-        || decoded == "..";
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let mut normalized = String::with_capacity(decoded.len() + 1);
-    for seg in &out {
-        normalized.push('/');
-        normalized.push_str(seg);
-    }
-    if normalized.is_empty() || (trailing && !out.is_empty()) {
-        normalized.push('/');
-    }
-    Cow::Owned(normalized)
-}
-
-fn decode_unreserved(path: &str) -> String {
-    let b = path.as_bytes();
-    let mut out = String::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
-        {
-            let c = h * 16 + l;
-            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                out.push(c as char);
-            } else {
-                // Reserved or non-ASCII: keep encoded, in upper case so
-                // equal paths compare equal.
-                out.push('%');
-                out.push(b[i + 1].to_ascii_uppercase() as char);
-                out.push(b[i + 2].to_ascii_uppercase() as char);
-            }
-            i += 3;
-            continue;
-        }
-        // `path` is a &str, so copying byte by byte keeps UTF-8 whole.
-        let ch_len = utf8_len(b[i]);
-        out.push_str(&path[i..i + ch_len]);
-        i += ch_len;
-    }
-    out
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0x00..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        _ => 4,
-    }
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Replaces the path of `uri` (keeping its query), for forwarding the
 /// normalized path that authorization judged.
 pub fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
@@ -445,31 +358,6 @@ mod tests {
         ]);
         strip_identity(&mut h);
         assert!(h.is_empty());
-    }
-
-    #[test]
-    fn paths_normalize_for_authorization() {
-        for (given, want) in [
-            ("/orders", "/orders"),
-            ("/orders/", "/orders/"),
-            ("/a/../admin", "/admin"),
-            ("/a/./b", "/a/b"),
-            ("//admin", "/admin"),
-            ("/%61dmin", "/admin"),
-            ("/%2e%2e/admin", "/admin"),
-            ("/a/%2Fb", "/a/%2Fb"),
-            ("/a/%2fb", "/a/%2Fb"),
-            ("/../../etc", "/etc"),
-            ("/a/b/..", "/a/"),
-            ("/..", "/"),
-            ("*", "/*"),
-            ("/caf\u{e9}/%7e", "/caf\u{e9}/~"),
-            ("/bad%zz", "/bad%zz"),
-            ("/end%", "/end%"),
-        ] {
-            assert_eq!(normalize_path(given), want, "{given}");
-        }
-        assert!(matches!(normalize_path("/plain/path"), Cow::Borrowed(_)));
     }
 
     #[test]

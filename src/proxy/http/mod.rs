@@ -2,7 +2,7 @@
 //! http | auto`: serving a downstream connection with hyper under its
 //! limits (`server`), upstream connections and their pool (`client`, with
 //! our HTTP/2 client in `h2_client`), the one body type (`body`), header
-//! and request-target rewriting and path normalization (`headers`), the
+//! and request-target rewriting (`headers`), the one path rule set (`path`), the
 //! answers portcullis gives itself (`error`), how a request or tunnel ends
 //! (`exchange`), and the access log. Each direction's per-request handling
 //! is in `proxy/inbound/http.rs` and `proxy/outbound/http.rs`.
@@ -20,11 +20,11 @@ pub mod error;
 pub mod exchange;
 pub mod h2_client;
 pub mod headers;
+pub mod path;
 pub mod server;
 
 pub use access_log::AccessLog;
 pub use error::HttpError;
-pub use headers::normalize_path;
 pub use server::{ServeEnd, ServeLimits};
 
 /// The HTTP version of a connection, either way.

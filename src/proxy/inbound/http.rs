@@ -33,6 +33,7 @@ use crate::proxy::http::error::HttpError;
 use crate::proxy::http::exchange::{finish, tunnel};
 use crate::proxy::http::h2_client::SendError;
 use crate::proxy::http::headers::{self, ORIG_PROTO, PEER_ID, XFCC};
+use crate::proxy::http::path;
 use crate::proxy::http::server::{SeenRequest, ServeEnd, ServeLimits, ServerSettings, serve};
 use crate::proxy::listener::{ListenerParts, connect_with_timeout};
 use crate::proxy::registry::{ConnInfo, ConnKind, ConnRegistry, TunnelRequest};
@@ -64,6 +65,7 @@ pub struct InboundHttp {
     max_body: Option<u64>,
     forward_client_cert: bool,
     detect_timeout: Duration,
+    escaped_slashes: crate::config::EscapedSlashes,
     access_log: Arc<AccessLog>,
 }
 
@@ -99,6 +101,7 @@ impl InboundHttp {
             max_body: http.max_request_body,
             forward_client_cert: http.forward_client_cert,
             detect_timeout: http.detect_timeout.0,
+            escaped_slashes: http.escaped_slashes,
             access_log: parts.access_log.clone(),
         }
     }
@@ -246,21 +249,34 @@ impl PeerConnection {
     /// carries the normalized path that was judged.
     fn authorize(&self, req: &mut Request<Incoming>) -> Result<(), HttpError> {
         // CONNECT names a host, not a path: rules see the authority, which
-        // no path rule (they start with '/') can match.
+        // no path rule (they start with '/') can match. `OPTIONS *` asks
+        // about the server, not a resource: rules see `*`, which no path
+        // rule matches either, and it goes on as it came.
         let connect = req.method() == Method::CONNECT;
+        let asterisk = req.method() == Method::OPTIONS && req.uri().path() == "*";
+        let authority;
+        let mut normal = None;
         let path = if connect {
-            std::borrow::Cow::Owned(
-                req.uri()
-                    .authority()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-            )
+            authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            authority.as_str()
+        } else if asterisk {
+            "*"
         } else {
-            headers::normalize_path(req.uri().path())
+            let n = path::normalize(req.uri().path(), self.http.escaped_slashes).map_err(|e| {
+                if let Some(suppressed) = self.http.log_limit.allow() {
+                    tracing::info!(listener = %self.http.service, peer = %self.peer.id, error = ?e, path = req.uri().path(), suppressed, "request path refused");
+                }
+                HttpError::BadRequest
+            })?;
+            normal.insert(n).judged()
         };
         let request = crate::policy::Request {
             method: req.method().as_str(),
-            path: &path,
+            path,
         };
         if let Err(refusal) =
             self.http
@@ -272,7 +288,11 @@ impl PeerConnection {
                 Refusal::RateLimited => HttpError::RateLimited,
             });
         }
-        if !connect && let std::borrow::Cow::Owned(p) = &path {
+        if let Some(path::NormalPath {
+            forward: std::borrow::Cow::Owned(p),
+            ..
+        }) = &normal
+        {
             let Some(uri) = headers::with_path(req.uri(), p) else {
                 return Err(HttpError::BadRequest);
             };
