@@ -76,8 +76,13 @@ async fn open_echo(addr: SocketAddr) -> TcpStream {
 
 /// Waits until the peer closes `s` (EOF or a reset).
 async fn closed(s: &mut TcpStream, what: &str) {
+    closed_within(s, Duration::from_secs(10), what).await
+}
+
+/// As [`closed`], within `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration, what: &str) {
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+    tokio::time::timeout(within, s.read_to_end(&mut rest))
         .await
         .unwrap_or_else(|_| panic!("{what} must be closed"))
         .ok();
@@ -163,18 +168,25 @@ async fn echoes_raw(s: &mut TcpStream) {
 async fn a_policy_reload_closes_the_tunnels_it_no_longer_admits() {
     let pki = Pki::new();
     let (app, _) = http_app().await;
-    let rules = |ws: bool| {
-        let ws = if ws {
-            format!("      - {{ name: ws, action: allow, from: [{FRONTEND}], paths: [/ws] }}\n")
-        } else {
-            String::new()
-        };
+    let rules = |ws: bool, connect: bool| {
+        let mut rules = String::new();
+        if ws {
+            rules += &format!(
+                "      - {{ name: ws, action: allow, from: [{FRONTEND}], paths: [/ws] }}\n"
+            );
+        }
+        if connect {
+            rules += &format!(
+                "      - {{ name: connect, action: allow, from: [{FRONTEND}], methods: [CONNECT] }}\n"
+            );
+        }
+        // Something the frontend is still allowed, so `rules:` is never empty.
         format!(
-            "default: deny\nservices:\n  orders:\n    rules:\n{ws}\
-             \x20     - {{ name: connect, action: allow, from: [{FRONTEND}], methods: [CONNECT] }}\n"
+            "default: deny\nservices:\n  orders:\n    rules:\n{rules}\
+             \x20     - {{ name: health, action: allow, from: [{FRONTEND}], paths: [/health] }}\n"
         )
     };
-    let policy = rules(true);
+    let policy = rules(true, true);
     let server_side = Side {
         protocol: "http",
         policy: Some(&policy),
@@ -187,11 +199,18 @@ async fn a_policy_reload_closes_the_tunnels_it_no_longer_admits() {
     wait_count(&server, ConnKind::InboundTunnel, 2).await;
 
     // /ws is no longer allowed; CONNECT still is.
-    std::fs::write(pki.path("orders-policy.yaml"), rules(false)).unwrap();
+    // Closed within the promised second: the sweep runs before the
+    // reload answers.
+    std::fs::write(pki.path("orders-policy.yaml"), rules(false, true)).unwrap();
     let (code, reply) = post_reload(server.admin_addr()).await;
     assert_eq!(code, 200, "{reply}");
     assert_eq!(reply["policy"]["result"], "success", "{reply}");
-    closed(&mut ws, "the WebSocket the new policy denies").await;
+    closed_within(
+        &mut ws,
+        Duration::from_secs(1),
+        "the WebSocket the new policy denies",
+    )
+    .await;
     wait_count(&server, ConnKind::InboundTunnel, 1).await;
     echoes_raw(&mut tunnel).await;
     wait_metric(
@@ -214,6 +233,19 @@ async fn a_policy_reload_closes_the_tunnels_it_no_longer_admits() {
         .unwrap();
     let head = read_head(&mut again).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+
+    // CONNECT is no longer allowed either: the tunnel goes the same way.
+    std::fs::write(pki.path("orders-policy.yaml"), rules(false, false)).unwrap();
+    let (code, reply) = post_reload(server.admin_addr()).await;
+    assert_eq!(code, 200, "{reply}");
+    closed_within(
+        &mut tunnel,
+        Duration::from_secs(1),
+        "the CONNECT tunnel the new policy denies",
+    )
+    .await;
+    wait_count(&server, ConnKind::InboundTunnel, 0).await;
+    wait_count(&client, ConnKind::OutboundTunnel, 0).await;
 }
 
 /// Reusing a pooled connection sends new requests to its peer, so it
