@@ -251,6 +251,25 @@ log:
     }
 
     #[test]
+    fn app_protocol_is_for_http_listeners() {
+        let e = err(&GOOD.replace(
+            "    protocol: tcp\noutbound",
+            "    protocol: tcp\n    app_protocol: http1\noutbound",
+        ));
+        assert!(
+            e.reason
+                .contains("app_protocol applies to protocol: http or auto"),
+            "{e}"
+        );
+        let c = parse_at(&GOOD.replace(
+            "    protocol: tcp\noutbound",
+            "    protocol: http\n    app_protocol: http2\noutbound",
+        ))
+        .unwrap();
+        assert_eq!(c.inbound[0].app_protocol, crate::config::AppProtocol::Http2);
+    }
+
+    #[test]
     fn semantic_errors_have_places() {
         let e = err(&GOOD.replace("name: payments", "name: orders"));
         assert_eq!(e.line, Some(11), "{e}");

@@ -28,6 +28,21 @@ pub enum Protocol {
     Auto,
 }
 
+/// What the app behind an inbound HTTP listener speaks (`app_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// Whatever the request came as: HTTP/1.1 from an HTTP/1.1 client
+    /// (marked across the hop), HTTP/2 (prior knowledge) otherwise.
+    #[default]
+    Auto,
+    /// Only HTTP/1.1: HTTP/2 requests are sent to it as HTTP/1.1.
+    Http1,
+    /// Only HTTP/2 (prior knowledge): HTTP/1.1 requests are sent to it
+    /// as HTTP/2. Upgrades still go as HTTP/1.1.
+    Http2,
+}
+
 impl Protocol {
     /// Whether connections may be served as HTTP.
     pub fn is_http(self) -> bool {
@@ -42,6 +57,7 @@ pub struct InboundConfig {
     pub forward: SocketAddr,
     pub protocol: Protocol,
     pub limits: InboundLimits,
+    pub app_protocol: AppProtocol,
 }
 
 /// What one inbound listener holds at most. Past a limit a new
@@ -189,6 +205,7 @@ pub(super) struct RawInbound {
     #[serde(default = "tcp")]
     protocol: Protocol,
     limits: Option<RawInboundLimits>,
+    app_protocol: Option<Spanned<AppProtocol>>,
 }
 
 #[derive(Deserialize)]
@@ -317,12 +334,26 @@ impl Listeners {
             Some(raw) => raw.validate(c)?,
             None => InboundLimits::default(),
         };
+        let app_protocol = match l.app_protocol {
+            Some(a) if !l.protocol.is_http() => {
+                return Err(c.at(
+                    a.referenced,
+                    format!(
+                        "inbound listener {:?}: app_protocol applies to protocol: http or auto",
+                        l.name.value
+                    ),
+                ));
+            }
+            Some(a) => a.value,
+            None => AppProtocol::Auto,
+        };
         Ok(InboundConfig {
             name: l.name.value,
             listen: l.listen.value,
             forward: l.forward,
             protocol: l.protocol,
             limits,
+            app_protocol,
         })
     }
 

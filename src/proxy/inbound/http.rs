@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::config::InboundConfig;
+use crate::config::{AppProtocol, InboundConfig};
 use crate::log_limit::LogLimiter;
 use crate::policy::{ConnectionAuthz, Refusal, ServiceAuthorizer};
 use crate::proxy::admission::{OcspCerts, PeerIdentity};
@@ -66,8 +66,14 @@ pub struct InboundHttp {
     forward_client_cert: bool,
     detect_timeout: Duration,
     escaped_slashes: crate::config::EscapedSlashes,
+    app_protocol: AppProtocol,
+    /// When we last warned that the app may not speak HTTP/2 (Unix
+    /// seconds): once per app per [`H2_WARN_EVERY`], not per request.
+    h2_warned_at: AtomicI64,
     access_log: Arc<AccessLog>,
 }
+
+const H2_WARN_EVERY: i64 = 600;
 
 impl InboundHttp {
     pub fn new(
@@ -102,6 +108,8 @@ impl InboundHttp {
             forward_client_cert: http.forward_client_cert,
             detect_timeout: http.detect_timeout.0,
             escaped_slashes: http.escaped_slashes,
+            app_protocol: config.app_protocol,
+            h2_warned_at: AtomicI64::new(i64::MIN),
             access_log: parts.access_log.clone(),
         }
     }
@@ -309,10 +317,13 @@ impl PeerConnection {
         let http = self.http();
         let upgrade = headers::is_upgrade(&req);
         let marked_h1 = req.headers_mut().remove(ORIG_PROTO).is_some();
-        let to = if marked_h1 || self.hop == HttpVersion::Http1 || upgrade {
-            HttpVersion::Http1
-        } else {
-            HttpVersion::Http2
+        let to = match http.app_protocol {
+            // Upgrades exist only in HTTP/1.1.
+            _ if upgrade => HttpVersion::Http1,
+            AppProtocol::Http1 => HttpVersion::Http1,
+            AppProtocol::Http2 => HttpVersion::Http2,
+            AppProtocol::Auto if marked_h1 || self.hop == HttpVersion::Http1 => HttpVersion::Http1,
+            AppProtocol::Auto => HttpVersion::Http2,
         };
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
@@ -367,20 +378,22 @@ impl PeerConnection {
         version: HttpVersion,
     ) -> Result<Response<ProxyBody>, HttpError> {
         let pool = &self.http().app;
-        let sender = match self.pooled(version) {
-            Some(s) => s,
-            None => self.connect(version).await?,
+        let (sender, fresh) = match self.pooled(version) {
+            Some(s) => (s, false),
+            None => (self.connect(version).await?, true),
         };
         let req = match pool.send(sender, req).await {
             Ok(resp) => return Ok(resp),
             Err(SendError::NotSent(req)) => *req,
-            Err(SendError::Failed(e)) => return Err(self.failed(&e)),
+            Err(SendError::Failed(e)) => return Err(self.failed(&e, version, fresh)),
         };
         let sender = self.connect(version).await?;
         match pool.send(sender, req).await {
             Ok(resp) => Ok(resp),
-            Err(SendError::NotSent(_)) => Err(HttpError::UpstreamReset),
-            Err(SendError::Failed(e)) => Err(self.failed(&e)),
+            Err(SendError::NotSent(_)) => {
+                Err(self.failed(&"the app closed a new connection", version, true))
+            }
+            Err(SendError::Failed(e)) => Err(self.failed(&e, version, true)),
         }
     }
 
@@ -427,16 +440,34 @@ impl PeerConnection {
                 },
             )
             .await
-            .map_err(|_| HttpError::UpstreamReset)?;
+            .map_err(|e| self.failed(&e, version, true))?;
         if let Sender::H2(s) = &sender {
             pool.set_h2(s);
         }
         Ok(sender)
     }
 
-    fn failed(&self, e: &dyn std::fmt::Display) -> HttpError {
-        if let Some(suppressed) = self.http.log_limit.allow() {
-            tracing::info!(listener = %self.http.service, error = %e, suppressed, "the local app failed a request");
+    /// A request the app failed. On a new HTTP/2 connection that is what
+    /// an app speaking only HTTP/1.1 does with our preface, so that case
+    /// gets a warning that says what to change (once per app every ten
+    /// minutes: one per request would drown the log).
+    fn failed(&self, e: &dyn std::fmt::Display, version: HttpVersion, fresh: bool) -> HttpError {
+        let http = &self.http;
+        if version == HttpVersion::Http2 && fresh && http.app_protocol == AppProtocol::Auto {
+            let now = crate::clock::unix_now();
+            let last = http.h2_warned_at.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= H2_WARN_EVERY
+                && http
+                    .h2_warned_at
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(listener = %http.service, forward = %http.forward, error = %e, "the local app broke a new HTTP/2 connection on its first request: if it speaks only HTTP/1.1, set `app_protocol: http1` on this inbound listener");
+                return HttpError::UpstreamReset;
+            }
+        }
+        if let Some(suppressed) = http.log_limit.allow() {
+            tracing::info!(listener = %http.service, error = %e, suppressed, "the local app failed a request");
         }
         HttpError::UpstreamReset
     }
@@ -476,7 +507,7 @@ impl PeerConnection {
         let mut resp = tokio::time::timeout(http.request_timeout, send_once(sender, req))
             .await
             .map_err(|_| HttpError::RequestTimeout)?
-            .map_err(|e| self.failed(&e))?;
+            .map_err(|e| self.failed(&e, HttpVersion::Http1, true))?;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (is_connect && resp.status().is_success());
         if switched {
