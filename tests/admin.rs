@@ -151,14 +151,6 @@ async fn certs_and_config_dump_never_show_keys() {
     }
 }
 
-/// Connects from `ip` (any 127.0.0.0/8 address is loopback on Linux), so
-/// one test can be several clients.
-async fn connect_from(ip: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let s = tokio::net::TcpSocket::new_v4().unwrap();
-    s.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();
-    s.connect(to).await.unwrap()
-}
-
 /// Whether the server closes `s` within `within` (EOF or reset).
 async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
     use tokio::io::AsyncReadExt;
@@ -208,8 +200,8 @@ async fn admin_and_probe_servers_are_not_slowloris_targets() {
     ] {
         // A head dribbled one byte at a time, and a connection that never
         // says anything: both cut off by the header deadline (5 s).
-        let mut slow = connect_from([127, 0, 0, 1], addr).await;
-        let mut idle = connect_from([127, 0, 0, 1], addr).await;
+        let mut slow = tcp_from([127, 0, 0, 1], addr).await;
+        let mut idle = tcp_from([127, 0, 0, 1], addr).await;
         let dribble = async {
             for b in b"GET /live HTTP/1.1\r\nHost: a\r\nx-a: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
                 if slow.write_all(&[*b]).await.is_err() {
@@ -241,9 +233,9 @@ async fn admin_and_probe_servers_are_not_slowloris_targets() {
         // One address holds at most 32 connections...
         let mut held = Vec::new();
         for _ in 0..32 {
-            held.push(connect_from([127, 0, 0, 2], addr).await);
+            held.push(tcp_from([127, 0, 0, 2], addr).await);
         }
-        let mut over = connect_from([127, 0, 0, 2], addr).await;
+        let mut over = tcp_from([127, 0, 0, 2], addr).await;
         assert!(
             closed_within(&mut over, Duration::from_secs(3)).await,
             "{server}"
@@ -255,10 +247,10 @@ async fn admin_and_probe_servers_are_not_slowloris_targets() {
         assert_eq!(status_code, 200, "{server}");
         for ip in [[127, 0, 0, 3], [127, 0, 0, 4], [127, 0, 0, 5]] {
             for _ in 0..32 {
-                held.push(connect_from(ip, addr).await);
+                held.push(tcp_from(ip, addr).await);
             }
         }
-        let mut over = connect_from([127, 0, 0, 6], addr).await;
+        let mut over = tcp_from([127, 0, 0, 6], addr).await;
         assert!(
             closed_within(&mut over, Duration::from_secs(3)).await,
             "{server}"

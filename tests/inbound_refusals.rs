@@ -377,12 +377,16 @@ async fn closed_by_server(s: &mut TcpStream) -> bool {
     )
 }
 
-/// Anyone on the pod network can open connections and send nothing. A
-/// listener holds at most `limits.max_connections` and has at most
-/// `limits.max_handshakes` in progress: past either, a new connection is
-/// closed at once and counted, and once the flood lets go an allowed peer
-/// gets through again. (The sidecar's memory under a larger flood is
-/// measured by the load benchmark, not asserted here.)
+/// Anyone on the pod network can open connections, and send nothing or
+/// the first bytes of a handshake and then stall. A listener holds at
+/// most `max_connections` and at most `max_connections_per_client` from
+/// one address; a connection takes a handshake place only once its client
+/// speaks, and at most `max_handshakes` (`max_handshakes_per_client` from
+/// one address) are in progress. Past any of them a new connection is
+/// closed at once and counted; silent connections never keep a real peer
+/// from handshaking, and once the flood lets go the peer gets through.
+/// (The sidecar's memory under a larger flood is measured by the load
+/// script, not asserted here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_and_handshake_floods_hit_the_listener_limits() {
     let pki = Pki::new();
@@ -394,113 +398,129 @@ async fn connection_and_handshake_floods_hit_the_listener_limits() {
         &format!(
             "identity:\n  cert: orders.pem\n  key: orders-key.pem\n  trust_bundle: bundle.pem\n\
              inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n\
-             \x20   limits: {{ max_connections: 3, max_handshakes: 2 }}\n\
+             \x20   limits: {{ max_connections: 8, max_handshakes: 2, max_connections_per_client: 3, max_handshakes_per_client: 1 }}\n\
              admin:\n  listen: 127.0.0.1:0\n"
         ),
     ))
     .await
     .unwrap();
     let addr = server.inbound_addr("orders").unwrap();
-    let metric_of = |limit: &str| {
+    let rejected = |limit: &str| {
         metric(
             &server.metrics().encode(),
             "portcullis_listener_rejected_connections_total",
             &[("listener", "orders"), ("limit", limit)],
         )
+        .unwrap_or(0.0)
+    };
+    let open_now = |n: f64| {
+        let server = &server;
+        async move {
+            wait_for(
+                Duration::from_secs(10),
+                &format!("{n} connections open"),
+                || async {
+                    (metric(
+                        &server.metrics().encode(),
+                        "portcullis_connections_active",
+                        &[("listener", "orders")],
+                    ) == Some(n))
+                    .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    // A connection that has sent the first byte of a TLS record, and stalls.
+    let stalled = |ip: [u8; 4]| async move {
+        let mut s = tcp_from(ip, addr).await;
+        s.write_all(&[0x16]).await.unwrap();
+        s
     };
 
-    // Two silent connections fill the handshakes in progress.
+    // One address: three silent connections, and no fourth.
     let mut silent = Vec::new();
-    for _ in 0..2 {
-        silent.push(TcpStream::connect(addr).await.unwrap());
+    for _ in 0..3 {
+        silent.push(tcp_from([127, 0, 0, 2], addr).await);
     }
-    wait_for(
-        Duration::from_secs(10),
-        "two handshakes in progress",
-        || async {
-            let m = server.metrics().encode();
-            (metric(
-                &m,
-                "portcullis_connections_active",
-                &[("listener", "orders")],
-            ) == Some(2.0))
-            .then_some(())
-        },
-    )
-    .await;
-    let mut third = TcpStream::connect(addr).await.unwrap();
+    open_now(3.0).await;
+    let mut fourth = tcp_from([127, 0, 0, 2], addr).await;
     assert!(
-        closed_by_server(&mut third).await,
-        "a third handshake was let in"
+        closed_by_server(&mut fourth).await,
+        "a fourth from one address was held"
     );
-    assert_eq!(metric_of("max_handshakes"), Some(1.0));
+    assert_eq!(rejected("max_connections_per_client"), 1.0);
+    // Silence holds no handshake place: the peer still gets in.
+    assert!(
+        echoes(&pki, "peer", SERVER_ID, addr).await,
+        "silence blocked a handshake"
+    );
+    open_now(3.0).await;
+
+    // Stalled handshakes: one per address, two in all.
+    let first = stalled([127, 0, 0, 3]).await;
+    let handshaking = |n: f64| {
+        let server = &server;
+        async move {
+            wait_for(
+                Duration::from_secs(10),
+                &format!("{n} handshakes in progress"),
+                || async {
+                    (metric(
+                        &server.metrics().encode(),
+                        "portcullis_tls_handshakes_in_progress",
+                        &[("listener", "orders")],
+                    ) == Some(n))
+                    .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    handshaking(1.0).await;
+    let mut again = stalled([127, 0, 0, 3]).await;
+    assert!(
+        closed_by_server(&mut again).await,
+        "a second handshake from one address"
+    );
+    assert_eq!(rejected("max_handshakes_per_client"), 1.0);
+    let _second = stalled([127, 0, 0, 4]).await;
+    handshaking(2.0).await;
     assert!(
         !echoes(&pki, "peer", SERVER_ID, addr).await,
         "over max_handshakes"
     );
+    assert_eq!(rejected("max_handshakes"), 1.0);
 
-    // One lets go: the peer's handshake fits, and its connection stays.
-    drop(silent.pop());
-    wait_for(Duration::from_secs(10), "one handshake let go", || async {
-        let m = server.metrics().encode();
-        (metric(
-            &m,
-            "portcullis_connections_active",
-            &[("listener", "orders")],
-        ) == Some(1.0))
-        .then_some(())
-    })
-    .await;
-    let mut peer = tls_connect(addr, pki.client_tls("peer", SERVER_ID))
-        .await
-        .unwrap();
-    peer.write_all(b"hi").await.unwrap();
-    let mut b = [0u8; 2];
-    peer.read_exact(&mut b).await.unwrap();
-
-    // Open now: one silent, the peer. One more fills max_connections;
-    // the next is closed at once, before any handshake.
-    silent.push(TcpStream::connect(addr).await.unwrap());
-    wait_for(
-        Duration::from_secs(10),
-        "three connections open",
-        || async {
-            let m = server.metrics().encode();
-            (metric(
-                &m,
-                "portcullis_connections_active",
-                &[("listener", "orders")],
-            ) == Some(3.0))
-            .then_some(())
-        },
-    )
-    .await;
-    let mut fifth = TcpStream::connect(addr).await.unwrap();
+    // One stalled handshake lets go: the peer's fits again.
+    drop(first);
+    handshaking(1.0).await;
     assert!(
-        closed_by_server(&mut fifth).await,
-        "a fifth connection was held"
+        echoes(&pki, "peer", SERVER_ID, addr).await,
+        "after a handshake ended"
     );
-    assert_eq!(metric_of("max_connections"), Some(1.0));
-    // What was already open keeps working.
-    peer.write_all(b"ok").await.unwrap();
-    peer.read_exact(&mut b).await.unwrap();
-    assert_eq!(&b, b"ok");
-    // Once the server has seen the flood go, a new peer gets through.
+
+    // max_connections, from anyone: four more fill it, the next is closed
+    // at once, before any handshake.
+    for ip in [
+        [127, 0, 0, 5],
+        [127, 0, 0, 5],
+        [127, 0, 0, 6],
+        [127, 0, 0, 6],
+    ] {
+        silent.push(tcp_from(ip, addr).await);
+    }
+    open_now(8.0).await;
+    let mut over = tcp_from([127, 0, 0, 7], addr).await;
+    assert!(
+        closed_by_server(&mut over).await,
+        "a ninth connection was held"
+    );
+    assert_eq!(rejected("max_connections"), 1.0);
+
+    // Once the server has seen the flood go, the peer gets through.
     drop(silent);
-    wait_for(
-        Duration::from_secs(10),
-        "the silent connections gone",
-        || async {
-            let m = server.metrics().encode();
-            (metric(
-                &m,
-                "portcullis_connections_active",
-                &[("listener", "orders")],
-            ) == Some(1.0))
-            .then_some(())
-        },
-    )
-    .await;
+    open_now(1.0).await;
     assert!(
         echoes(&pki, "peer", SERVER_ID, addr).await,
         "after the flood"

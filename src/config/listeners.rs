@@ -67,8 +67,14 @@ pub struct InboundConfig {
 pub struct InboundLimits {
     /// Open connections, in any state.
     pub max_connections: usize,
-    /// TLS handshakes in progress.
+    /// TLS handshakes in progress (counted from the first byte the client
+    /// sends: a silent connection holds only a connection place).
     pub max_handshakes: usize,
+    /// Open connections from one client address, so one hostile pod cannot
+    /// take the listener's every place.
+    pub max_connections_per_client: usize,
+    /// Handshakes in progress from one client address.
+    pub max_handshakes_per_client: usize,
     /// HTTP: connections to the local app. A request that needs one waits
     /// up to `timeouts.connect`, then gets 503 `overloaded`.
     pub max_app_connections: usize,
@@ -79,6 +85,8 @@ impl Default for InboundLimits {
         InboundLimits {
             max_connections: 10_000,
             max_handshakes: 256,
+            max_connections_per_client: 1000,
+            max_handshakes_per_client: 64,
             max_app_connections: 1024,
         }
     }
@@ -213,6 +221,8 @@ pub(super) struct RawInbound {
 pub(super) struct RawInboundLimits {
     max_connections: Option<Spanned<usize>>,
     max_handshakes: Option<Spanned<usize>>,
+    max_connections_per_client: Option<Spanned<usize>>,
+    max_handshakes_per_client: Option<Spanned<usize>>,
     max_app_connections: Option<Spanned<usize>>,
 }
 
@@ -230,6 +240,18 @@ impl RawInboundLimits {
             "limits.max_handshakes",
             1..,
             &mut l.max_handshakes,
+        )?;
+        c.set(
+            self.max_connections_per_client,
+            "limits.max_connections_per_client",
+            1..,
+            &mut l.max_connections_per_client,
+        )?;
+        c.set(
+            self.max_handshakes_per_client,
+            "limits.max_handshakes_per_client",
+            1..,
+            &mut l.max_handshakes_per_client,
         )?;
         c.set(
             self.max_app_connections,

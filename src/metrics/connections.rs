@@ -11,6 +11,8 @@ pub struct ConnectionFamilies {
     pub opened: IntCounterVec,
     /// direction, listener
     pub active: IntGaugeVec,
+    /// direction, listener
+    pub handshaking: IntGaugeVec,
     /// direction, listener, reason
     pub closed: IntCounterVec,
     /// direction, listener, result
@@ -40,6 +42,12 @@ impl ConnectionFamilies {
                 "Connections currently open on a listener.",
                 &["direction", "listener"],
             ),
+            handshaking: int_gauge_vec(
+                registry,
+                "portcullis_tls_handshakes_in_progress",
+                "Inbound TLS handshakes under way: connections whose client has spoken and whose handshake has not ended (limits.max_handshakes bounds it).",
+                &["direction", "listener"],
+            ),
             closed: counter_vec(
                 registry,
                 "portcullis_connections_closed_total",
@@ -67,7 +75,7 @@ impl ConnectionFamilies {
             rejected: counter_vec(
                 registry,
                 "portcullis_listener_rejected_connections_total",
-                "New connections a listener closed at once because a limit was reached: max_connections or max_handshakes (inbound), max_app_connections (outbound).",
+                "New connections a listener closed at once because a limit was reached: max_connections, max_connections_per_client, max_handshakes or max_handshakes_per_client (inbound), max_app_connections (outbound).",
                 &["direction", "listener", "limit"],
             ),
             plaintext_refused: counter_vec(

@@ -41,7 +41,12 @@ pub struct ListenerMetrics {
     /// `max_connections` (or outbound `max_app_connections`), and over
     /// `max_handshakes`.
     pub rejected_connections: IntCounter,
+    /// Inbound handshakes under way.
+    pub handshaking: prometheus::IntGauge,
     pub rejected_handshakes: IntCounter,
+    /// The same, for one client address's share (inbound).
+    pub rejected_client_connections: IntCounter,
+    pub rejected_client_handshakes: IntCounter,
     handshake_ok: IntCounter,
     handshake_failed: Vec<(HandshakeFailure, IntCounter)>,
     closed: Vec<(CloseReason, IntCounter)>,
@@ -58,6 +63,13 @@ impl ListenerMetrics {
     pub fn new(metrics: &Metrics, direction: Direction, name: &str) -> Self {
         let d = direction.as_str();
         let c = &metrics.connections;
+        // Outbound listeners have no handshakes to take and no client but
+        // the app: their series would only ever read 0.
+        let inbound_only = |limit: &str| match direction {
+            Direction::Inbound => c.rejected.with_label_values(&[d, name, limit]),
+            Direction::Outbound => prometheus::IntCounter::new("unexported", "unexported")
+                .unwrap_or_else(|_| c.rejected.with_label_values(&[d, name, limit])),
+        };
         ListenerMetrics {
             opened: c.opened.with_label_values(&[d, name]),
             rate_limited: metrics.policy.rate_limited.with_label_values(&[name]),
@@ -73,7 +85,10 @@ impl ListenerMetrics {
                     Direction::Outbound => "max_app_connections",
                 },
             ]),
-            rejected_handshakes: c.rejected.with_label_values(&[d, name, "max_handshakes"]),
+            handshaking: c.handshaking.with_label_values(&[d, name]),
+            rejected_handshakes: inbound_only("max_handshakes"),
+            rejected_client_connections: inbound_only("max_connections_per_client"),
+            rejected_client_handshakes: inbound_only("max_handshakes_per_client"),
             handshake_ok: c.handshakes.with_label_values(&[d, name, "success"]),
             handshake_failed: HandshakeFailure::ALL
                 .iter()

@@ -11,11 +11,10 @@
 //! body closes its connection after the answer, so its unread bytes are
 //! never taken for a next request.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +27,7 @@ use prometheus::IntCounterVec;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::limit::{Limit, Place};
+use crate::limit::{ClientPlace, Limit, PerClient, Place};
 use crate::log_limit::LogLimiter;
 
 /// What one plaintext server lets a client hold.
@@ -112,37 +111,6 @@ impl Refusal {
     }
 }
 
-/// Open connections per client address. Touched once per accepted and
-/// once per closed connection of a low-rate server, never per request.
-#[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-struct ClientPlace<'a>(&'a PerClient, IpAddr);
-
-impl PerClient {
-    fn take(&self, ip: IpAddr, max: usize) -> Option<ClientPlace<'_>> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientPlace(self, ip))
-    }
-}
-
-impl Drop for ClientPlace<'_> {
-    fn drop(&mut self) {
-        let mut map = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// Serves `handler` on `listener` until `shutdown` fires, within `bounds`.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
@@ -156,7 +124,7 @@ pub async fn serve<H, Fut>(
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let open = Limit::new(bounds.max_connections);
-    let per_client = Arc::new(PerClient::default());
+    let per_client = PerClient::new();
     let log_limit = Arc::new(LogLimiter::new(10));
     loop {
         let (stream, src) = tokio::select! {
@@ -180,15 +148,15 @@ pub async fn serve<H, Fut>(
             );
             continue;
         };
+        // Taken here, in accept order, not in the connection's task.
+        let Some(client) = per_client.try_take(src.ip(), bounds.max_per_client) else {
+            refused(&refusals, Refusal::MaxPerClient, what, src.ip(), &log_limit);
+            continue;
+        };
         let handler = handler.clone();
-        let (refusals, per_client, log_limit) =
-            (refusals.clone(), per_client.clone(), log_limit.clone());
+        let refusals = refusals.clone();
         tokio::spawn(async move {
-            let _place: Place = place;
-            let Some(_client) = per_client.take(src.ip(), bounds.max_per_client) else {
-                refused(&refusals, Refusal::MaxPerClient, what, src.ip(), &log_limit);
-                return;
-            };
+            let _held: (Place, ClientPlace) = (place, client);
             let counted = refusals.clone();
             let service = hyper::service::service_fn(move |req| {
                 let (handler, refusals) = (handler.clone(), counted.clone());

@@ -283,6 +283,14 @@ pub fn have_root(test: &str) -> bool {
     true
 }
 
+/// A TCP connection to `to` from `ip` (any 127.0.0.0/8 address is
+/// loopback on Linux), so one test can be several clients.
+pub async fn tcp_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
 /// A TLS stream to `addr` presenting `client_tls`'s identity.
 pub async fn tls_connect(
     addr: SocketAddr,

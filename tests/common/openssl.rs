@@ -54,18 +54,37 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// Starts `openssl ocsp` on a free port, signing with `signer`/`key`.
+/// Starts `openssl ocsp` on a free port, signing with `signer`/`key`. A
+/// port found free can be taken (as another test's source port) before
+/// openssl binds it: then it is tried again on another.
 pub async fn responder(dir: &Path, signer: &str, key: &str) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    responder_on(dir, signer, key, port).await
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if let Some(started) = try_responder_on(dir, signer, key, port).await {
+            return started;
+        }
+    }
+    panic!("openssl ocsp would not start listening on any of 5 free ports");
 }
 
+/// Starts `openssl ocsp` on `port` (a restart on the same address).
 pub async fn responder_on(dir: &Path, signer: &str, key: &str, port: u16) -> (Child, String) {
-    let child = Command::new("openssl")
+    try_responder_on(dir, signer, key, port)
+        .await
+        .expect("openssl ocsp exited before listening")
+}
+
+async fn try_responder_on(
+    dir: &Path,
+    signer: &str,
+    key: &str,
+    port: u16,
+) -> Option<(Child, String)> {
+    let mut child = Command::new("openssl")
         .current_dir(dir)
         .args([
             "ocsp",
@@ -89,22 +108,24 @@ pub async fn responder_on(dir: &Path, signer: &str, key: &str, port: u16) -> (Ch
         .unwrap();
     // Ready once it says so: a probe connection without a request would
     // wedge its single-threaded loop.
-    let mut child = child;
     let stderr = child.stderr.take().unwrap();
     let mut lines = tokio::io::BufReader::new(stderr).lines();
-    tokio::time::timeout(Duration::from_secs(10), async {
+    let listening = tokio::time::timeout(Duration::from_secs(10), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if line.starts_with("ACCEPT") || line.contains("waiting for OCSP client connections") {
-                return;
+                return true;
             }
         }
-        panic!("openssl ocsp exited before listening");
+        false
     })
     .await
-    .expect("openssl ocsp to start listening");
+    .expect("openssl ocsp to start listening or exit");
+    if !listening {
+        return None;
+    }
     // Keep draining its stderr so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://127.0.0.1:{port}/"))
+    Some((child, format!("http://127.0.0.1:{port}/")))
 }
 
 /// Writes `request` to `req.der`, has `openssl ocsp` answer it once from

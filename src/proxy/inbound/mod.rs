@@ -24,8 +24,8 @@ use super::detect::{Detected, Rewind, detect, detect_from};
 use super::http::{HttpVersion, ServeLimits};
 use super::listener::{ActiveGuard, ListenerParts};
 use super::registry::{ConnInfo, ConnKind, ConnRegistry};
-use crate::config::{ConnectionsConfig, InboundConfig, Protocol};
-use crate::limit::Limit;
+use crate::config::{ConnectionsConfig, InboundConfig, InboundLimits, Protocol};
+use crate::limit::{Limit, PerClient};
 use crate::log_limit::LogLimiter;
 use crate::policy::ServiceAuthorizer;
 use crate::tls::{ALPN_H2, ALPN_HTTP1, HandshakeFailure, TlsContext};
@@ -57,6 +57,10 @@ pub struct InboundListener {
     /// Open connections and handshakes in progress, each with its ceiling.
     connections_open: Arc<Limit>,
     handshakes: Arc<Limit>,
+    /// The same per client address, with their ceilings.
+    client_connections: Arc<PerClient>,
+    client_handshakes: Arc<PerClient>,
+    limits: InboundLimits,
     /// Set for `protocol: http | auto`.
     http: Option<Arc<InboundHttp>>,
     /// Cancelled when the sidecar drains: HTTP connections finish the
@@ -86,6 +90,9 @@ impl InboundListener {
             tcp: InboundTcp::new(config, &parts, authz),
             connections_open: Limit::new(config.limits.max_connections),
             handshakes: Limit::new(config.limits.max_handshakes),
+            client_connections: PerClient::new(),
+            client_handshakes: PerClient::new(),
+            limits: config.limits,
             tls: parts.tls,
             metrics: parts.metrics,
             handshake_timeout: parts.timeouts.handshake.0,
@@ -108,7 +115,18 @@ impl InboundListener {
         let Some(_open) = self.connections_open.try_take() else {
             return self.rejected(&m.rejected_connections, "max_connections", src);
         };
+        let Some(_client_open) = self
+            .client_connections
+            .try_take(src.ip(), self.limits.max_connections_per_client)
+        else {
+            return self.rejected(
+                &m.rejected_client_connections,
+                "max_connections_per_client",
+                src,
+            );
+        };
         let _active = ActiveGuard::new(&m.active);
+        let handshake_by = tokio::time::Instant::now() + self.handshake_timeout;
 
         // The config is loaded per connection so a trust or identity
         // reload applies to the very next handshake.
@@ -121,12 +139,36 @@ impl InboundListener {
         // its largest, so inlining the handshake, the TCP copy and the HTTP
         // server side by side would make every idle connection pay for all
         // three at once.
+        //
+        // A connection takes a handshake place only once its client speaks:
+        // silence costs a connection place and nothing else, so idle
+        // connections cannot crowd out the handshakes of real peers.
+        // (`readable()` may wake without data; a peek waits for a byte or
+        // the end.)
+        let mut first = [0u8; 1];
+        if tokio::time::timeout_at(handshake_by, tcp.peek(&mut first))
+            .await
+            .is_err()
+        {
+            let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
+            return self.handshake_failed(HandshakeFailure::Timeout, &e, src);
+        }
         let Some(handshaking) = self.handshakes.try_take() else {
             return self.rejected(&m.rejected_handshakes, "max_handshakes", src);
         };
-        let handshake =
-            tokio::time::timeout(self.handshake_timeout, Box::pin(acceptor.accept(tcp))).await;
-        drop(handshaking);
+        let Some(client_handshaking) = self
+            .client_handshakes
+            .try_take(src.ip(), self.limits.max_handshakes_per_client)
+        else {
+            return self.rejected(
+                &m.rejected_client_handshakes,
+                "max_handshakes_per_client",
+                src,
+            );
+        };
+        let in_progress = ActiveGuard::new(&m.handshaking);
+        let handshake = tokio::time::timeout_at(handshake_by, Box::pin(acceptor.accept(tcp))).await;
+        drop((handshaking, client_handshaking, in_progress));
         let tls = match handshake {
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => return self.handshake_failed(HandshakeFailure::classify(&e), &e, src),
