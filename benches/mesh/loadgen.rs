@@ -78,7 +78,8 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
         "echo" => serve(&o, Server::Echo).await,
         "idle" => idle(&o).await,
         "handshakes" => handshakes(&o).await,
-        _ => Err("usage: loadgen rate|count|bulk|sink|echo|idle|handshakes --addr ... (see benches/mesh/run.sh)".into()),
+        "flood" => flood(&o).await,
+        _ => Err("usage: loadgen rate|count|bulk|sink|echo|idle|handshakes|flood --addr ... (see benches/mesh/run.sh, benches/flood/run.sh)".into()),
     }
 }
 
@@ -410,6 +411,70 @@ async fn idle(o: &Opts) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("{{\"held\":{}}}", held.len());
+    Ok(())
+}
+
+/// What a hostile pod does to a port: `--conns` TCP connections from the
+/// `--from` addresses (comma-separated, taken in turn), each either silent
+/// (no byte: for a TLS port, no ClientHello) or, with `--slow`, sending
+/// an HTTP request head one byte every `--every` seconds (default 2) and
+/// never finishing it. Writes `--ready FILE` with the number it opened,
+/// holds them until FILE is removed, and prints how many the server had
+/// closed by then.
+async fn flood(o: &Opts) -> Result<(), Error> {
+    let addr: SocketAddr = o.req("addr")?;
+    let n: usize = o.req("conns")?;
+    let ready = o.req::<String>("ready")?;
+    let slow = o.0.iter().any(|a| a == "--slow");
+    let every = Duration::from_secs_f64(o.or("every", 2.0)?);
+    let from: Vec<std::net::IpAddr> = o
+        .get("from")
+        .unwrap_or("127.0.0.1")
+        .split(',')
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let closed = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut opened = 0u64;
+    for i in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from[i % from.len()], 0))?;
+        let Ok(mut tcp) = socket.connect(addr).await else {
+            closed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        opened += 1;
+        let closed = closed.clone();
+        tasks.spawn(async move {
+            let head = b"GET / HTTP/1.1\r\nHost: flood\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            let mut next = 0;
+            let mut b = [0u8; 256];
+            loop {
+                tokio::select! {
+                    r = tcp.read(&mut b) => match r {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    },
+                    _ = tokio::time::sleep(every), if slow => {
+                        if tcp.write_all(&head[next % head.len()..][..1]).await.is_err() {
+                            break;
+                        }
+                        next += 1;
+                    }
+                }
+            }
+            closed.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    std::fs::write(&ready, format!("{opened}"))?;
+    while std::path::Path::new(&ready).exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "{{\"attempted\":{n},\"opened\":{opened},\"closed_by_server\":{}}}",
+        closed.load(Ordering::Relaxed)
+    );
+    tasks.abort_all();
     Ok(())
 }
 
