@@ -864,13 +864,7 @@ async fn a_dns_endpoint_uses_every_address_and_is_resolved_again() {
     let hosts = pki.path("hosts");
     std::fs::write(&hosts, "127.0.0.1 orders.test\n127.0.0.2 orders.test\n").unwrap();
     pki.svid("frontend-svid", FRONTEND);
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (out, admin) = (free(), free());
+    let (out, admin) = (free_addr(), free_addr());
     let config = pki.path("frontend.yaml");
     std::fs::write(
         &config,

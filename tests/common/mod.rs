@@ -283,6 +283,16 @@ pub fn have_root(test: &str) -> bool {
     true
 }
 
+/// A loopback address with a port nothing listens on now, for a sidecar
+/// run as a process (whose bound ports the test cannot ask). The kernel
+/// hands out ports in random order, so a clash in the window is rare.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A TCP connection to `to` from `ip` (any 127.0.0.0/8 address is
 /// loopback on Linux), so one test can be several clients.
 pub async fn tcp_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {

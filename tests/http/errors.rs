@@ -159,13 +159,7 @@ async fn an_http1_only_app_is_named_in_the_log_and_app_protocol_fixes_it() {
     let app = http1_only_app().await;
     pki.svid("orders-svid", ORDERS);
     pki.svid("frontend-svid", FRONTEND);
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (inbound, admin) = (free(), free());
+    let (inbound, admin) = (free_addr(), free_addr());
     let server_config = pki.path("orders.yaml");
     std::fs::write(
         &server_config,
