@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use portcullis::cmd::args::{Cli, Command, RunArgs};
-use portcullis::cmd::{cert, check, demo};
+use portcullis::cmd::{cert, check, demo, init};
 use portcullis::config::{Config, LogFormat};
 use portcullis::{runtime, sidecar};
 
@@ -49,6 +49,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Init(args) => match init::run(&args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis init: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Cert(cmd) => match cert::run(cmd) {
             Ok(out) => {
                 print!("{out}");

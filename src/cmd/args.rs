@@ -1,5 +1,5 @@
-//! The command line's arguments (clap): `run`, `check`, `demo` and
-//! `cert {ca,issue,revoke,inspect}`.
+//! The command line's arguments (clap): `run`, `check`, `demo`,
+//! `cert {ca,issue,revoke,inspect}` and `init` (its arguments live with it).
 
 use std::path::PathBuf;
 
@@ -39,6 +39,8 @@ pub enum Command {
     /// Development PKI: make a CA, issue SVIDs, revoke them, inspect certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Set the pod's netfilter rules that send its TCP through the sidecar (the init container).
+    Init(super::init::InitArgs),
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,9 @@
 //! The command line: its arguments (`args`) and the commands other than
 //! `run` (which is the control plane's, `sidecar::run`): `check`, `cert`
-//! (the development PKI) and `demo`.
+//! (the development PKI), `demo` and `init` (the pod's netfilter rules).
 
 pub mod args;
 pub mod cert;
 pub mod check;
 pub mod demo;
+pub mod init;
