@@ -7,8 +7,12 @@
 mod common;
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use common::pair::one_response;
 use common::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -148,4 +152,209 @@ fn init_sets_its_rules_once_and_cleanup_removes_only_them() {
     );
     // Cleaning up twice is fine too.
     ns.ok(&[BIN, "init", "--cleanup"]);
+}
+
+const ORDERS: &str = "spiffe://prod.example.org/ns/shop/sa/orders";
+const FRONTEND: &str = "spiffe://prod.example.org/ns/web/sa/frontend";
+
+/// An HTTP app on 0.0.0.0:8080 (so on the pod IP, as most apps listen)
+/// that answers with the identity header it received.
+const APP: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = (self.headers.get("x-portcullis-peer-id") or "no identity").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
+
+/// A pod: a network namespace joined to this (the host's) namespace by a
+/// veth pair, with `pod_ip` inside and `host_ip` outside.
+struct Pod {
+    ns: Netns,
+    ip: std::net::Ipv4Addr,
+}
+
+impl Pod {
+    fn new(tag: &str, subnet: u8) -> Pod {
+        let ns = Netns::new(tag);
+        let host_if = format!("pc{tag}{}", std::process::id() % 100_000);
+        let (host_ip, pod_ip) = (format!("10.201.{subnet}.1"), format!("10.201.{subnet}.2"));
+        let run = |args: &[&str]| {
+            let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(
+                o.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        run(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+        ]);
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &host_if,
+        ]);
+        run(&["ip", "link", "set", &host_if, "up"]);
+        ns.ok(&["ip", "addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"]);
+        ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        Pod {
+            ns,
+            ip: pod_ip.parse().unwrap(),
+        }
+    }
+
+    /// Runs `args` inside the pod in the background, killed on drop.
+    fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns.0])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    fn addr(&self, port: u16) -> std::net::SocketAddr {
+        (self.ip, port).into()
+    }
+}
+
+/// Pod B runs an app on its pod IP and a sidecar set up by `portcullis
+/// init`; a client sidecar with FRONTEND's SVID (pod A, here in the host's
+/// namespace) calls B's IP and port as it would without a mesh. Shown:
+/// the call arrives over mTLS with A's SPIFFE ID in the identity header; a
+/// plaintext client (pod C) to the same IP and port never reaches the app,
+/// nor does a forged identity header; a port no listener serves is
+/// refused; and a policy change on B denying A takes effect on A's open
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_pod_is_reached_only_over_mtls_with_the_callers_identity() {
+    const TEST: &str = "a_captured_pod_is_reached_only_over_mtls_with_the_callers_identity";
+    if !can_run(TEST) || !have_tool("python3", TEST) {
+        return;
+    }
+    let pki = Pki::new();
+    let b = Pod::new("b", (std::process::id() % 200) as u8 + 20);
+    let _app = b.spawn(&["python3", "-c", APP]);
+    wait_for(Duration::from_secs(20), "pod B's app to listen", || async {
+        let o = b.ns.exec(&["ss", "-Hltn", "sport", "= :8080"]);
+        (!o.stdout.is_empty()).then_some(())
+    })
+    .await;
+
+    pki.svid("orders-svid", ORDERS);
+    let policy = pki.path("policy.yaml");
+    let allow = format!(
+        "default: deny\nservices:\n  orders:\n    rules:\n      - {{ name: frontend, action: allow, from: [\"{FRONTEND}\"] }}\n"
+    );
+    std::fs::write(&policy, &allow).unwrap();
+    let admin = b.addr(15000);
+    let config = pki.path("b.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  cert: orders-svid.pem\n  key: orders-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             policy: policy.yaml\n\
+             reload:\n  watch: false\n\
+             capture:\n  inbound: 0.0.0.0:15006\n\
+             inbound:\n  - name: orders\n    port: 8080\n    protocol: http\n\
+             admin:\n  listen: {admin}\n  allow_non_loopback: true\n"
+        ),
+    )
+    .unwrap();
+    b.ns.ok(&[BIN, "init", "--inbound-only", "--ipv6", "off"]);
+    let _sidecar = b.spawn(&[BIN, "run", "--config", path_str(&config)]);
+    wait_for(
+        Duration::from_secs(20),
+        "pod B's sidecar to be ready",
+        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+
+    // Pod A: an ordinary client sidecar whose upstream is B's IP and port.
+    pki.svid("frontend-svid", FRONTEND);
+    let a = portcullis::sidecar::start(pki.config(
+        "a.yaml",
+        &format!(
+            "identity:\n  cert: frontend-svid.pem\n  key: frontend-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             outbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    endpoints: [{}]\n    identity: {ORDERS}\n    protocol: http\n\
+             admin:\n  listen: 127.0.0.1:0\n",
+            b.addr(8080)
+        ),
+    ))
+    .await
+    .unwrap();
+    let out = a.outbound_addr("orders").unwrap();
+    let (code, body) = wait_for(
+        Duration::from_secs(20),
+        "A's call to reach B's app",
+        || async { http_get(out, "/").await.ok().filter(|(c, _)| *c == 200) },
+    )
+    .await;
+    assert_eq!((code, body.as_str()), (200, FRONTEND));
+
+    // Pod C: plaintext to the app's port, a forged identity header with it.
+    let reply = raw(
+        b.addr(8080),
+        format!("GET / HTTP/1.1\r\nHost: b\r\nx-portcullis-peer-id: {FRONTEND}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(
+        !reply.contains(FRONTEND) && !reply.starts_with("HTTP/1.1 200"),
+        "{reply:?}"
+    );
+    // A port no listener serves.
+    let mut other = TcpStream::connect(b.addr(9090)).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), other.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "port 9090 was held"
+    );
+    let metrics = http_get(admin, "/metrics").await.unwrap().1;
+    assert!(
+        metric(
+            &metrics,
+            "portcullis_tls_handshakes_total",
+            &[("listener", "orders"), ("result", "not_tls")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "the plaintext attempt was not counted"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_capture_refused_total",
+            &[("reason", "unmapped_port")]
+        ),
+        Some(1.0)
+    );
+
+    // A policy change on B denying A: the next request on A's open
+    // connection is refused.
+    let mut conn = TcpStream::connect(out).await.unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n";
+    assert_eq!(one_response(&mut conn, get).await.0, 200);
+    std::fs::write(
+        &policy,
+        allow.replace(FRONTEND, "spiffe://prod.example.org/ns/web/sa/other"),
+    )
+    .unwrap();
+    let (status, reply) = post_reload(admin).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(one_response(&mut conn, get).await.0, 403);
 }

@@ -101,7 +101,13 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
                 );
             }
             for l in &config.inbound {
-                println!("  inbound:    {} {} -> {}", l.name, l.listen, l.forward);
+                let at = match (l.listen, l.port) {
+                    (Some(a), Some(p)) => format!("{a} and captured port {p}"),
+                    (Some(a), None) => a.to_string(),
+                    (None, Some(p)) => format!("captured port {p}"),
+                    (None, None) => String::new(),
+                };
+                println!("  inbound:    {} {at} -> {}", l.name, l.forward);
             }
             for l in &config.outbound {
                 let eps: Vec<String> = l.endpoints.iter().map(|e| e.to_string()).collect();

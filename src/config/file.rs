@@ -13,8 +13,8 @@ use super::http::{HttpConfig, RawHttp};
 use super::identity::{IdentityConfig, RawIdentity};
 use super::limits::{ConnectionsConfig, RawConnections, RawTimeouts, Timeouts};
 use super::listeners::{
-    AdminConfig, InboundConfig, Listeners, OutboundConfig, ProbeConfig, RawAdmin, RawInbound,
-    RawOutbound, RawProbes,
+    AdminConfig, CaptureConfig, InboundConfig, Listeners, OutboundConfig, ProbeConfig, RawAdmin,
+    RawCapture, RawInbound, RawOutbound, RawProbes,
 };
 use super::logging::{AuditConfig, LogConfig, RawAudit, RawLog};
 use super::revocation::{RawRevocation, RevocationConfig};
@@ -37,6 +37,9 @@ pub struct Config {
     pub probes: Option<ProbeConfig>,
     pub inbound: Vec<InboundConfig>,
     pub outbound: Vec<OutboundConfig>,
+    /// Where redirected (captured) traffic arrives, if `portcullis init`
+    /// is used.
+    pub capture: CaptureConfig,
     pub admin: AdminConfig,
     pub timeouts: Timeouts,
     pub connections: ConnectionsConfig,
@@ -96,6 +99,7 @@ struct RawConfig {
     inbound: Vec<RawInbound>,
     #[serde(default)]
     outbound: Vec<RawOutbound>,
+    capture: Option<RawCapture>,
     admin: Option<RawAdmin>,
     timeouts: Option<RawTimeouts>,
     connections: Option<RawConnections>,
@@ -133,6 +137,22 @@ fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     for l in raw.outbound {
         outbound.push(listeners.outbound(&c, l)?);
     }
+    let capture = match raw.capture {
+        Some(s) => s.validate(&c, &mut listeners, &inbound)?,
+        None => CaptureConfig { inbound: None },
+    };
+    if capture.inbound.is_none()
+        && let Some(l) = inbound.iter().find(|l| l.listen.is_none())
+    {
+        return Err(ConfigError::file(
+            file,
+            format!(
+                "inbound listener {:?} has only a `port`, which needs `capture.inbound` (where \
+                 `portcullis init` sends the pod's inbound TCP)",
+                l.name
+            ),
+        ));
+    }
     let admin = match raw.admin {
         Some(s) => s.validate(&c)?,
         None => AdminConfig::default(),
@@ -159,6 +179,7 @@ fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         probes,
         inbound,
         outbound,
+        capture,
         admin,
         timeouts,
         connections,

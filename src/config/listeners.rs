@@ -53,7 +53,13 @@ impl Protocol {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct InboundConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    /// Where peers connect explicitly; `None` for a listener reached only
+    /// through capture (`port`).
+    pub listen: Option<SocketAddr>,
+    /// The pod port this listener serves when inbound traffic is captured
+    /// (`capture.inbound`): a connection whose original destination is this
+    /// port is served here.
+    pub port: Option<u16>,
     pub forward: SocketAddr,
     pub protocol: Protocol,
     pub limits: InboundLimits,
@@ -112,6 +118,15 @@ pub struct ProbeConfig {
     pub listen: SocketAddr,
     pub forward: SocketAddr,
     pub paths: Vec<String>,
+}
+
+/// Where the traffic `portcullis init` redirects arrives.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaptureConfig {
+    /// Inbound TCP to the pod, redirected here; each connection is served
+    /// by the inbound listener whose `port` is its original destination
+    /// port, and refused when there is none.
+    pub inbound: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -208,8 +223,10 @@ fn tcp() -> Protocol {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawInbound {
     name: Spanned<String>,
-    listen: Spanned<SocketAddr>,
-    forward: SocketAddr,
+    listen: Option<Spanned<SocketAddr>>,
+    port: Option<Spanned<u16>>,
+    /// Defaults to 127.0.0.1:`port`.
+    forward: Option<SocketAddr>,
     #[serde(default = "tcp")]
     protocol: Protocol,
     limits: Option<RawInboundLimits>,
@@ -289,6 +306,36 @@ pub(super) struct RawProbes {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawCapture {
+    inbound: Option<Spanned<SocketAddr>>,
+}
+
+impl RawCapture {
+    /// Checks the capture section against the inbound listeners: a
+    /// listener's `port` means something only with `capture.inbound`.
+    pub(super) fn validate(
+        self,
+        c: &Check<'_>,
+        listeners: &mut Listeners,
+        inbound: &[InboundConfig],
+    ) -> Result<CaptureConfig, ConfigError> {
+        if let Some(listen) = &self.inbound {
+            listeners.check_listen(c, listen)?;
+            if !inbound.iter().any(|l| l.port.is_some()) {
+                return Err(c.at(
+                    listen.referenced,
+                    "capture.inbound: no inbound listener has a `port` to serve captured connections",
+                ));
+            }
+        }
+        Ok(CaptureConfig {
+            inbound: self.inbound.map(|l| l.value),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     listen: Spanned<SocketAddr>,
     /// Admin binds to loopback unless this is set: it exposes config and
@@ -302,6 +349,7 @@ pub(super) struct RawAdmin {
 pub(super) struct Listeners {
     names: HashMap<String, Location>,
     listens: HashMap<SocketAddr, Location>,
+    ports: HashMap<u16, Location>,
 }
 
 impl Listeners {
@@ -309,7 +357,7 @@ impl Listeners {
         &mut self,
         c: &Check<'_>,
         name: &Spanned<String>,
-        listen: &Spanned<SocketAddr>,
+        listen: Option<&Spanned<SocketAddr>>,
     ) -> Result<(), ConfigError> {
         let n = &name.value;
         if !valid_name(n) {
@@ -331,6 +379,17 @@ impl Listeners {
                 ),
             ));
         }
+        match listen {
+            Some(listen) => self.check_listen(c, listen),
+            None => Ok(()),
+        }
+    }
+
+    fn check_listen(
+        &mut self,
+        c: &Check<'_>,
+        listen: &Spanned<SocketAddr>,
+    ) -> Result<(), ConfigError> {
         if listen.value.port() != 0
             && let Some(prev) = self.listens.insert(listen.value, listen.referenced)
         {
@@ -351,7 +410,42 @@ impl Listeners {
         c: &Check<'_>,
         l: RawInbound,
     ) -> Result<InboundConfig, ConfigError> {
-        self.check(c, &l.name, &l.listen)?;
+        self.check(c, &l.name, l.listen.as_ref())?;
+        if l.listen.is_none() && l.port.is_none() {
+            return Err(c.at(
+                l.name.referenced,
+                format!(
+                    "inbound listener {:?} needs `listen` (where peers connect), `port` (the pod \
+                     port it serves when inbound traffic is captured), or both",
+                    l.name.value
+                ),
+            ));
+        }
+        if let Some(port) = &l.port {
+            if port.value == 0 {
+                return Err(c.at(port.referenced, "port must not be 0"));
+            }
+            if let Some(prev) = self.ports.insert(port.value, port.referenced) {
+                return Err(c.at(
+                    port.referenced,
+                    format!(
+                        "port {} is already served at line {}",
+                        port.value,
+                        prev.line()
+                    ),
+                ));
+            }
+        }
+        let forward = match (l.forward, &l.port) {
+            (Some(f), _) => f,
+            (None, Some(port)) => SocketAddr::from(([127, 0, 0, 1], port.value)),
+            (None, None) => {
+                return Err(c.at(
+                    l.name.referenced,
+                    format!("inbound listener {:?} needs `forward`", l.name.value),
+                ));
+            }
+        };
         let limits = match l.limits {
             Some(raw) => raw.validate(c)?,
             None => InboundLimits::default(),
@@ -371,8 +465,9 @@ impl Listeners {
         };
         Ok(InboundConfig {
             name: l.name.value,
-            listen: l.listen.value,
-            forward: l.forward,
+            listen: l.listen.map(|l| l.value),
+            port: l.port.map(|p| p.value),
+            forward,
             protocol: l.protocol,
             limits,
             app_protocol,
@@ -384,7 +479,7 @@ impl Listeners {
         c: &Check<'_>,
         l: RawOutbound,
     ) -> Result<OutboundConfig, ConfigError> {
-        self.check(c, &l.name, &l.listen)?;
+        self.check(c, &l.name, Some(&l.listen))?;
         if !l.listen.value.ip().is_loopback() {
             return Err(c.at(
                 l.listen.referenced,

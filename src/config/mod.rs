@@ -29,8 +29,8 @@ pub use http::{EscapedSlashes, HttpConfig};
 pub use identity::IdentityConfig;
 pub use limits::{ConnectionsConfig, Timeouts};
 pub use listeners::{
-    AdminConfig, AppProtocol, Endpoint, InboundConfig, InboundLimits, OutboundConfig, ProbeConfig,
-    Protocol,
+    AdminConfig, AppProtocol, CaptureConfig, Endpoint, InboundConfig, InboundLimits,
+    OutboundConfig, ProbeConfig, Protocol,
 };
 pub use logging::{AuditConfig, LogConfig, LogFormat, LogSink};
 pub use revocation::{OcspConfig, OcspMode, RevocationConfig, RevocationPolicy};

@@ -25,6 +25,8 @@ pub struct ConnectionFamilies {
     pub rejected: IntCounterVec,
     /// server (admin, probe), reason
     pub plaintext_refused: IntCounterVec,
+    /// direction, reason
+    pub capture_refused: IntCounterVec,
 }
 
 impl ConnectionFamilies {
@@ -77,6 +79,12 @@ impl ConnectionFamilies {
                 "portcullis_listener_rejected_connections_total",
                 "New connections a listener closed at once because a limit was reached: max_connections, max_connections_per_client, max_handshakes or max_handshakes_per_client (inbound), max_app_connections (outbound).",
                 &["direction", "listener", "limit"],
+            ),
+            capture_refused: counter_vec(
+                registry,
+                "portcullis_capture_refused_total",
+                "Captured (redirected) connections refused before any listener took them: unmapped_port (no inbound listener serves the original destination port), no_original_destination.",
+                &["direction", "reason"],
             ),
             plaintext_refused: counter_vec(
                 registry,

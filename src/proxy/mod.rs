@@ -10,6 +10,7 @@
 //! admin server) are here too.
 
 pub mod admission;
+pub mod capture;
 pub mod close;
 pub mod copy;
 pub mod counters;

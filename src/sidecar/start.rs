@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::files::LoadError;
 use crate::metrics::Metrics;
 use crate::policy::{AuditLog, Authorizer, PolicyStore};
+use crate::proxy::capture::CaptureInbound;
 use crate::proxy::http::AccessLog;
 use crate::proxy::registry::ConnRegistry;
 use crate::proxy::{
@@ -53,6 +54,7 @@ pub struct Sidecar {
     plane: Arc<ControlPlane>,
     admin_addr: SocketAddr,
     probe_addr: Option<SocketAddr>,
+    capture_addr: Option<SocketAddr>,
     inbound: Vec<(String, SocketAddr)>,
     outbound: Vec<(String, SocketAddr)>,
     /// Stops the accept loops.
@@ -143,8 +145,15 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
     let mut inbound_listeners = Vec::with_capacity(config.inbound.len());
     for l in &config.inbound {
-        inbound_listeners.push(bind(format!("inbound listener {:?}", l.name), l.listen).await?);
+        inbound_listeners.push(match l.listen {
+            Some(addr) => Some(bind(format!("inbound listener {:?}", l.name), addr).await?),
+            None => None,
+        });
     }
+    let capture_listener = match config.capture.inbound {
+        Some(addr) => Some(bind("the inbound capture listener".into(), addr).await?),
+        None => None,
+    };
     let mut outbound_listeners = Vec::with_capacity(config.outbound.len());
     for l in &config.outbound {
         outbound_listeners.push(bind(format!("outbound listener {:?}", l.name), l.listen).await?);
@@ -194,8 +203,8 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         registry: registry.clone(),
     };
     let mut inbound = Vec::with_capacity(config.inbound.len());
+    let mut captured = std::collections::HashMap::new();
     for (l, listener) in config.inbound.iter().zip(inbound_listeners) {
-        inbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
         let handler = Arc::new(InboundListener::new(
             l,
             InboundParts {
@@ -203,12 +212,34 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
                 authz: Arc::new(authorizer.for_service(&l.name)),
             },
         ));
+        if let Some(port) = l.port {
+            captured.insert(port, handler.clone());
+        }
+        let Some(listener) = listener else { continue };
+        if let Ok(addr) = listener.local_addr() {
+            inbound.push((l.name.clone(), addr));
+        }
         tokio::spawn(accept_loop(
             l.name.clone(),
             listener,
             stop_accepting.clone(),
             connections.clone(),
             move |s, a| handler.clone().serve(s, a),
+        ));
+    }
+    let mut capture_addr = None;
+    if let Some(listener) = capture_listener {
+        capture_addr = listener.local_addr().ok();
+        let capture = Arc::new(CaptureInbound::new(
+            captured,
+            &metrics.connections.capture_refused,
+        ));
+        tokio::spawn(accept_loop(
+            "capture-inbound".into(),
+            listener,
+            stop_accepting.clone(),
+            connections.clone(),
+            move |s, a| capture.clone().serve(s, a),
         ));
     }
     let mut outbound = Vec::with_capacity(config.outbound.len());
@@ -274,6 +305,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         plane,
         admin_addr,
         probe_addr,
+        capture_addr,
         inbound,
         outbound,
         stop_accepting,
@@ -299,6 +331,11 @@ impl Sidecar {
     /// The bound address of the probe listener, if configured.
     pub fn probe_addr(&self) -> Option<SocketAddr> {
         self.probe_addr
+    }
+
+    /// The bound address of the inbound capture listener, if configured.
+    pub fn capture_addr(&self) -> Option<SocketAddr> {
+        self.capture_addr
     }
 
     /// The bound address of the inbound listener called `name`.
