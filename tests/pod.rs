@@ -174,46 +174,89 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 "#;
 
-/// A pod: a network namespace joined to this (the host's) namespace by a
-/// veth pair, with `pod_ip` inside and `host_ip` outside.
+fn run(args: &[&str]) {
+    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A pod network: a bridge in a namespace of its own (so nothing in the
+/// test's namespace is switched or forwarded), `10.202.<subnet>.0/24`, with
+/// a leg for the test itself at `.254` and pods attached by veth pairs.
+struct Lan {
+    ns: Netns,
+    subnet: u8,
+    /// The test's leg, removed on drop.
+    host_if: String,
+}
+
+impl Lan {
+    fn new(tag: &str) -> Lan {
+        let ns = Netns::new(&format!("{tag}lan"));
+        let subnet = (std::process::id() % 200) as u8 + 20 + if tag == "o" { 1 } else { 0 };
+        ns.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        ns.ok(&["ip", "link", "set", "br0", "up"]);
+        let host_if = format!("pcl{tag}{}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        run(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "test", "netns", &ns.0,
+        ]);
+        ns.ok(&["ip", "link", "set", "test", "master", "br0", "up"]);
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.202.{subnet}.254/24"),
+            "dev",
+            &host_if,
+        ]);
+        run(&["ip", "link", "set", &host_if, "up"]);
+        Lan {
+            ns,
+            subnet,
+            host_if,
+        }
+    }
+
+    /// The test's own address on this network.
+    fn host(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 202, self.subnet, 254)
+    }
+
+    /// A pod at `10.202.<subnet>.<n>`.
+    fn pod(&self, tag: &str, n: u8) -> Pod {
+        let ns = Netns::new(tag);
+        let port = format!("p{tag}");
+        self.ns.ok(&[
+            "ip", "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+        ]);
+        self.ns
+            .ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
+        let ip = std::net::Ipv4Addr::new(10, 202, self.subnet, n);
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        Pod { ns, ip }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+/// A pod: a network namespace with one address on a [`Lan`].
 struct Pod {
     ns: Netns,
     ip: std::net::Ipv4Addr,
 }
 
 impl Pod {
-    fn new(tag: &str, subnet: u8) -> Pod {
-        let ns = Netns::new(tag);
-        let host_if = format!("pc{tag}{}", std::process::id() % 100_000);
-        let (host_ip, pod_ip) = (format!("10.201.{subnet}.1"), format!("10.201.{subnet}.2"));
-        let run = |args: &[&str]| {
-            let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-            assert!(
-                o.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        run(&[
-            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
-        ]);
-        run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{host_ip}/30"),
-            "dev",
-            &host_if,
-        ]);
-        run(&["ip", "link", "set", &host_if, "up"]);
-        ns.ok(&["ip", "addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"]);
-        ns.ok(&["ip", "link", "set", "eth0", "up"]);
-        Pod {
-            ns,
-            ip: pod_ip.parse().unwrap(),
-        }
-    }
-
     /// Runs `args` inside the pod in the background, killed on drop.
     fn spawn(&self, args: &[&str]) -> tokio::process::Child {
         tokio::process::Command::new("ip")
@@ -228,6 +271,62 @@ impl Pod {
 
     fn addr(&self, port: u16) -> std::net::SocketAddr {
         (self.ip, port).into()
+    }
+}
+
+/// Pod B: an app on the pod IP (port 8080) and a sidecar serving it as
+/// `orders` through inbound capture, set up by `portcullis init`, its
+/// policy admitting FRONTEND. The children live as long as this does.
+struct OrdersPod {
+    pod: Pod,
+    policy: std::path::PathBuf,
+    allow: String,
+    admin: std::net::SocketAddr,
+    _children: Vec<tokio::process::Child>,
+}
+
+async fn orders_pod(lan: &Lan, pki: &Pki, tag: &str, n: u8) -> OrdersPod {
+    let b = lan.pod(tag, n);
+    let app = b.spawn(&["python3", "-c", APP]);
+    wait_for(Duration::from_secs(20), "the app to listen", || async {
+        let o = b.ns.exec(&["ss", "-Hltn", "sport", "= :8080"]);
+        (!o.stdout.is_empty()).then_some(())
+    })
+    .await;
+    pki.svid("orders-svid", ORDERS);
+    let policy = pki.path(&format!("{tag}-policy.yaml"));
+    let allow = format!(
+        "default: deny\nservices:\n  orders:\n    rules:\n      - {{ name: frontend, action: allow, from: [\"{FRONTEND}\"] }}\n"
+    );
+    std::fs::write(&policy, &allow).unwrap();
+    let admin = b.addr(15000);
+    let config = pki.path(&format!("{tag}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  cert: orders-svid.pem\n  key: orders-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             policy: {tag}-policy.yaml\n\
+             reload:\n  watch: false\n\
+             capture:\n  inbound: 0.0.0.0:15006\n\
+             inbound:\n  - name: orders\n    port: 8080\n    protocol: http\n\
+             admin:\n  listen: {admin}\n  allow_non_loopback: true\n"
+        ),
+    )
+    .unwrap();
+    b.ns.ok(&[BIN, "init", "--inbound-only", "--ipv6", "off"]);
+    let sidecar = b.spawn(&[BIN, "run", "--config", path_str(&config)]);
+    wait_for(
+        Duration::from_secs(20),
+        "the sidecar to be ready",
+        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+    OrdersPod {
+        pod: b,
+        policy,
+        allow,
+        admin,
+        _children: vec![app, sidecar],
     }
 }
 
@@ -246,42 +345,10 @@ async fn a_captured_pod_is_reached_only_over_mtls_with_the_callers_identity() {
         return;
     }
     let pki = Pki::new();
-    let b = Pod::new("b", (std::process::id() % 200) as u8 + 20);
-    let _app = b.spawn(&["python3", "-c", APP]);
-    wait_for(Duration::from_secs(20), "pod B's app to listen", || async {
-        let o = b.ns.exec(&["ss", "-Hltn", "sport", "= :8080"]);
-        (!o.stdout.is_empty()).then_some(())
-    })
-    .await;
-
-    pki.svid("orders-svid", ORDERS);
-    let policy = pki.path("policy.yaml");
-    let allow = format!(
-        "default: deny\nservices:\n  orders:\n    rules:\n      - {{ name: frontend, action: allow, from: [\"{FRONTEND}\"] }}\n"
-    );
-    std::fs::write(&policy, &allow).unwrap();
-    let admin = b.addr(15000);
-    let config = pki.path("b.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "identity:\n  cert: orders-svid.pem\n  key: orders-svid-key.pem\n  trust_bundle: bundle.pem\n\
-             policy: policy.yaml\n\
-             reload:\n  watch: false\n\
-             capture:\n  inbound: 0.0.0.0:15006\n\
-             inbound:\n  - name: orders\n    port: 8080\n    protocol: http\n\
-             admin:\n  listen: {admin}\n  allow_non_loopback: true\n"
-        ),
-    )
-    .unwrap();
-    b.ns.ok(&[BIN, "init", "--inbound-only", "--ipv6", "off"]);
-    let _sidecar = b.spawn(&[BIN, "run", "--config", path_str(&config)]);
-    wait_for(
-        Duration::from_secs(20),
-        "pod B's sidecar to be ready",
-        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
-    )
-    .await;
+    let lan = Lan::new("i");
+    let b = orders_pod(&lan, &pki, "b", 2).await;
+    let (policy, allow, admin) = (b.policy.clone(), b.allow.clone(), b.admin);
+    let b = &b.pod;
 
     // Pod A: an ordinary client sidecar whose upstream is B's IP and port.
     pki.svid("frontend-svid", FRONTEND);
@@ -357,4 +424,110 @@ async fn a_captured_pod_is_reached_only_over_mtls_with_the_callers_identity() {
     let (status, reply) = post_reload(admin).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(one_response(&mut conn, get).await.0, 403);
+}
+
+/// Pod A's app calls B's pod IP and port in plaintext, as it would with
+/// no mesh; `portcullis init` sends the call to A's sidecar, whose
+/// outbound listener claims that destination: B's app gets it over mTLS
+/// with A's SPIFFE ID. A destination no listener claims is passed through
+/// as plain TCP and counted (`capture.unmatched: passthrough`). The app
+/// runs as another user than the sidecar, as in a pod (the sidecar's own
+/// traffic is never redirected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_app_calls_out_through_its_sidecar() {
+    const TEST: &str = "a_captured_app_calls_out_through_its_sidecar";
+    if !can_run(TEST)
+        || !have_tool("python3", TEST)
+        || !have_tool("curl", TEST)
+        || !have_tool("setpriv", TEST)
+    {
+        return;
+    }
+    let pki = Pki::new();
+    let lan = Lan::new("o");
+    let b = orders_pod(&lan, &pki, "ob", 2).await;
+
+    let a = lan.pod("oa", 1);
+    pki.svid("frontend-svid", FRONTEND);
+    let admin = a.addr(15000);
+    let config = pki.path("oa.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  cert: frontend-svid.pem\n  key: frontend-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             capture:\n  outbound: 127.0.0.1:15001\n  unmatched: passthrough\n\
+             outbound:\n  - name: orders\n    destinations: [\"{}\"]\n    endpoints: [{}]\n    identity: {ORDERS}\n    protocol: http\n\
+             admin:\n  listen: {admin}\n  allow_non_loopback: true\n",
+            b.pod.addr(8080),
+            b.pod.addr(8080)
+        ),
+    )
+    .unwrap();
+    // The sidecar runs as root here, so root's traffic is the sidecar's;
+    // the app runs as uid 1000.
+    a.ns.ok(&[BIN, "init", "--proxy-uid", "0", "--ipv6", "off"]);
+    let _sidecar = a.spawn(&[BIN, "run", "--config", path_str(&config)]);
+    wait_for(
+        Duration::from_secs(20),
+        "A's sidecar to be ready",
+        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+    let app_get = |url: String| {
+        a.ns.exec(&[
+            "setpriv",
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            &url,
+        ])
+    };
+
+    let o = app_get(format!("http://{}/", b.pod.addr(8080)));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        FRONTEND,
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Unclaimed: plain TCP to the test's own address on the pod network.
+    let outside = tokio::net::TcpListener::bind((lan.host(), 0))
+        .await
+        .unwrap();
+    let outside_addr = outside.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = outside.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let _ = tokio::io::AsyncWriteExt::write_all(
+                    &mut s,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\noutside",
+                )
+                .await;
+            });
+        }
+    });
+    let o = app_get(format!("http://{outside_addr}/"));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "outside");
+    let metrics = http_get(admin, "/metrics").await.unwrap().1;
+    assert_eq!(
+        metric(&metrics, "portcullis_capture_passthrough_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_connections_opened_total",
+            &[("direction", "outbound"), ("listener", "orders")]
+        ),
+        Some(1.0)
+    );
 }

@@ -111,10 +111,14 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
             }
             for l in &config.outbound {
                 let eps: Vec<String> = l.endpoints.iter().map(|e| e.to_string()).collect();
+                let mut at: Vec<String> = l.listen.iter().map(|a| a.to_string()).collect();
+                if !l.destinations.is_empty() {
+                    at.push(format!("{} captured destination(s)", l.destinations.len()));
+                }
                 println!(
                     "  outbound:   {} {} -> [{}] as {}",
                     l.name,
-                    l.listen,
+                    at.join(" and "),
                     eps.join(", "),
                     l.identity
                 );

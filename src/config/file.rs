@@ -139,8 +139,24 @@ fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     }
     let capture = match raw.capture {
         Some(s) => s.validate(&c, &mut listeners, &inbound)?,
-        None => CaptureConfig { inbound: None },
+        None => CaptureConfig {
+            inbound: None,
+            outbound: None,
+            unmatched: Default::default(),
+        },
     };
+    if capture.outbound.is_none()
+        && let Some(l) = outbound.iter().find(|l| l.listen.is_none())
+    {
+        return Err(ConfigError::file(
+            file,
+            format!(
+                "outbound listener {:?} has only `destinations`, which need `capture.outbound` \
+                 (where `portcullis init` sends the app's outbound TCP)",
+                l.name
+            ),
+        ));
+    }
     if capture.inbound.is_none()
         && let Some(l) = inbound.iter().find(|l| l.listen.is_none())
     {

@@ -101,7 +101,12 @@ impl Default for InboundLimits {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct OutboundConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    /// Where the app connects explicitly; `None` for a listener reached
+    /// only through capture (`destinations`).
+    pub listen: Option<SocketAddr>,
+    /// With `capture.outbound`: the app's connections to these go to this
+    /// listener as if made to it.
+    pub destinations: Vec<Destination>,
     pub endpoints: Vec<Endpoint>,
     pub identity: SpiffeId,
     pub protocol: Protocol,
@@ -127,6 +132,22 @@ pub struct CaptureConfig {
     /// by the inbound listener whose `port` is its original destination
     /// port, and refused when there is none.
     pub inbound: Option<SocketAddr>,
+    /// The app's outbound TCP, redirected here; each connection is served
+    /// by the outbound listener one of whose `destinations` it was headed
+    /// for, else as `unmatched` says.
+    pub outbound: Option<SocketAddr>,
+    pub unmatched: Unmatched,
+}
+
+/// What a captured outbound connection no listener claims gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// Plain TCP to where it was going, counted (as Istio's ALLOW_ANY).
+    #[default]
+    Passthrough,
+    /// Closed at once, counted.
+    Deny,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -209,6 +230,103 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// An address block, `10.0.0.0/8` or `fd00::/8` (a bare address is /32
+/// or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let bits = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, true),
+            std::net::IpAddr::V6(a) => (u128::from(a), false),
+        };
+        let ((net, v4), (x, xv4)) = (bits(self.addr), bits(ip));
+        if v4 != xv4 {
+            return false;
+        }
+        // An IPv4 address sits in the top 32 bits, so its prefix counts
+        // from the top as an IPv6 one does.
+        let len = u32::from(self.prefix);
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        (net & mask) == (x & mask)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Where a captured outbound connection may be headed for an outbound
+/// listener to take it: an address and port, a block and a port, or a
+/// host name and port (resolved again every `dns_refresh`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum Destination {
+    Addr(SocketAddr),
+    Block(Cidr, u16),
+    Name(Endpoint),
+}
+
+impl Destination {
+    pub fn parse(s: &str) -> Result<Destination, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(Destination::Addr(a));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+            format!("destination {s:?} must be address:port, cidr:port or host:port")
+        })?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("destination {s:?} has an invalid port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.contains('/') {
+            return Ok(Destination::Block(Cidr::parse(host)?, port));
+        }
+        Ok(Destination::Name(Endpoint::parse(&format!(
+            "{host}:{port}"
+        ))?))
+    }
+}
+
 impl From<Endpoint> for String {
     fn from(e: Endpoint) -> String {
         e.to_string()
@@ -284,7 +402,8 @@ impl RawInboundLimits {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawOutbound {
     name: Spanned<String>,
-    listen: Spanned<SocketAddr>,
+    listen: Option<Spanned<SocketAddr>>,
+    destinations: Option<Spanned<Vec<Spanned<String>>>>,
     endpoints: Spanned<Vec<Spanned<String>>>,
     identity: SpiffeId,
     #[serde(default = "tcp")]
@@ -308,6 +427,8 @@ pub(super) struct RawProbes {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCapture {
     inbound: Option<Spanned<SocketAddr>>,
+    outbound: Option<Spanned<SocketAddr>>,
+    unmatched: Option<Unmatched>,
 }
 
 impl RawCapture {
@@ -328,8 +449,20 @@ impl RawCapture {
                 ));
             }
         }
+        if let Some(listen) = &self.outbound {
+            listeners.check_listen(c, listen)?;
+            if !listen.value.ip().is_loopback() {
+                return Err(c.at(
+                    listen.referenced,
+                    "capture.outbound must be on loopback (netfilter redirects the app's \
+                     connections there, and it acts with this pod's identity)",
+                ));
+            }
+        }
         Ok(CaptureConfig {
             inbound: self.inbound.map(|l| l.value),
+            outbound: self.outbound.map(|l| l.value),
+            unmatched: self.unmatched.unwrap_or_default(),
         })
     }
 }
@@ -479,13 +612,32 @@ impl Listeners {
         c: &Check<'_>,
         l: RawOutbound,
     ) -> Result<OutboundConfig, ConfigError> {
-        self.check(c, &l.name, Some(&l.listen))?;
-        if !l.listen.value.ip().is_loopback() {
+        self.check(c, &l.name, l.listen.as_ref())?;
+        if let Some(listen) = &l.listen
+            && !listen.value.ip().is_loopback()
+        {
             return Err(c.at(
-                l.listen.referenced,
+                listen.referenced,
                 format!(
                     "outbound listener {:?} must listen on loopback (it originates mTLS with this \
                      pod's identity, so anyone who can reach it can act as this pod)",
+                    l.name.value
+                ),
+            ));
+        }
+        let mut destinations = Vec::new();
+        if let Some(list) = &l.destinations {
+            for d in &list.value {
+                destinations
+                    .push(Destination::parse(&d.value).map_err(|why| c.at(d.referenced, why))?);
+            }
+        }
+        if l.listen.is_none() && destinations.is_empty() {
+            return Err(c.at(
+                l.name.referenced,
+                format!(
+                    "outbound listener {:?} needs `listen` (where the app connects), \
+                     `destinations` (what the app's captured connections go to), or both",
                     l.name.value
                 ),
             ));
@@ -509,7 +661,8 @@ impl Listeners {
             dns_refresh,
             upstream: upstream::validate(c, l.circuit_breaker, l.limits, l.retry_budget)?,
             name: l.name.value,
-            listen: l.listen.value,
+            listen: l.listen.map(|l| l.value),
+            destinations,
             endpoints,
             identity: l.identity,
             protocol: l.protocol,

@@ -29,8 +29,8 @@ pub use http::{EscapedSlashes, HttpConfig};
 pub use identity::IdentityConfig;
 pub use limits::{ConnectionsConfig, Timeouts};
 pub use listeners::{
-    AdminConfig, AppProtocol, CaptureConfig, Endpoint, InboundConfig, InboundLimits,
-    OutboundConfig, ProbeConfig, Protocol,
+    AdminConfig, AppProtocol, CaptureConfig, Cidr, Destination, Endpoint, InboundConfig,
+    InboundLimits, OutboundConfig, ProbeConfig, Protocol, Unmatched,
 };
 pub use logging::{AuditConfig, LogConfig, LogFormat, LogSink};
 pub use revocation::{OcspConfig, OcspMode, RevocationConfig, RevocationPolicy};

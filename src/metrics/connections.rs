@@ -27,6 +27,9 @@ pub struct ConnectionFamilies {
     pub plaintext_refused: IntCounterVec,
     /// direction, reason
     pub capture_refused: IntCounterVec,
+    pub capture_passthrough: prometheus::IntCounter,
+    /// flow
+    pub capture_passthrough_bytes: IntCounterVec,
 }
 
 impl ConnectionFamilies {
@@ -83,8 +86,19 @@ impl ConnectionFamilies {
             capture_refused: counter_vec(
                 registry,
                 "portcullis_capture_refused_total",
-                "Captured (redirected) connections refused before any listener took them: unmapped_port (no inbound listener serves the original destination port), no_original_destination.",
+                "Captured (redirected) connections refused before any listener took them: unmapped_port (inbound: no listener serves the original destination port), unmatched (outbound, capture.unmatched: deny), no_original_destination.",
                 &["direction", "reason"],
+            ),
+            capture_passthrough: super::register::counter(
+                registry,
+                "portcullis_capture_passthrough_total",
+                "Captured outbound connections no outbound listener claims, passed through as plain TCP (capture.unmatched: passthrough).",
+            ),
+            capture_passthrough_bytes: counter_vec(
+                registry,
+                "portcullis_capture_passthrough_bytes_total",
+                "Bytes of passed-through connections; flow=to_upstream is from the app.",
+                &["flow"],
             ),
             plaintext_refused: counter_vec(
                 registry,

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::files::LoadError;
 use crate::metrics::Metrics;
 use crate::policy::{AuditLog, Authorizer, PolicyStore};
-use crate::proxy::capture::CaptureInbound;
+use crate::proxy::capture::{CaptureInbound, CaptureOutbound, OutboundCounters};
 use crate::proxy::http::AccessLog;
 use crate::proxy::registry::ConnRegistry;
 use crate::proxy::{
@@ -156,8 +156,15 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     };
     let mut outbound_listeners = Vec::with_capacity(config.outbound.len());
     for l in &config.outbound {
-        outbound_listeners.push(bind(format!("outbound listener {:?}", l.name), l.listen).await?);
+        outbound_listeners.push(match l.listen {
+            Some(addr) => Some(bind(format!("outbound listener {:?}", l.name), addr).await?),
+            None => None,
+        });
     }
+    let capture_outbound_listener = match config.capture.outbound {
+        Some(addr) => Some(bind("the outbound capture listener".into(), addr).await?),
+        None => None,
+    };
     let probe_listener = match &config.probes {
         Some(p) => Some(bind("the probe listener".into(), p.listen).await?),
         None => None,
@@ -244,8 +251,8 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     }
     let mut outbound = Vec::with_capacity(config.outbound.len());
     let mut upstreams = Vec::with_capacity(config.outbound.len());
+    let mut routes = Vec::new();
     for (l, listener) in config.outbound.iter().zip(outbound_listeners) {
-        outbound.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
         let endpoints: Vec<String> = l.endpoints.iter().map(|e| e.to_string()).collect();
         let handler = Arc::new(OutboundListener::new(
             l,
@@ -256,12 +263,38 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
             },
         ));
         upstreams.push(handler.upstream_set().clone());
+        if !l.destinations.is_empty() {
+            routes.push((l, handler.clone()));
+        }
+        let Some(listener) = listener else { continue };
+        if let Ok(addr) = listener.local_addr() {
+            outbound.push((l.name.clone(), addr));
+        }
         tokio::spawn(accept_loop(
             l.name.clone(),
             listener,
             stop_accepting.clone(),
             connections.clone(),
             move |s, a| handler.clone().serve(s, a),
+        ));
+    }
+    if let Some(listener) = capture_outbound_listener {
+        let capture = Arc::new(CaptureOutbound::new(
+            routes,
+            config.capture.unmatched,
+            OutboundCounters {
+                refused: &metrics.connections.capture_refused,
+                passthrough: &metrics.connections.capture_passthrough,
+                bytes: &metrics.connections.capture_passthrough_bytes,
+            },
+            &config.timeouts,
+        ));
+        tokio::spawn(accept_loop(
+            "capture-outbound".into(),
+            listener,
+            stop_accepting.clone(),
+            connections.clone(),
+            move |s, a| capture.clone().serve(s, a),
         ));
     }
     let _ = plane.upstreams.set(upstreams);

@@ -7,7 +7,7 @@
 
 mod connect;
 mod http;
-mod resolve;
+pub mod resolve;
 mod tcp;
 
 use std::net::SocketAddr;
