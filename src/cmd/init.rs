@@ -17,10 +17,11 @@
 //! `--dry-run` prints the commands instead of running them. The commands
 //! are run one by one with `iptables` as Debian ships it (the nft backend).
 
-use std::net::IpAddr;
 use std::process::Command;
 
 use clap::Args;
+
+use crate::config::Cidr;
 
 pub const INBOUND_CHAIN: &str = "PORTCULLIS_INBOUND";
 pub const OUTPUT_CHAIN: &str = "PORTCULLIS_OUTPUT";
@@ -66,39 +67,8 @@ pub enum Ipv6 {
     Off,
 }
 
-/// An address block, `10.0.0.0/8` or `fd00::/8` (a bare address is /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (s, None),
-    };
-    let addr: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        Some(p) => p
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
-        None => max,
-    };
-    Ok(Cidr { addr, prefix })
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::parse(s)
 }
 
 /// The IP family one set of commands is for.

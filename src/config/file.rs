@@ -288,6 +288,54 @@ log:
     }
 
     #[test]
+    fn destinations_and_blocks() {
+        use crate::config::{Cidr, Destination};
+        let b = Cidr::parse("10.96.0.0/12").unwrap();
+        assert!(b.contains("10.96.0.10".parse().unwrap()));
+        assert!(b.contains("10.111.255.255".parse().unwrap()));
+        assert!(!b.contains("10.112.0.0".parse().unwrap()));
+        assert!(
+            !b.contains("::ffff:10.96.0.10".parse().unwrap()),
+            "families apart"
+        );
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(
+            v6.contains("fd12::1".parse().unwrap()) && !v6.contains("fe80::1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(matches!(
+            Destination::parse("10.0.0.1:80"),
+            Ok(Destination::Addr(_))
+        ));
+        assert!(matches!(
+            Destination::parse("10.1.0.0/16:80"),
+            Ok(Destination::Block(_, 80))
+        ));
+        assert!(matches!(
+            Destination::parse("[fd00::/8]:443"),
+            Ok(Destination::Block(_, 443))
+        ));
+        assert!(matches!(
+            Destination::parse("orders.svc:8080"),
+            Ok(Destination::Name(_))
+        ));
+        assert!(Destination::parse("orders.svc").is_err());
+        assert!(Destination::parse("10.1.0.0/40:80").is_err());
+        let e = err(&GOOD.replace(
+            "    protocol: tcp\noutbound",
+            "    protocol: tcp\ncapture:\n  outbound: 0.0.0.0:15001\noutbound",
+        ));
+        assert!(
+            e.reason.contains("capture.outbound must be on loopback"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn app_protocol_is_for_http_listeners() {
         let e = err(&GOOD.replace(
             "    protocol: tcp\noutbound",
