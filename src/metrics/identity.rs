@@ -7,6 +7,7 @@ use super::register::{counter_vec, gauge_vec};
 
 pub struct IdentityFamilies {
     cert_expiration: GaugeVec,
+    cert_not_before: GaugeVec,
     cert_reloads: IntCounterVec,
 }
 
@@ -18,6 +19,9 @@ pub struct CertExpiry<'a> {
     pub serial: &'a str,
     /// notAfter, Unix seconds.
     pub not_after: i64,
+    /// notBefore, Unix seconds: with notAfter, how much of its life a
+    /// certificate has used (alerts fire at a fraction, as issuers renew).
+    pub not_before: i64,
 }
 
 impl IdentityFamilies {
@@ -43,6 +47,12 @@ impl IdentityFamilies {
                 "notAfter of each loaded certificate (our chain and every trust bundle root), as a Unix timestamp.",
                 &["kind", "spiffe_id", "serial"],
             ),
+            cert_not_before: gauge_vec(
+                registry,
+                "portcullis_cert_not_before_timestamp_seconds",
+                "notBefore of each loaded certificate, as a Unix timestamp (same labels as the expiry series).",
+                &["kind", "spiffe_id", "serial"],
+            ),
             cert_reloads,
         }
     }
@@ -51,10 +61,15 @@ impl IdentityFamilies {
     /// certificate that went away stops being exported.
     pub fn set_certificates<'a>(&self, certs: impl IntoIterator<Item = CertExpiry<'a>>) {
         self.cert_expiration.reset();
+        self.cert_not_before.reset();
         for c in certs {
+            let labels = [c.kind, c.spiffe_id, c.serial];
             self.cert_expiration
-                .with_label_values(&[c.kind, c.spiffe_id, c.serial])
+                .with_label_values(&labels)
                 .set(c.not_after as f64);
+            self.cert_not_before
+                .with_label_values(&labels)
+                .set(c.not_before as f64);
         }
     }
 

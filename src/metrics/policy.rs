@@ -64,6 +64,17 @@ impl DecisionCounterCache {
 
 impl PolicyFamilies {
     pub(super) fn new(registry: &Registry) -> Self {
+        let reloads = counter_vec(
+            registry,
+            "portcullis_policy_reloads_total",
+            "Policy reload attempts by result: success, unchanged or error.",
+            &["result"],
+        );
+        // From the start, so `increase(...{result="error"})` sees the
+        // first refused reload.
+        for result in ["success", "unchanged", "error"] {
+            reloads.with_label_values(&[result]);
+        }
         PolicyFamilies {
             decisions: counter_vec(
                 registry,
@@ -71,12 +82,7 @@ impl PolicyFamilies {
                 "Authorization decisions: decision is allow, deny, or audit_deny (denied by policy, let through in audit mode); rule is the rule that decided, or default.",
                 &["service", "decision", "rule"],
             ),
-            reloads: counter_vec(
-                registry,
-                "portcullis_policy_reloads_total",
-                "Policy reload attempts by result: success, unchanged or error.",
-                &["result"],
-            ),
+            reloads,
             info: int_gauge_vec(
                 registry,
                 "portcullis_policy_info",

@@ -250,6 +250,7 @@ impl Credentials {
                     spiffe_id: &c.spiffe_id,
                     serial: &c.serial,
                     not_after: c.not_after,
+                    not_before: c.not_before,
                 }),
         );
         let crls = trust.revocation().map(|r| r.info.as_slice()).unwrap_or(&[]);
