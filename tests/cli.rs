@@ -375,8 +375,23 @@ fn demo_runs_end_to_end() {
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(out.contains("1. ok:"), "{out}");
+    // HTTP behind the policy: the identity the app received, and a denial.
     assert!(
-        out.contains("2. ok:") && out.contains("result=\"untrusted_domain\"} 1"),
+        out.contains("2. ok:")
+            && out.contains("GET /hello from spiffe://demo.example.org/ns/demo/sa/client"),
+        "{out}"
+    );
+    assert!(
+        out.contains("decision=\"allow\",rule=\"hello\",service=\"web\"} 1"),
+        "{out}"
+    );
+    assert!(out.contains("3. ok:") && out.contains("403"), "{out}");
+    assert!(
+        out.contains("decision=\"deny\",rule=\"default\",service=\"web\"} 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("4. ok:") && out.contains("result=\"untrusted_domain\"} 1"),
         "{out}"
     );
     assert!(out.contains("/metrics"), "{out}");

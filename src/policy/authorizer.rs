@@ -70,7 +70,8 @@ impl Authorizer {
     pub fn for_service(self: &Arc<Self>, service: &str) -> ServiceAuthorizer {
         // The default denial exists from the start, so a rate or an
         // increase over it sees the first one.
-        self.decisions.with_label_values(&[service, "deny", "default"]);
+        self.decisions
+            .with_label_values(&[service, "deny", "default"]);
         ServiceAuthorizer {
             authorizer: self.clone(),
             service: service.into(),
