@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use portcullis::cmd::args::{Cli, Command, RunArgs};
-use portcullis::cmd::{cert, check, demo, init};
+use portcullis::cmd::{cert, check, demo, init, inject};
 use portcullis::config::{Config, LogFormat};
 use portcullis::{runtime, sidecar};
 
@@ -57,6 +57,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("portcullis init: {e}");
                 ExitCode::from(1)
+            }
+        },
+        Command::Inject(args) => match inject::run(&args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis inject: {e}");
+                ExitCode::from(2)
             }
         },
         Command::Cert(cmd) => match cert::run(cmd) {

@@ -41,6 +41,8 @@ pub enum Command {
     Cert(CertCommand),
     /// Set the pod's netfilter rules that send its TCP through the sidecar (the init container).
     Init(super::init::InitArgs),
+    /// Add the sidecar to Kubernetes YAML (Pods, Deployments, ...), from a file or stdin, to stdout.
+    Inject(super::inject::InjectArgs),
 }
 
 #[derive(Debug, Args)]
