@@ -530,4 +530,54 @@ async fn a_captured_app_calls_out_through_its_sidecar() {
         ),
         Some(1.0)
     );
+
+    // Pod C says `unmatched: deny`: its app reaches nothing the table does
+    // not name, in plaintext or otherwise.
+    let c = lan.pod("oc", 3);
+    let admin_c = c.addr(15000);
+    let config_c = pki.path("oc.yaml");
+    std::fs::write(
+        &config_c,
+        format!(
+            "identity:\n  cert: frontend-svid.pem\n  key: frontend-svid-key.pem\n  trust_bundle: bundle.pem\n\
+             capture:\n  outbound: 127.0.0.1:15001\n  unmatched: deny\n\
+             admin:\n  listen: {admin_c}\n  allow_non_loopback: true\n"
+        ),
+    )
+    .unwrap();
+    c.ns.ok(&[BIN, "init", "--proxy-uid", "0", "--ipv6", "off"]);
+    let _sidecar_c = c.spawn(&[BIN, "run", "--config", path_str(&config_c)]);
+    wait_for(
+        Duration::from_secs(20),
+        "C's sidecar to be ready",
+        || async { matches!(http_get(admin_c, "/ready").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+    let o = c.ns.exec(&[
+        "setpriv",
+        "--reuid",
+        "1000",
+        "--regid",
+        "1000",
+        "--clear-groups",
+        "curl",
+        "-s",
+        "-m",
+        "5",
+        &format!("http://{outside_addr}/"),
+    ]);
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let metrics = http_get(admin_c, "/metrics").await.unwrap().1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_capture_refused_total",
+            &[("direction", "outbound"), ("reason", "unmatched")]
+        ),
+        Some(1.0)
+    );
 }
