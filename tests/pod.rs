@@ -140,6 +140,27 @@ fn init_sets_its_rules_once_and_cleanup_removes_only_them() {
         assert!(!v6.contains("10.96.0.0"), "{v6}");
     }
 
+    // Without NET_ADMIN (here: another user, no capabilities) the error
+    // names the command and what the init container lacks, and exits 1.
+    if have_tool("setpriv", TEST) {
+        let o = ns.exec(&[
+            "setpriv",
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+            BIN,
+            "init",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("iptables -t nat") && err.contains("NET_ADMIN"),
+            "{err}"
+        );
+    }
+
     ns.ok(&[BIN, "init", "--cleanup"]);
     assert!(ours(&ns, "iptables-save").is_empty());
     if have_tool("ip6tables", TEST) {
@@ -496,6 +517,15 @@ async fn a_captured_app_calls_out_through_its_sidecar() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+
+    // Pod C, with no sidecar (the test's own leg on the pod network),
+    // calling B's app in plaintext gets nowhere.
+    let reply = raw(
+        b.pod.addr(8080),
+        b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!reply.starts_with("HTTP/1.1 200"), "{reply:?}");
 
     // Unclaimed: plain TCP to the test's own address on the pod network.
     let outside = tokio::net::TcpListener::bind((lan.host(), 0))
