@@ -412,17 +412,25 @@ async fn a_captured_pod_is_reached_only_over_mtls_with_the_callers_identity() {
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "port 9090 was held"
     );
+    // Counted once the handshake has failed, which can be just after the
+    // caller saw the connection close.
+    wait_for(
+        Duration::from_secs(10),
+        "the plaintext attempt counted",
+        || async {
+            let m = http_get(admin, "/metrics").await.ok()?.1;
+            (metric(
+                &m,
+                "portcullis_tls_handshakes_total",
+                &[("listener", "orders"), ("result", "not_tls")],
+            )
+            .unwrap_or(0.0)
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
     let metrics = http_get(admin, "/metrics").await.unwrap().1;
-    assert!(
-        metric(
-            &metrics,
-            "portcullis_tls_handshakes_total",
-            &[("listener", "orders"), ("result", "not_tls")]
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "the plaintext attempt was not counted"
-    );
     assert_eq!(
         metric(
             &metrics,
