@@ -647,3 +647,104 @@ async fn no_session_is_resumed_across_an_svid_or_bundle_change() {
         "a session from before the bundle change was resumed"
     );
 }
+
+/// A SPIFFE bundle (JWK Set, as SPIRE publishes it) in place of PEM, told
+/// apart by content: its x509-svid authorities are the roots, jwt-svid
+/// keys are skipped. `spiffe_sequence` only goes up: a bundle with a lower
+/// one is an old bundle served again and is refused, as is a malformed
+/// one, and the bundle in force keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spiffe_bundle_serves_as_trust_and_cannot_roll_back() {
+    use base64::Engine;
+    use rustls_pki_types::pem::PemObject;
+    let pki = Pki::new();
+    let der = |pem: &str| {
+        base64::engine::general_purpose::STANDARD
+            .encode(rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+    };
+    let jwks = |cas: &[&str], seq: u64| {
+        let keys: Vec<String> = cas
+            .iter()
+            .map(|pem| {
+                format!(
+                    r#"{{"use":"x509-svid","kty":"EC","crv":"P-256","x5c":["{}"]}}"#,
+                    der(pem)
+                )
+            })
+            .chain([
+                r#"{"use":"jwt-svid","kty":"EC","crv":"P-256","kid":"j1","x":"AA","y":"AA"}"#
+                    .to_string(),
+            ])
+            .collect();
+        format!(
+            r#"{{"keys":[{}],"spiffe_sequence":{seq},"spiffe_refresh_hint":300}}"#,
+            keys.join(",")
+        )
+    };
+    let ca1 = pki.ca.cert_pem().to_string();
+    atomic_write(&pki.bundle(), &jwks(&[&ca1], 2));
+    pki.svid("srv", SERVER_ID);
+    pki.svid("peer", CLIENT_ID);
+    let app = echo_app().await;
+    let server = start(pki.config(
+        "srv.yaml",
+        &sidecar_yaml(
+            "srv",
+            &format!("inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n"),
+            "reload:\n  watch: false\n  interval: 1h\n",
+        ),
+    ))
+    .await
+    .unwrap();
+    let addr = server.inbound_addr("orders").unwrap();
+    assert!(
+        echoes(&pki, "peer", SERVER_ID, addr).await,
+        "trust from the SPIFFE bundle"
+    );
+    // The peer's own TLS config, made while the file is still valid.
+    let peer_tls = pki.client_tls("peer", SERVER_ID);
+    let peer_echoes = || async {
+        let mut s = tls_connect(addr, peer_tls.clone()).await.ok()?;
+        s.write_all(b"x").await.ok()?;
+        let mut b = [0u8; 1];
+        (s.read(&mut b).await.ok()? == 1).then_some(())
+    };
+
+    // Sequence 3 adds a second authority.
+    let ca2 = Ca::generate(&TrustDomain::parse(TD).unwrap(), DAY).unwrap();
+    atomic_write(&pki.bundle(), &jwks(&[&ca1, ca2.cert_pem()], 3));
+    let (status, reply) = post_reload(server.admin_addr()).await;
+    assert_eq!(status, 200, "{reply}");
+    let roots = |s: &Sidecar| {
+        s.metrics()
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("portcullis_cert_expiration_timestamp_seconds{kind=\"root\""))
+            .count()
+    };
+    assert_eq!(roots(&server), 2);
+
+    // Sequence 1 again: a rollback, refused; and a malformed bundle.
+    for (text, why) in [
+        (
+            jwks(&[&ca1], 1),
+            "spiffe_sequence went backwards (1 after 3)",
+        ),
+        (
+            format!(
+                r#"{{"keys":[{{"use":"x509-svid","x5c":["{}","{}"]}}],"spiffe_sequence":4}}"#,
+                der(&ca1),
+                der(&ca1)
+            ),
+            "exactly one certificate, not 2",
+        ),
+    ] {
+        atomic_write(&pki.bundle(), &text);
+        let (status, reply) = post_reload(server.admin_addr()).await;
+        assert_eq!(status, 400, "{reply}");
+        let err = reply.to_string();
+        assert!(err.contains("bundle.pem") && err.contains(why), "{err}");
+        assert_eq!(roots(&server), 2, "the bundle in force keeps serving");
+        assert!(peer_echoes().await.is_some());
+    }
+}

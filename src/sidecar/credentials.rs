@@ -82,6 +82,29 @@ pub(super) fn load(
         }
         bundles.push(load_bundle(path, other_td)?);
     }
+    // A SPIFFE bundle's sequence only goes up: a lower one than the bundle
+    // in force is an old bundle served again (a rollback), refused.
+    if let Some(current) = in_force {
+        let paths =
+            std::iter::once(&ic.trust_bundle).chain(ic.trust_bundles.iter().map(|(_, p)| p));
+        for (b, path) in bundles.iter().zip(paths) {
+            if let (Some(new), Some(old)) = (
+                b.sequence,
+                current
+                    .bundles()
+                    .find(|c| c.trust_domain == b.trust_domain)
+                    .and_then(|c| c.sequence),
+            ) && new < old
+            {
+                return Err(LoadError::new(
+                    path,
+                    format!(
+                        "spiffe_sequence went backwards ({new} after {old}): an older bundle, refused"
+                    ),
+                ));
+            }
+        }
+    }
     let mut trust = TrustStore::new(bundles);
     // Our own chain is checked for validity only: whether it is revoked is
     // for peers to decide, and CRLs still being fetched must not stop us.

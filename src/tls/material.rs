@@ -92,6 +92,9 @@ pub struct Stapled {
 #[derive(Debug, Clone)]
 pub struct TrustBundle {
     pub trust_domain: TrustDomain,
+    /// `spiffe_sequence` when the file is a SPIFFE bundle: a reload to a
+    /// lower one is a rollback, and refused.
+    pub sequence: Option<u64>,
     pub anchors: Vec<TrustAnchor<'static>>,
     pub roots: Vec<CertSummary>,
     /// The roots themselves, to verify CRL signatures with.
@@ -144,9 +147,13 @@ impl TrustStore {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, LoadError> {
-    let bytes = read(path)?;
+    pem_certs(path, &read(path)?)
+}
+
+/// The PEM certificates in `bytes`, read from `path`.
+fn pem_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, LoadError> {
     let mut certs = Vec::new();
-    for item in CertificateDer::pem_slice_iter(&bytes) {
+    for item in CertificateDer::pem_slice_iter(bytes) {
         match item {
             Ok(c) => certs.push(c),
             Err(e) => return Err(LoadError::new(path, format!("invalid PEM: {e}"))),
@@ -240,7 +247,14 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
 
 /// Loads a trust bundle for `trust_domain`: every certificate must be a CA.
 pub fn load_bundle(path: &Path, trust_domain: &TrustDomain) -> Result<TrustBundle, LoadError> {
-    let certs = read_certs(path)?;
+    // PEM, or a SPIFFE bundle (a JWK Set), told apart by content.
+    let bytes = read(path)?;
+    let (certs, sequence) = if super::spiffe_bundle::is_json(&bytes) {
+        let b = super::spiffe_bundle::parse(&bytes).map_err(|e| LoadError::new(path, e))?;
+        (b.x509_authorities, b.sequence)
+    } else {
+        (pem_certs(path, &bytes)?, None)
+    };
     let mut anchors = Vec::with_capacity(certs.len());
     let mut roots = Vec::with_capacity(certs.len());
     for (i, der) in certs.iter().enumerate() {
@@ -286,6 +300,7 @@ pub fn load_bundle(path: &Path, trust_domain: &TrustDomain) -> Result<TrustBundl
     }
     Ok(TrustBundle {
         trust_domain: trust_domain.clone(),
+        sequence,
         anchors,
         roots,
         certs,

@@ -5,6 +5,7 @@
 mod context;
 mod failure;
 mod material;
+pub mod spiffe_bundle;
 mod store;
 mod verifier;
 
