@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -290,6 +291,23 @@ impl Pod {
             .unwrap()
     }
 
+    /// Runs a sidecar with `config` inside the pod and waits until its
+    /// admin server (at `admin`, on the pod IP) says it is ready.
+    async fn run_sidecar(
+        &self,
+        config: &std::path::Path,
+        admin: std::net::SocketAddr,
+    ) -> tokio::process::Child {
+        let child = self.spawn(&[BIN, "run", "--config", path_str(config)]);
+        wait_for(
+            Duration::from_secs(20),
+            "the pod's sidecar to be ready",
+            || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+        )
+        .await;
+        child
+    }
+
     fn addr(&self, port: u16) -> std::net::SocketAddr {
         (self.ip, port).into()
     }
@@ -335,13 +353,7 @@ async fn orders_pod(lan: &Lan, pki: &Pki, tag: &str, n: u8) -> OrdersPod {
     )
     .unwrap();
     b.ns.ok(&[BIN, "init", "--inbound-only", "--ipv6", "off"]);
-    let sidecar = b.spawn(&[BIN, "run", "--config", path_str(&config)]);
-    wait_for(
-        Duration::from_secs(20),
-        "the sidecar to be ready",
-        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
-    )
-    .await;
+    let sidecar = b.run_sidecar(&config, admin).await;
     OrdersPod {
         pod: b,
         policy,
@@ -484,7 +496,7 @@ async fn a_captured_app_calls_out_through_its_sidecar() {
         &config,
         format!(
             "identity:\n  cert: frontend-svid.pem\n  key: frontend-svid-key.pem\n  trust_bundle: bundle.pem\n\
-             capture:\n  outbound: 127.0.0.1:15001\n  unmatched: passthrough\n\
+             capture:\n  outbound: 127.0.0.1:15001\n  unmatched: passthrough\n  max_passthrough: 1\n\
              outbound:\n  - name: orders\n    destinations: [\"{}\"]\n    endpoints: [{}]\n    identity: {ORDERS}\n    protocol: http\n\
              admin:\n  listen: {admin}\n  allow_non_loopback: true\n",
             b.pod.addr(8080),
@@ -495,13 +507,7 @@ async fn a_captured_app_calls_out_through_its_sidecar() {
     // The sidecar runs as root here, so root's traffic is the sidecar's;
     // the app runs as uid 1000.
     a.ns.ok(&[BIN, "init", "--proxy-uid", "0", "--ipv6", "off"]);
-    let _sidecar = a.spawn(&[BIN, "run", "--config", path_str(&config)]);
-    wait_for(
-        Duration::from_secs(20),
-        "A's sidecar to be ready",
-        || async { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
-    )
-    .await;
+    let _sidecar = a.run_sidecar(&config, admin).await;
     let app_get = |url: String| {
         a.ns.exec(&[
             "setpriv",
@@ -569,6 +575,76 @@ async fn a_captured_app_calls_out_through_its_sidecar() {
         Some(1.0)
     );
 
+    // max_passthrough (1 here): while one passed-through connection is
+    // open, the next is refused and counted. The holder retries until its
+    // connection is the one let through (the first may still be closing).
+    let holds = tokio::net::TcpListener::bind((lan.host(), 0))
+        .await
+        .unwrap();
+    let hold_addr = holds.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let held = held.clone();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut s, _)) = holds.accept().await {
+                if tokio::io::AsyncWriteExt::write_all(&mut s, b"hi")
+                    .await
+                    .is_ok()
+                {
+                    held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    open.push(s);
+                }
+            }
+        });
+    }
+    let holder_script = format!(
+        "import socket, time\nwhile True:\n    s = socket.create_connection(('{}', {}))\n    if s.recv(2) == b'hi':\n        time.sleep(60)\n    time.sleep(0.1)\n",
+        hold_addr.ip(),
+        hold_addr.port()
+    );
+    // The system's python: a per-user install (pyenv under /root) is not
+    // readable by the app's user.
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let _holder = a.spawn(&[
+        "setpriv",
+        "--reuid",
+        "1000",
+        "--regid",
+        "1000",
+        "--clear-groups",
+        python,
+        "-c",
+        &holder_script,
+    ]);
+    wait_for(Duration::from_secs(20), "the held passthrough", || async {
+        (held.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    let refused_before = metric(
+        &http_get(admin, "/metrics").await.unwrap().1,
+        "portcullis_capture_refused_total",
+        &[("reason", "max_passthrough")],
+    )
+    .unwrap_or(0.0);
+    let o = app_get(format!("http://{outside_addr}/"));
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let refused_after = metric(
+        &http_get(admin, "/metrics").await.unwrap().1,
+        "portcullis_capture_refused_total",
+        &[("reason", "max_passthrough")],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(refused_after, refused_before + 1.0);
+
     // Pod C says `unmatched: deny`: its app reaches nothing the table does
     // not name, in plaintext or otherwise.
     let c = lan.pod("oc", 3);
@@ -584,13 +660,7 @@ async fn a_captured_app_calls_out_through_its_sidecar() {
     )
     .unwrap();
     c.ns.ok(&[BIN, "init", "--proxy-uid", "0", "--ipv6", "off"]);
-    let _sidecar_c = c.spawn(&[BIN, "run", "--config", path_str(&config_c)]);
-    wait_for(
-        Duration::from_secs(20),
-        "C's sidecar to be ready",
-        || async { matches!(http_get(admin_c, "/ready").await, Ok((200, _))).then_some(()) },
-    )
-    .await;
+    let _sidecar_c = c.run_sidecar(&config_c, admin_c).await;
     let o = c.ns.exec(&[
         "setpriv",
         "--reuid",

@@ -143,6 +143,7 @@ fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             inbound: None,
             outbound: None,
             unmatched: Default::default(),
+            max_passthrough: 10_000,
         },
     };
     if capture.outbound.is_none()

@@ -137,6 +137,9 @@ pub struct CaptureConfig {
     /// for, else as `unmatched` says.
     pub outbound: Option<SocketAddr>,
     pub unmatched: Unmatched,
+    /// Passed-through connections open at once; over it a new one is
+    /// refused (they hold two sockets each and no listener's limits).
+    pub max_passthrough: usize,
 }
 
 /// What a captured outbound connection no listener claims gets.
@@ -429,6 +432,7 @@ pub(super) struct RawCapture {
     inbound: Option<Spanned<SocketAddr>>,
     outbound: Option<Spanned<SocketAddr>>,
     unmatched: Option<Unmatched>,
+    max_passthrough: Option<Spanned<usize>>,
 }
 
 impl RawCapture {
@@ -459,7 +463,15 @@ impl RawCapture {
                 ));
             }
         }
+        let mut max_passthrough = 10_000;
+        c.set(
+            self.max_passthrough,
+            "capture.max_passthrough",
+            1..,
+            &mut max_passthrough,
+        )?;
         Ok(CaptureConfig {
+            max_passthrough,
             inbound: self.inbound.map(|l| l.value),
             outbound: self.outbound.map(|l| l.value),
             unmatched: self.unmatched.unwrap_or_default(),

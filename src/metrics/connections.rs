@@ -86,7 +86,7 @@ impl ConnectionFamilies {
             capture_refused: counter_vec(
                 registry,
                 "portcullis_capture_refused_total",
-                "Captured (redirected) connections refused before any listener took them: unmapped_port (inbound: no listener serves the original destination port), unmatched (outbound, capture.unmatched: deny), no_original_destination.",
+                "Captured (redirected) connections refused before any listener took them: unmapped_port (inbound: no listener serves the original destination port), unmatched (outbound, capture.unmatched: deny), max_passthrough (outbound, over capture.max_passthrough passed-through connections open), no_original_destination.",
                 &["direction", "reason"],
             ),
             capture_passthrough: super::register::counter(

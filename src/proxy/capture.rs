@@ -81,6 +81,11 @@ pub struct CaptureOutbound {
     blocks: Vec<(Cidr, u16, usize)>,
     unmatched: Unmatched,
     passed: IntCounter,
+    /// Passed-through connections open at once (`capture.max_passthrough`:
+    /// they hold two sockets each and no listener's limits apply), and the
+    /// count of those refused over it.
+    passing: Arc<crate::limit::Limit>,
+    over: IntCounter,
     passed_up: IntCounter,
     passed_down: IntCounter,
     denied: IntCounter,
@@ -106,6 +111,7 @@ impl CaptureOutbound {
     pub fn new(
         routes: Vec<(&OutboundConfig, Arc<OutboundListener>)>,
         unmatched: Unmatched,
+        max_passthrough: usize,
         counters: OutboundCounters<'_>,
         timeouts: &crate::config::Timeouts,
     ) -> Self {
@@ -116,6 +122,10 @@ impl CaptureOutbound {
             blocks: Vec::new(),
             unmatched,
             passed: counters.passthrough.clone(),
+            passing: crate::limit::Limit::new(max_passthrough),
+            over: counters
+                .refused
+                .with_label_values(&["outbound", "max_passthrough"]),
             passed_up: counters.bytes.with_label_values(&["to_upstream"]),
             passed_down: counters.bytes.with_label_values(&["to_downstream"]),
             denied: counters
@@ -191,6 +201,13 @@ impl CaptureOutbound {
     /// counted (the sidecar's own connection is not redirected again: its
     /// UID is excluded by `portcullis init`).
     async fn pass_through(&self, mut app: TcpStream, dst: SocketAddr) {
+        let Some(_place) = self.passing.try_take() else {
+            self.over.inc();
+            if let Some(suppressed) = self.log_limit.allow() {
+                tracing::warn!(%dst, suppressed, "passthrough refused: capture.max_passthrough reached");
+            }
+            return;
+        };
         self.passed.inc();
         let Ok(mut up) = connect_with_timeout(dst, self.connect_timeout).await else {
             if let Some(suppressed) = self.log_limit.allow() {

@@ -282,6 +282,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         let capture = Arc::new(CaptureOutbound::new(
             routes,
             config.capture.unmatched,
+            config.capture.max_passthrough,
             OutboundCounters {
                 refused: &metrics.connections.capture_refused,
                 passthrough: &metrics.connections.capture_passthrough,
