@@ -149,49 +149,30 @@ pub fn plan(a: &InitArgs, family: Family) -> Vec<Step> {
         steps.push(step(StepKind::Create, &["-t", "nat", "-N", chain]));
         steps.push(step(StepKind::Run, &["-t", "nat", "-F", chain]));
     }
-    let inbound = a.inbound_port.to_string();
+    // One rule: `-A chain -p tcp <matches> -j <target>`.
+    let append = |chain: &str, matches: &[&str], target: &[&str]| {
+        let mut args = vec!["-t", "nat", "-A", chain, "-p", "tcp"];
+        args.extend_from_slice(matches);
+        args.push("-j");
+        args.extend_from_slice(target);
+        step(StepKind::Run, &args)
+    };
     for port in &a.skip_inbound_ports {
-        let port = port.to_string();
-        steps.push(step(
-            StepKind::Run,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                INBOUND_CHAIN,
-                "-p",
-                "tcp",
-                "--dport",
-                &port,
-                "-j",
-                "RETURN",
-            ],
+        steps.push(append(
+            INBOUND_CHAIN,
+            &["--dport", &port.to_string()],
+            &["RETURN"],
         ));
     }
-    steps.push(step(
-        StepKind::Run,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            INBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &inbound,
-        ],
+    let inbound = a.inbound_port.to_string();
+    steps.push(append(
+        INBOUND_CHAIN,
+        &[],
+        &["REDIRECT", "--to-ports", &inbound],
     ));
     if !a.inbound_only {
         let uid = a.proxy_uid.to_string();
-        let outbound = a.outbound_port.to_string();
-        let ret = |extra: &[&str]| {
-            let mut args = vec!["-t", "nat", "-A", OUTPUT_CHAIN, "-p", "tcp"];
-            args.extend_from_slice(extra);
-            args.extend_from_slice(&["-j", "RETURN"]);
-            step(StepKind::Run, &args)
-        };
+        let ret = |matches: &[&str]| append(OUTPUT_CHAIN, matches, &["RETURN"]);
         steps.push(ret(&["-m", "owner", "--uid-owner", &uid]));
         steps.push(ret(&["-d", family.loopback()]));
         steps.push(ret(&["-o", "lo"]));
@@ -201,20 +182,11 @@ pub fn plan(a: &InitArgs, family: Family) -> Vec<Step> {
         for cidr in a.skip_outbound_cidrs.iter().filter(|c| family.holds(c)) {
             steps.push(ret(&["-d", &cidr.to_string()]));
         }
-        steps.push(step(
-            StepKind::Run,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                OUTPUT_CHAIN,
-                "-p",
-                "tcp",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &outbound,
-            ],
+        let outbound = a.outbound_port.to_string();
+        steps.push(append(
+            OUTPUT_CHAIN,
+            &[],
+            &["REDIRECT", "--to-ports", &outbound],
         ));
     }
     for (from, chain) in &jumps {
