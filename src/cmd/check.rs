@@ -84,21 +84,43 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
             }
         },
     };
-    match crate::sidecar::load_tls(&config) {
-        Ok((identity, trust)) => {
+    // Identity from the Workload API arrives on its stream when the
+    // sidecar runs: check has nothing to load, and says where it will come from.
+    let loaded = match config.identity.workload_api() {
+        Some(_) => Ok(None),
+        None => crate::sidecar::load_tls(&config).map(Some),
+    }
+    .map(|l| (l, config.identity.workload_api()));
+    match loaded {
+        Ok((loaded, workload_api)) => {
             println!("{}: ok", path.display());
-            println!(
-                "  identity:   {} (serial {}, expires {})",
-                identity.leaf.id,
-                identity.leaf.serial,
-                crate::clock::fmt_time(identity.leaf.not_after)
-            );
-            for b in trust.bundles() {
+            if let Some((identity, trust)) = loaded {
                 println!(
-                    "  trust:      {} ({} root(s))",
-                    b.trust_domain,
-                    b.roots.len()
+                    "  identity:   {} (serial {}, expires {})",
+                    identity.leaf.id,
+                    identity.leaf.serial,
+                    crate::clock::fmt_time(identity.leaf.not_after)
                 );
+                for b in trust.bundles() {
+                    println!(
+                        "  trust:      {} ({} root(s))",
+                        b.trust_domain,
+                        b.roots.len()
+                    );
+                }
+            }
+            if let Some(w) = workload_api {
+                println!(
+                    "  identity:   from the Workload API at {}{} (SVID and bundles arrive when the sidecar runs)",
+                    w.socket,
+                    w.hint
+                        .as_deref()
+                        .map(|h| format!(", hint {h:?}"))
+                        .unwrap_or_default()
+                );
+            }
+            for (td, e) in config.identity.endpoints() {
+                println!("  federation: {td} from {} ({:?})", e.url, e.profile);
             }
             for l in &config.inbound {
                 let at = match (l.listen, l.port) {

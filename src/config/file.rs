@@ -251,8 +251,9 @@ log:
     #[test]
     fn full_config_parses_and_resolves_paths() {
         let c = parse_at(GOOD).unwrap();
-        assert_eq!(c.identity.cert, Path::new("/etc/portcullis/svid.pem"));
-        assert_eq!(c.identity.key, Path::new("/abs/svid-key.pem"));
+        let files = c.identity.files_source().unwrap();
+        assert_eq!(files.cert, Path::new("/etc/portcullis/svid.pem"));
+        assert_eq!(files.key, Path::new("/abs/svid-key.pem"));
         assert_eq!(c.inbound[0].name, "orders");
         assert_eq!(c.outbound[0].endpoints.len(), 2);
         assert_eq!(c.outbound[0].endpoints[1].host(), "payments.svc");

@@ -26,7 +26,10 @@ pub(crate) use check::{Check, valid_name};
 pub use duration::ConfigDuration;
 pub use file::Config;
 pub use http::{EscapedSlashes, HttpConfig};
-pub use identity::IdentityConfig;
+pub use identity::{
+    BundleEndpoint, EndpointProfile, FederatedBundle, IdentityConfig, IdentityFiles,
+    IdentitySource, SPIFFE_ENDPOINT_SOCKET, WorkloadApiConfig,
+};
 pub use limits::{ConnectionsConfig, Timeouts};
 pub use listeners::{
     AdminConfig, AppProtocol, CaptureConfig, Cidr, Destination, Endpoint, InboundConfig,

@@ -319,13 +319,12 @@ impl OcspChecker {
                 if let Err(e) = &r {
                     self.remember_failure(k.clone(), e.clone());
                 }
-                if let Ok(a) = &r {
-                    if a.status == OcspStatus::Revoked
-                        && let Some(f) = self.on_revoked.get()
-                        && let Ok((_, leaf)) = X509Certificate::from_der(leaf_der)
-                    {
-                        f(leaf.issuer().as_raw(), leaf.raw_serial());
-                    }
+                if let Ok(a) = &r
+                    && a.status == OcspStatus::Revoked
+                    && let Some(f) = self.on_revoked.get()
+                    && let Ok((_, leaf)) = X509Certificate::from_der(leaf_der)
+                {
+                    f(leaf.issuer().as_raw(), leaf.raw_serial());
                 }
                 r
             })

@@ -33,6 +33,51 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Ca
     .await
 }
 
+/// Serves what the admin API can say before we have an identity (the
+/// Workload API has not yet sent a valid SVID): live, not ready (with
+/// `why`), and the metrics; everything else is 503 with `why`.
+pub async fn serve_waiting(
+    listener: TcpListener,
+    metrics: Arc<crate::metrics::Metrics>,
+    why: String,
+    stop: CancellationToken,
+) {
+    use crate::proxy::plaintext::{self, Bounds, Refusals};
+    let refusals = Refusals::new(metrics.connections.plaintext_refused.clone(), "admin");
+    let why = Bytes::from(why);
+    plaintext::serve(
+        listener,
+        stop,
+        "admin",
+        Bounds::DEFAULT,
+        refusals,
+        move |req| {
+            let (metrics, why) = (metrics.clone(), why.clone());
+            async move {
+                match req.uri().path() {
+                    "/live" => text(StatusCode::OK, "live\n"),
+                    "/metrics" => metrics_response(&metrics),
+                    _ => {
+                        let mut r = Response::new(Full::new(why));
+                        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        r
+                    }
+                }
+            }
+        },
+    )
+    .await
+}
+
+fn metrics_response(metrics: &crate::metrics::Metrics) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
 async fn route(plane: &Arc<ControlPlane>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == "/reload" {
@@ -58,14 +103,7 @@ async fn route(plane: &Arc<ControlPlane>, req: Request<Incoming>) -> Response<Fu
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(plane.metrics.encode())));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
+        "/metrics" => metrics_response(&plane.metrics),
         "/config_dump" => json(&config_dump(plane)),
         "/certs" => json(&certs_dump(plane)),
         "/" => text(
@@ -105,10 +143,17 @@ fn certs_dump(plane: &ControlPlane) -> serde_json::Value {
     let trust = plane.tls.trust();
     let mut bundles: Vec<_> = trust
         .bundles()
-        .map(|b| serde_json::json!({ "trust_domain": b.trust_domain.as_str(), "roots": &b.roots }))
+        .map(|b| {
+            serde_json::json!({
+                "trust_domain": b.trust_domain.as_str(),
+                "source": b.source,
+                "spiffe_sequence": b.sequence,
+                "roots": &b.roots,
+            })
+        })
         .collect();
     bundles.sort_by(|a, b| a["trust_domain"].as_str().cmp(&b["trust_domain"].as_str()));
-    serde_json::json!({ "identity": &id.chain, "trust_bundles": bundles })
+    serde_json::json!({ "identity": &id.chain, "identity_source": id.source, "trust_bundles": bundles })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::credentials::Credentials;
 use super::enforce::Enforcer;
+use super::source::OwnSource;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{Authorizer, PolicyStore};
@@ -40,6 +41,7 @@ impl ControlPlane {
         config: Config,
         metrics: Arc<Metrics>,
         tls: Arc<TlsContext>,
+        (source, hashes): (Arc<OwnSource>, (String, String)),
         authorizer: Arc<Authorizer>,
         registry: Arc<ConnRegistry>,
     ) -> Self {
@@ -51,7 +53,13 @@ impl ControlPlane {
             config.connections.close_on_peer_expiry,
         );
         ControlPlane {
-            credentials: Credentials::new(config.clone(), tls.clone(), metrics.clone()),
+            credentials: Credentials::new(
+                config.clone(),
+                source,
+                hashes,
+                tls.clone(),
+                metrics.clone(),
+            ),
             policy: authorizer.policy().clone(),
             config,
             metrics,

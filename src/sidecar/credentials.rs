@@ -11,26 +11,27 @@
 //! and only reported as an error once `identity.key_pair_grace` has passed:
 //! a new certificate is never paired with an old key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use super::report::{IdentityChange, LastRefusal, Outcome};
+use super::source::{OwnSource, hash_files};
 use crate::clock::{fmt_time, unix_now};
-use crate::config::Config;
+use crate::config::{Config, FederatedBundle};
 use crate::files::LoadError;
-use crate::identity::Role;
+use crate::identity::{Role, TrustDomain};
 use crate::metrics::{CertExpiry, CrlSeries, Metrics};
 use crate::tls::{
-    LoadedIdentity, SvidVerifier, TlsContext, TrustStore, load_bundle, load_identity,
+    LoadedIdentity, Source, SvidVerifier, TlsContext, TrustStore, bundle_from_bytes, load_bundle,
 };
 
 #[derive(Default)]
 struct Tracked {
-    /// Content hashes of the identity files and of the bundle files that
-    /// are being served.
+    /// Content hashes of the identity and of the bundles (and CRLs) being
+    /// served.
     identity_sha: String,
     bundle_sha: String,
     /// When a certificate/key mismatch was first seen.
@@ -40,10 +41,18 @@ struct Tracked {
     expired_logged: bool,
 }
 
+/// Material fetched from the network: CRLs from distribution points (by
+/// URL) and federated bundles from bundle endpoints (by trust domain).
+#[derive(Clone, Default)]
+pub(super) struct Fetched {
+    pub crls: Vec<(String, Vec<u8>)>,
+    pub bundles: Vec<(TrustDomain, Vec<u8>)>,
+}
+
 pub struct Credentials {
     config: Config,
-    /// CRLs fetched from distribution points, by URL.
-    fetched: Mutex<Vec<(String, Vec<u8>)>>,
+    source: Arc<OwnSource>,
+    fetched: Mutex<Fetched>,
     tls: Arc<TlsContext>,
     metrics: Arc<Metrics>,
     tracked: Mutex<Tracked>,
@@ -53,41 +62,114 @@ pub struct Credentials {
     reloading: tokio::sync::Mutex<()>,
 }
 
-/// Loads our SVID, key and trust bundle as the config names them, and checks
-/// that our own chain verifies against the bundle for every role we play.
-pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadError> {
-    load(config, &[], None)
+/// The source the config names, for files; the Workload API's is made
+/// where its stream runs.
+pub(super) fn file_source(config: &Config) -> Option<OwnSource> {
+    config
+        .identity
+        .files_source()
+        .map(|f| OwnSource::Files(f.clone()))
 }
 
-/// As [`load_tls`], adding CRLs fetched from distribution points; no CRL
-/// may be older than the one `in_force` holds for the same issuer.
+/// Loads our SVID, key and trust bundles from the files the config
+/// names, and checks that our own chain verifies against the bundle for
+/// every role we play. Identity from the Workload API has nothing to load
+/// here: it arrives on the stream.
+pub fn load_tls(config: &Config) -> Result<(LoadedIdentity, TrustStore), LoadError> {
+    let source = file_source(config).ok_or_else(|| {
+        LoadError::new(
+            Path::new("identity.workload_api"),
+            "identity comes from the Workload API, not from files",
+        )
+    })?;
+    load(config, &source, &Fetched::default(), None)
+        .map(|(l, _)| l)
+        .map_err(|(e, _)| e)
+}
+
+/// What a load found: the validated set and the hashes it had.
+type Loaded = ((LoadedIdentity, TrustStore), (String, String));
+
+/// Reads `source` and the federated bundles and CRLs the config names
+/// (plus what was `fetched`), and validates it all as one set: no CRL may
+/// be older, and no SPIFFE bundle's sequence lower, than in `in_force`.
+/// Returns the set with the hashes of its identity and its trust, which
+/// are returned (in the error's place) even when the set is refused.
 pub(super) fn load(
     config: &Config,
-    fetched_crls: &[(String, Vec<u8>)],
+    source: &OwnSource,
+    fetched: &Fetched,
+    in_force: Option<&TrustStore>,
+) -> Result<Loaded, (LoadError, (String, String))> {
+    let ic = &config.identity;
+    let read = source.read(ic.trust_domain.as_ref());
+    let hashes = (
+        read.identity_sha.clone(),
+        trust_hash(config, &read.bundle_sha, fetched),
+    );
+    let own = match read.own {
+        Ok(own) => own,
+        Err(e) => return Err((e, hashes)),
+    };
+    validate(config, source, own, fetched, in_force)
+        .map(|l| (l, hashes.clone()))
+        .map_err(|e| (e, hashes))
+}
+
+fn validate(
+    config: &Config,
+    source: &OwnSource,
+    own: super::source::Own,
+    fetched: &Fetched,
     in_force: Option<&TrustStore>,
 ) -> Result<(LoadedIdentity, TrustStore), LoadError> {
     let ic = &config.identity;
-    let identity = load_identity(&ic.cert, &ic.key)?;
-    let td = ic
-        .trust_domain
-        .clone()
-        .unwrap_or_else(|| identity.leaf.id.trust_domain());
-    let mut bundles = vec![load_bundle(&ic.trust_bundle, &td)?];
-    for (other_td, path) in &ic.trust_bundles {
+    let identity = own.identity;
+    let td = own.bundles[0].0.trust_domain.clone();
+    let own_place = own.bundles[0].1.clone();
+    let mut bundles = Vec::with_capacity(own.bundles.len() + ic.trust_bundles.len());
+    // Configured federated bundles win over those a stream carries for
+    // the same trust domain: the operator named them.
+    for (b, place) in own.bundles.into_iter() {
+        if b.trust_domain == td || !ic.trust_bundles.iter().any(|(t, _)| *t == b.trust_domain) {
+            bundles.push((b, place));
+        }
+    }
+    for (other_td, entry) in &ic.trust_bundles {
+        let place = match entry {
+            FederatedBundle::File(p) => p.clone(),
+            FederatedBundle::Endpoint(e) => PathBuf::from(&e.url),
+        };
         if *other_td == td {
             return Err(LoadError::new(
-                path,
-                format!("trust domain {td} already has its bundle in identity.trust_bundle"),
+                &place,
+                format!("trust domain {td} is our own: its bundle comes from our identity source"),
             ));
         }
-        bundles.push(load_bundle(path, other_td)?);
+        let bundle = match entry {
+            FederatedBundle::File(p) => Some(load_bundle(p, other_td)?),
+            FederatedBundle::Endpoint(e) => {
+                match fetched.bundles.iter().find(|(t, _)| t == other_td) {
+                    Some((_, body)) => {
+                        Some(bundle_from_bytes(body, &place, other_td, Source::BundleEndpoint)?.0)
+                    }
+                    // Until the first fetch: the bundle configured to start from.
+                    None => e
+                        .bundle
+                        .as_deref()
+                        .map(|p| load_bundle(p, other_td))
+                        .transpose()?,
+                }
+            }
+        };
+        if let Some(b) = bundle {
+            bundles.push((b, place));
+        }
     }
     // A SPIFFE bundle's sequence only goes up: a lower one than the bundle
     // in force is an old bundle served again (a rollback), refused.
     if let Some(current) = in_force {
-        let paths =
-            std::iter::once(&ic.trust_bundle).chain(ic.trust_bundles.iter().map(|(_, p)| p));
-        for (b, path) in bundles.iter().zip(paths) {
+        for (b, place) in &bundles {
             if let (Some(new), Some(old)) = (
                 b.sequence,
                 current
@@ -97,7 +179,7 @@ pub(super) fn load(
             ) && new < old
             {
                 return Err(LoadError::new(
-                    path,
+                    place,
                     format!(
                         "spiffe_sequence went backwards ({new} after {old}): an older bundle, refused"
                     ),
@@ -105,7 +187,7 @@ pub(super) fn load(
             }
         }
     }
-    let mut trust = TrustStore::new(bundles);
+    let mut trust = TrustStore::new(bundles.into_iter().map(|(b, _)| b));
     // Our own chain is checked for validity only: whether it is revoked is
     // for peers to decide, and CRLs still being fetched must not stop us.
     let verifier = SvidVerifier::new(Arc::new(trust.clone()));
@@ -117,7 +199,7 @@ pub(super) fn load(
             &identity,
             &trust,
             &r.crls,
-            fetched_crls,
+            &fetched.crls,
             in_force.and_then(|t| t.revocation()),
         )?;
         trust = trust.with_revocation(crls);
@@ -141,10 +223,10 @@ pub(super) fn load(
             )
             .map_err(|e| {
                 LoadError::new(
-                    &ic.cert,
+                    &source.cert_place(),
                     format!(
                         "our SVID does not verify against the trust bundle {} as a TLS {}: {e}",
-                        ic.trust_bundle.display(),
+                        own_place.display(),
                         if role == Role::Server {
                             "server"
                         } else {
@@ -181,50 +263,49 @@ pub(super) fn load_crls(
     crate::revocation::load_crls(files, fetched, &crl_trust, r.policy)
 }
 
-fn hash_files(paths: &[&Path]) -> String {
-    let mut h = Sha256::new();
-    for p in paths {
-        h.update(p.as_os_str().as_encoded_bytes());
-        match std::fs::read(p) {
-            Ok(bytes) => {
-                h.update((bytes.len() as u64).to_be_bytes());
-                h.update(&bytes);
-            }
-            Err(e) => h.update(format!("unreadable: {e}").as_bytes()),
+/// The hash of everything our trust is made of: the source's own bundles
+/// (`own`), the federated bundle files, CRL files, and what was fetched.
+fn trust_hash(config: &Config, own: &str, fetched: &Fetched) -> String {
+    let ic = &config.identity;
+    let mut paths: Vec<&Path> = Vec::new();
+    for (_, b) in &ic.trust_bundles {
+        match b {
+            FederatedBundle::File(p) => paths.push(p),
+            FederatedBundle::Endpoint(e) => paths.extend(e.bundle.as_deref()),
         }
+    }
+    if let Some(r) = &config.revocation {
+        paths.extend(r.crls.iter().map(|p| p.as_path()));
+        paths.extend(r.intermediates.as_deref());
+    }
+    let mut h = Sha256::new();
+    h.update(own.as_bytes());
+    h.update(hash_files(&paths).as_bytes());
+    for (url, bytes) in &fetched.crls {
+        h.update(url.as_bytes());
+        h.update(Sha256::digest(bytes));
+    }
+    for (td, bytes) in &fetched.bundles {
+        h.update(td.as_str().as_bytes());
+        h.update(Sha256::digest(bytes));
     }
     hex::encode(h.finalize())
 }
 
-fn hashes(config: &Config, fetched: &[(String, Vec<u8>)]) -> (String, String) {
-    let ic = &config.identity;
-    let identity = hash_files(&[&ic.cert, &ic.key]);
-    let mut bundle_paths: Vec<&Path> = vec![&ic.trust_bundle];
-    bundle_paths.extend(ic.trust_bundles.iter().map(|(_, p)| p.as_path()));
-    if let Some(r) = &config.revocation {
-        bundle_paths.extend(r.crls.iter().map(|p| p.as_path()));
-        bundle_paths.extend(r.intermediates.as_deref());
-    }
-    let mut trust = hash_files(&bundle_paths);
-    if !fetched.is_empty() {
-        let mut h = Sha256::new();
-        h.update(trust.as_bytes());
-        for (url, bytes) in fetched {
-            h.update(url.as_bytes());
-            h.update(bytes);
-        }
-        trust = hex::encode(h.finalize());
-    }
-    (identity, trust)
-}
-
 impl Credentials {
-    /// Starts tracking the material `tls` was built from.
-    pub fn new(config: Config, tls: Arc<TlsContext>, metrics: Arc<Metrics>) -> Self {
-        let (identity_sha, bundle_sha) = hashes(&config, &[]);
+    /// Starts tracking the material `tls` was built from, which had
+    /// `hashes` and came from `source`.
+    pub(super) fn new(
+        config: Config,
+        source: Arc<OwnSource>,
+        (identity_sha, bundle_sha): (String, String),
+        tls: Arc<TlsContext>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let c = Credentials {
             config,
-            fetched: Mutex::new(Vec::new()),
+            source,
+            fetched: Mutex::new(Fetched::default()),
             tls,
             metrics,
             tracked: Mutex::new(Tracked {
@@ -242,17 +323,54 @@ impl Credentials {
     /// Records a CRL fetched from `url`; true when it differs from the last.
     pub fn set_fetched_crl(&self, url: &str, bytes: Vec<u8>) -> bool {
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
-        match fetched.iter_mut().find(|(u, _)| u == url) {
+        match fetched.crls.iter_mut().find(|(u, _)| u == url) {
             Some((_, old)) if *old == bytes => false,
             Some((_, old)) => {
                 *old = bytes;
                 true
             }
             None => {
-                fetched.push((url.to_string(), bytes));
+                fetched.crls.push((url.to_string(), bytes));
                 true
             }
         }
+    }
+
+    /// Records a bundle fetched for `trust_domain`; true when it differs
+    /// from the last.
+    pub fn set_fetched_bundle(&self, trust_domain: &TrustDomain, bytes: Vec<u8>) -> bool {
+        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        match fetched.bundles.iter_mut().find(|(t, _)| t == trust_domain) {
+            Some((_, old)) if *old == bytes => false,
+            Some((_, old)) => {
+                *old = bytes;
+                true
+            }
+            None => {
+                fetched.bundles.push((trust_domain.clone(), bytes));
+                true
+            }
+        }
+    }
+
+    /// Forgets a fetched bundle that was refused, so the last good one
+    /// (or the configured start bundle) is what reloads read again.
+    pub fn restore_fetched_bundle(&self, trust_domain: &TrustDomain, last_good: Option<Vec<u8>>) {
+        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        fetched.bundles.retain(|(t, _)| t != trust_domain);
+        if let Some(b) = last_good {
+            fetched.bundles.push((trust_domain.clone(), b));
+        }
+    }
+
+    /// The bundle last fetched for `trust_domain`.
+    pub fn fetched_bundle(&self, trust_domain: &TrustDomain) -> Option<Vec<u8>> {
+        let fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        fetched
+            .bundles
+            .iter()
+            .find(|(t, _)| t == trust_domain)
+            .map(|(_, b)| b.clone())
     }
 
     fn tracked(&self) -> std::sync::MutexGuard<'_, Tracked> {
@@ -267,8 +385,14 @@ impl Credentials {
             identity
                 .chain
                 .iter()
-                .chain(trust.bundles().flat_map(|b| b.roots.iter()))
-                .map(|c| CertExpiry {
+                .map(|c| (c, identity.source))
+                .chain(
+                    trust
+                        .bundles()
+                        .flat_map(|b| b.roots.iter().map(|c| (c, b.source))),
+                )
+                .map(|(c, source)| CertExpiry {
+                    source: source.as_str(),
                     kind: c.kind.as_str(),
                     spiffe_id: &c.spiffe_id,
                     serial: &c.serial,
@@ -297,18 +421,19 @@ impl Credentials {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let in_force = self.tls.trust();
+        let source = self.source.clone();
         let read = tokio::task::spawn_blocking(move || {
-            (
-                hashes(&config, &fetched),
-                load(&config, &fetched, Some(&in_force)),
-            )
+            match load(&config, &source, &fetched, Some(&in_force)) {
+                Ok((loaded, hashes)) => (hashes, Ok(loaded)),
+                Err((e, hashes)) => (hashes, Err(e)),
+            }
         })
         .await;
         let ((identity_sha, bundle_sha), loaded) = match read {
             Ok(r) => r,
             Err(e) => {
                 let e = LoadError::new(
-                    &self.config.identity.cert,
+                    &self.source.cert_place(),
                     format!("reload task failed: {e}"),
                 );
                 return Outcome::Failed(e.to_string());
@@ -333,8 +458,8 @@ impl Credentials {
             Ok((identity, trust)) => {
                 if bundle_changed && let Err(e) = self.tls.set_trust(trust) {
                     let err = LoadError::new(
-                        &self.config.identity.trust_bundle,
-                        format!("cannot build TLS configs: {e}"),
+                        &self.source.cert_place(),
+                        format!("cannot build TLS configs for the new trust: {e}"),
                     );
                     self.metrics.identity.cert_reload("bundle", "error");
                     if self.refused.is_news(&input, &err.to_string()) {
@@ -384,7 +509,7 @@ impl Credentials {
                     serial,
                 })
             }
-            Err(e) if e.key_mismatch => {
+            Err(e) if e.key_mismatch && self.source.writes_in_halves() => {
                 let grace = self.config.identity.key_pair_grace.0;
                 let since = *self
                     .tracked()
@@ -407,8 +532,14 @@ impl Credentials {
             }
             Err(e) => {
                 let ic = &self.config.identity;
-                let bundle_file =
-                    e.path == ic.trust_bundle || ic.trust_bundles.iter().any(|(_, p)| *p == e.path);
+                let bundle_file = self.source.is_bundle_place(&e.path)
+                    || ic.trust_bundles.iter().any(|(_, b)| match b {
+                        FederatedBundle::File(p) => *p == e.path,
+                        FederatedBundle::Endpoint(ep) => {
+                            e.path.as_os_str() == ep.url.as_str()
+                                || ep.bundle.as_ref() == Some(&e.path)
+                        }
+                    });
                 let crl_file = self.config.revocation.as_ref().is_some_and(|r| {
                     r.crls.contains(&e.path) || r.intermediates.as_ref() == Some(&e.path)
                 });

@@ -14,9 +14,11 @@ mod credentials;
 mod enforce;
 mod reload;
 mod report;
+mod source;
 mod start;
 mod tasks;
 mod watch;
+mod workload_api;
 
 pub use control::ControlPlane;
 pub use credentials::load_tls;

@@ -17,8 +17,7 @@ impl ControlPlane {
     /// Re-reads every reloadable file (SVID, key, bundles, CRLs, policy,
     /// the config's upstream settings) and reports what each did.
     pub async fn reload(self: &Arc<Self>, trigger: &str) -> ReloadReport {
-        let identity = self.credentials.reload(trigger).await;
-        self.after_identity_reload(&identity);
+        let identity = self.reload_identity(trigger).await;
         let policy = self.reload_policy(trigger).await;
         let upstreams = self.reload_upstreams(trigger).await;
         ReloadReport {
@@ -26,6 +25,16 @@ impl ControlPlane {
             policy,
             upstreams,
         }
+    }
+
+    /// Re-reads our identity and trust only (a Workload API update).
+    pub(super) async fn reload_identity(
+        self: &Arc<Self>,
+        trigger: &str,
+    ) -> Outcome<IdentityChange> {
+        let identity = self.credentials.reload(trigger).await;
+        self.after_identity_reload(&identity);
+        identity
     }
 
     fn after_identity_reload(self: &Arc<Self>, outcome: &Outcome<IdentityChange>) {

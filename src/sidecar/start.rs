@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control::ControlPlane;
-use super::credentials::load_tls;
+use super::credentials::{Fetched, load};
+use super::source::{OwnSource, Streamed};
+use super::workload_api;
 use super::{admin, tasks, watch};
 use crate::config::Config;
 use crate::files::LoadError;
@@ -71,32 +73,53 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError>
 }
 
 /// Starts a sidecar: everything is bound and serving when this returns.
+/// With identity from the Workload API, the admin server answers (not
+/// ready) while the first valid SVID is awaited.
 pub async fn start(config: Config) -> Result<Sidecar, StartError> {
-    let loaded = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, StartError> {
-            let tls = load_tls(&config)?;
-            let policy = PolicyStore::open(config.policy.as_deref())?;
-            Ok((tls, policy))
-        })
-        .await
-        .map_err(|e| LoadError::new(&PathBuf::from("<loader>"), e.to_string()))??
+    let policy = {
+        let path = config.policy.clone();
+        tokio::task::spawn_blocking(move || PolicyStore::open(path.as_deref()))
+            .await
+            .map_err(|e| LoadError::new(&PathBuf::from("<loader>"), e.to_string()))??
     };
-    let ((identity, trust), policy) = loaded;
     let metrics = Arc::new(Metrics::new());
-    {
-        let active = policy.active();
-        metrics
-            .policy
-            .active(active.sha256.as_deref(), active.loaded_at);
-        match &active.sha256 {
-            Some(sha) => tracing::info!(file = ?config.policy, sha256 = %sha, "policy loaded"),
-            None if !config.inbound.is_empty() => tracing::warn!(
-                "no policy file configured: every authenticated peer of a trusted trust domain is admitted"
-            ),
-            None => {}
+    let stop_accepting = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
+    // The admin server is bound first: while the first SVID is awaited it
+    // already answers /live and /ready (false).
+    let admin_listener = bind("the admin server".into(), config.admin.listen).await?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
+    let (source, (identity, trust), hashes, updates) = match config.identity.workload_api() {
+        None => {
+            let source = Arc::new(
+                super::credentials::file_source(&config)
+                    .ok_or_else(|| LoadError::new(&config.source, "identity names no source"))?,
+            );
+            let (config, s) = (config.clone(), source.clone());
+            let (loaded, hashes) = tokio::task::spawn_blocking(move || {
+                load(&config, &s, &Fetched::default(), None).map_err(|(e, _)| e)
+            })
+            .await
+            .map_err(|e| LoadError::new(&PathBuf::from("<loader>"), e.to_string()))??;
+            (source, loaded, hashes, None)
         }
-    }
+        Some(w) => {
+            let streamed = Arc::new(Streamed::new(w.clone()));
+            let (arrived, updates) = tokio::sync::watch::channel(0u64);
+            tokio::spawn(workload_api::run(
+                streamed.clone(),
+                arrived,
+                metrics.clone(),
+                stop_admin.clone(),
+            ));
+            let source = Arc::new(OwnSource::WorkloadApi(streamed));
+            let waiting = serve_while_waiting(&admin_listener, &metrics, &w.socket)?;
+            let first = first_svid(&config, &source, updates.clone(), &metrics).await;
+            waiting.cancel();
+            let (loaded, hashes) = first?;
+            (source, loaded, hashes, Some(updates))
+        }
+    };
     let audit = AuditLog::start(
         &config.audit.sink,
         config.audit.log_allows,
@@ -131,18 +154,14 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         config.clone(),
         metrics.clone(),
         tls.clone(),
+        (source, hashes),
         authorizer.clone(),
         registry.clone(),
     ));
-
-    let stop_accepting = CancellationToken::new();
-    let stop_admin = CancellationToken::new();
     let connections = TaskTracker::new();
 
     // Bind everything before serving anything, so a port clash fails the
     // start instead of leaving a half-running sidecar.
-    let admin_listener = bind("the admin server".into(), config.admin.listen).await?;
-    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
     let mut inbound_listeners = Vec::with_capacity(config.inbound.len());
     for l in &config.inbound {
         inbound_listeners.push(match l.listen {
@@ -310,6 +329,9 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         stop_admin.clone(),
     );
     tokio::spawn(tasks::readiness(plane.clone(), stop_admin.clone()));
+    if let Some(updates) = updates {
+        tokio::spawn(apply_updates(plane.clone(), updates, stop_admin.clone()));
+    }
     tasks::ocsp(&plane, stop_admin.clone());
     // Pooled upstream connections close when their peer expires whatever
     // `close_on_peer_expiry` says; the task sleeps until the next expiry.
@@ -412,6 +434,113 @@ impl Sidecar {
     }
 }
 
+/// Serves the admin API's waiting answers on a second handle of
+/// `listener` until the returned token is cancelled; the listener itself
+/// stays bound for the full admin server.
+fn serve_while_waiting(
+    listener: &TcpListener,
+    metrics: &Arc<Metrics>,
+    socket: &str,
+) -> Result<CancellationToken, StartError> {
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        what: "the admin server".into(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        source,
+    })?;
+    let again = socket2::SockRef::from(listener)
+        .try_clone()
+        .and_then(|s| {
+            let std: std::net::TcpListener = s.into();
+            std.set_nonblocking(true)?;
+            TcpListener::from_std(std)
+        })
+        .map_err(|source| StartError::Bind {
+            what: "the admin server".into(),
+            addr,
+            source,
+        })?;
+    let waiting = CancellationToken::new();
+    tokio::spawn(admin::serve_waiting(
+        again,
+        metrics.clone(),
+        format!("waiting for the first valid SVID from the Workload API at {socket}\n"),
+        waiting.clone(),
+    ));
+    Ok(waiting)
+}
+
+/// Waits for the first Workload API update that validates whole; every
+/// one refused before it is counted and logged.
+async fn first_svid(
+    config: &Config,
+    source: &Arc<OwnSource>,
+    mut updates: tokio::sync::watch::Receiver<u64>,
+    metrics: &Metrics,
+) -> Result<
+    (
+        (crate::tls::LoadedIdentity, crate::tls::TrustStore),
+        (String, String),
+    ),
+    StartError,
+> {
+    let counter = |r: &str| {
+        metrics
+            .identity
+            .workload_api_updates
+            .with_label_values(&[r])
+            .inc()
+    };
+    loop {
+        if updates.changed().await.is_err() {
+            return Err(
+                LoadError::new(&source.cert_place(), "the Workload API stream stopped").into(),
+            );
+        }
+        let (c, s) = (config.clone(), source.clone());
+        let loaded = tokio::task::spawn_blocking(move || load(&c, &s, &Fetched::default(), None))
+            .await
+            .map_err(|e| LoadError::new(&PathBuf::from("<loader>"), e.to_string()))?;
+        match loaded {
+            Ok(l) => {
+                counter("applied");
+                return Ok(l);
+            }
+            Err((e, _)) => {
+                counter("refused");
+                metrics.identity.cert_reload("identity", "error");
+                tracing::error!(error = %e, "Workload API update refused; still waiting for a valid SVID");
+            }
+        }
+    }
+}
+
+/// Puts each Workload API update through the same validate-then-swap as
+/// a file change, and counts what became of it.
+async fn apply_updates(
+    plane: Arc<ControlPlane>,
+    mut updates: tokio::sync::watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = updates.changed() => if changed.is_err() { return },
+        }
+        let outcome = plane.reload_identity("Workload API update").await;
+        let result = match outcome {
+            super::Outcome::Applied(_) => "applied",
+            super::Outcome::Unchanged(_) => "unchanged",
+            _ => "refused",
+        };
+        plane
+            .metrics
+            .identity
+            .workload_api_updates
+            .with_label_values(&[result])
+            .inc();
+    }
+}
+
 /// Runs a sidecar until SIGTERM or SIGINT, then drains it.
 pub async fn run(config: Config) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -424,7 +553,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let drain = config.timeouts.drain.0;
 
-    let sidecar = start(config).await?;
+    // Waiting for a first SVID can take long: a signal must still stop it.
+    let sidecar = tokio::select! {
+        s = start(config) => s?,
+        _ = term.recv() => { tracing::info!("SIGTERM received before start-up finished"); return Ok(()); }
+        _ = int.recv() => { tracing::info!("SIGINT received before start-up finished"); return Ok(()); }
+    };
     tracing::info!(
         admin = %sidecar.admin_addr,
         inbound = ?sidecar.inbound,

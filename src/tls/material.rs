@@ -77,6 +77,27 @@ pub struct LoadedIdentity {
     pub chain: Vec<CertSummary>,
     /// The same with our OCSP staple, while it is valid.
     pub stapled: Option<Stapled>,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Where identity or trust material came from, for metrics and `/certs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    File,
+    WorkloadApi,
+    BundleEndpoint,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::WorkloadApi => "workload_api",
+            Source::BundleEndpoint => "bundle_endpoint",
+        }
+    }
 }
 
 /// Our certified key with an OCSP response attached, and when that
@@ -99,6 +120,8 @@ pub struct TrustBundle {
     pub roots: Vec<CertSummary>,
     /// The roots themselves, to verify CRL signatures with.
     pub certs: Vec<CertificateDer<'static>>,
+    /// Where it came from.
+    pub source: Source,
 }
 
 /// Trust bundles by trust domain: a peer is only ever verified against the
@@ -182,7 +205,22 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
         };
         LoadError::new(key_path, why)
     })?;
+    identity_from_der(chain, key, cert_path, key_path, Source::File)
+}
 
+/// Checks an SVID chain (leaf first) and its key from `source` as
+/// [`load_identity`] does; errors name `cert_path` and `key_path`, the
+/// places they came from.
+pub fn identity_from_der(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+    source: Source,
+) -> Result<LoadedIdentity, LoadError> {
+    if chain.is_empty() {
+        return Err(LoadError::new(cert_path, "no certificate"));
+    }
     let (_, leaf_cert) = X509Certificate::from_der(&chain[0]).map_err(|e| {
         LoadError::new(cert_path, format!("leaf certificate cannot be parsed: {e}"))
     })?;
@@ -242,19 +280,56 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<LoadedIdentity
         leaf,
         chain: summaries,
         stapled: None,
+        source,
     })
 }
 
 /// Loads a trust bundle for `trust_domain`: every certificate must be a CA.
 pub fn load_bundle(path: &Path, trust_domain: &TrustDomain) -> Result<TrustBundle, LoadError> {
-    // PEM, or a SPIFFE bundle (a JWK Set), told apart by content.
     let bytes = read(path)?;
-    let (certs, sequence) = if super::spiffe_bundle::is_json(&bytes) {
-        let b = super::spiffe_bundle::parse(&bytes).map_err(|e| LoadError::new(path, e))?;
-        (b.x509_authorities, b.sequence)
+    bundle_from_bytes(&bytes, path, trust_domain, Source::File).map(|(b, _)| b)
+}
+
+/// A trust bundle for `trust_domain` from PEM or SPIFFE bundle `bytes`
+/// (told apart by content) that came from `path`, with the bundle's
+/// `spiffe_refresh_hint` if it has one.
+pub fn bundle_from_bytes(
+    bytes: &[u8],
+    path: &Path,
+    trust_domain: &TrustDomain,
+    source: Source,
+) -> Result<(TrustBundle, Option<std::time::Duration>), LoadError> {
+    let (certs, sequence, hint) = if super::spiffe_bundle::is_json(bytes) {
+        let b = super::spiffe_bundle::parse(bytes).map_err(|e| LoadError::new(path, e))?;
+        (
+            b.x509_authorities,
+            b.sequence,
+            b.refresh_hint.map(std::time::Duration::from_secs),
+        )
     } else {
-        (pem_certs(path, &bytes)?, None)
+        (pem_certs(path, bytes)?, None, None)
     };
+    Ok((
+        bundle_from_certs(certs, sequence, path, trust_domain, source)?,
+        hint,
+    ))
+}
+
+/// A trust bundle for `trust_domain` from CA certificates that came from
+/// `path`: every one must be a CA of that trust domain (or of none).
+pub fn bundle_from_certs(
+    certs: Vec<CertificateDer<'static>>,
+    sequence: Option<u64>,
+    path: &Path,
+    trust_domain: &TrustDomain,
+    source: Source,
+) -> Result<TrustBundle, LoadError> {
+    if certs.is_empty() {
+        return Err(LoadError::new(
+            path,
+            format!("the bundle for {trust_domain} has no certificate"),
+        ));
+    }
     let mut anchors = Vec::with_capacity(certs.len());
     let mut roots = Vec::with_capacity(certs.len());
     for (i, der) in certs.iter().enumerate() {
@@ -304,6 +379,7 @@ pub fn load_bundle(path: &Path, trust_domain: &TrustDomain) -> Result<TrustBundl
         anchors,
         roots,
         certs,
+        source,
     })
 }
 

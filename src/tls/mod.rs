@@ -13,7 +13,8 @@ pub use crate::crypto::provider;
 pub use context::{ALPN_H2, ALPN_HTTP1, Alpn, OutboundTls, TlsContext};
 pub use failure::HandshakeFailure;
 pub use material::{
-    CertKind, CertSummary, LoadedIdentity, TrustBundle, TrustStore, load_bundle, load_identity,
+    CertKind, CertSummary, LoadedIdentity, Source, TrustBundle, TrustStore, bundle_from_bytes,
+    bundle_from_certs, identity_from_der, load_bundle, load_identity,
 };
 pub use store::IdentityStore;
 pub use verifier::{
