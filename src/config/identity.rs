@@ -515,12 +515,11 @@ mod tests {
             assert!(e.reason.contains(why), "{entry}: {e}");
             assert_eq!(e.line, Some(3), "{e}");
         }
-        assert!(
-            parse(
-                "workload_api: {socket: \"unix:///a\"}\ntrust_bundles:\n  p.org: {endpoint: \"https://x/b\", profile: ftp}\n",
-                None
-            )
-            .is_err()
-        );
+        let e = serde_saphyr::from_str::<RawIdentity>(
+            "workload_api: {socket: \"unix:///a\"}\ntrust_bundles:\n  p.org: {endpoint: \"https://x/b\", profile: ftp}\n",
+        )
+        .err()
+        .expect("an unknown profile is refused");
+        assert!(e.to_string().contains("unknown variant `ftp`"), "{e}");
     }
 }

@@ -1,7 +1,9 @@
-//! The control plane's HTTP client: a minimal plain-HTTP/1.1 client for
-//! fetching revocation data (OCSP answers, CRLs). Both are signed, so they travel over `http://` as their
-//! URLs in certificates say. Every request has a timeout and a cap on the
-//! body size.
+//! The control plane's HTTP client: a minimal HTTP/1.1 client for
+//! fetching revocation data (OCSP answers, CRLs) and federated trust
+//! bundles. Revocation data is signed, so it travels over `http://` as the
+//! URLs in certificates say; bundles come over `https://` with the TLS
+//! config their endpoint profile asks for. Every request has a timeout and
+//! a cap on the body size.
 
 use std::time::Duration;
 
@@ -29,23 +31,96 @@ pub async fn send(
     max_body: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, FetchError> {
+    let request = Request {
+        method,
+        content_type,
+        body,
+        max_body,
+    };
+    tokio::time::timeout(timeout, fetch(url, None, request))
+        .await
+        .map_err(|_| FetchError::Timeout)?
+}
+
+/// GETs an `https://` URL over TLS made with `tls` and returns the body.
+pub async fn get_https(
+    url: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    max_body: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, FetchError> {
+    let request = Request {
+        method: hyper::Method::GET,
+        content_type: None,
+        body: Vec::new(),
+        max_body,
+    };
+    tokio::time::timeout(timeout, fetch(url, Some(tls), request))
+        .await
+        .map_err(|_| FetchError::Timeout)?
+}
+
+struct Request {
+    method: hyper::Method,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    max_body: usize,
+}
+
+async fn fetch(
+    url: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    r: Request,
+) -> Result<Vec<u8>, FetchError> {
     let unreachable = |e: &dyn std::fmt::Display| FetchError::Unreachable(e.to_string());
-    let io = async {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|e| FetchError::Unreachable(format!("bad URL {url:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(FetchError::Unreachable(format!(
-                "{url}: only http:// URLs are supported"
-            )));
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| FetchError::Unreachable(format!("bad URL {url:?}: {e}")))?;
+    let want = if tls.is_some() { "https" } else { "http" };
+    if uri.scheme_str() != Some(want) {
+        return Err(FetchError::Unreachable(format!(
+            "{url}: only {want}:// URLs are supported here"
+        )));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| FetchError::Unreachable(format!("{url}: no host")))?;
+    let port = authority
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let host = connect_host(authority.host());
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    match tls {
+        None => exchange(stream, &uri, r).await,
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| FetchError::Unreachable(format!("{url}: bad host: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| FetchError::Unreachable(format!("TLS: {e}")))?;
+            exchange(stream, &uri, r).await
         }
+    }
+}
+
+async fn exchange<S>(stream: S, uri: &hyper::Uri, r: Request) -> Result<Vec<u8>, FetchError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let unreachable = |e: &dyn std::fmt::Display| FetchError::Unreachable(e.to_string());
+    let Request {
+        method,
+        content_type,
+        body,
+        max_body,
+    } = r;
+    let io = async {
         let authority = uri
             .authority()
-            .ok_or_else(|| FetchError::Unreachable(format!("{url}: no host")))?;
-        let port = authority.port_u16().unwrap_or(80);
-        let stream = tokio::net::TcpStream::connect((connect_host(authority.host()), port))
-            .await
-            .map_err(|e| unreachable(&e))?;
+            .ok_or_else(|| FetchError::Unreachable("no host".into()))?;
         // Host carries the port when the URL does, and an IPv6 literal in
         // its brackets (RFC 9110 §7.2); never any userinfo.
         let host = host_header(authority);
@@ -79,9 +154,7 @@ pub async fn send(
             .map_err(|e| FetchError::Body(e.to_string()))?;
         Ok(body.to_bytes().to_vec())
     };
-    tokio::time::timeout(timeout, io)
-        .await
-        .map_err(|_| FetchError::Timeout)?
+    io.await
 }
 
 /// The name or address to connect to: an IPv6 literal without the

@@ -12,6 +12,7 @@ mod admin;
 mod control;
 mod credentials;
 mod enforce;
+mod federation;
 mod reload;
 mod report;
 mod source;

@@ -16,7 +16,7 @@ use super::control::ControlPlane;
 use super::credentials::{Fetched, load};
 use super::source::{OwnSource, Streamed};
 use super::workload_api;
-use super::{admin, tasks, watch};
+use super::{admin, federation, tasks, watch};
 use crate::config::Config;
 use crate::files::LoadError;
 use crate::metrics::Metrics;
@@ -332,6 +332,7 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
     if let Some(updates) = updates {
         tokio::spawn(apply_updates(plane.clone(), updates, stop_admin.clone()));
     }
+    federation::spawn(&plane, &stop_admin);
     tasks::ocsp(&plane, stop_admin.clone());
     // Pooled upstream connections close when their peer expires whatever
     // `close_on_peer_expiry` says; the task sleeps until the next expiry.
