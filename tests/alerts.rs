@@ -75,7 +75,7 @@ async fn every_series_the_rules_use_is_exported() {
     let sidecar = portcullis::sidecar::start(pki.config(
         "orders.yaml",
         &format!(
-            "identity:\n  cert: orders.pem\n  key: orders-key.pem\n  trust_bundle: bundle.pem\n\
+            "identity:\n  cert: orders.pem\n  key: orders-key.pem\n  trust_bundle: bundle.pem\n  trust_bundles:\n    partner.example.com: {{endpoint: \"https://127.0.0.1:9/bundle\", profile: https_web}}\n\
              policy: policy.yaml\nrevocation:\n  crls: [ca.crl]\n\
              inbound:\n  - name: orders\n    listen: 127.0.0.1:0\n    forward: {app}\n\
              outbound:\n  - name: payments\n    listen: 127.0.0.1:0\n    endpoints: [127.0.0.1:9]\n    identity: spiffe://prod.example.org/ns/pay/sa/payments\n\

@@ -275,6 +275,48 @@ fn check_validates_config_and_files() {
     );
 }
 
+#[test]
+fn check_wants_exactly_one_identity_source() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    pki.svid("svid", "spiffe://prod.example.org/ns/shop/sa/orders");
+    let listeners =
+        "inbound:\n  - name: orders\n    listen: 127.0.0.1:15006\n    forward: 127.0.0.1:8080\n";
+    let files = "  cert: svid.pem\n  key: svid-key.pem\n  trust_bundle: bundle.pem\n";
+    let api = "  workload_api:\n    socket: unix:///run/spire/sockets/agent.sock\n";
+
+    write_config(d, &format!("identity:\n{files}{api}{listeners}"));
+    let o = portcullis(d, &["check", "--config", "portcullis.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("portcullis.yaml:6:5: identity names both files"),
+        "{}",
+        stderr(&o)
+    );
+
+    write_config(
+        d,
+        &format!("identity:\n  trust_domain: prod.example.org\n{listeners}"),
+    );
+    let o = portcullis(d, &["check", "--config", "portcullis.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("identity names no source"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The Workload API alone is fine: check says where identity will come from.
+    write_config(d, &format!("identity:\n{api}{listeners}"));
+    let o = portcullis(d, &["check", "--config", "portcullis.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("from the Workload API at unix:///run/spire/sockets/agent.sock"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_open_connection_finish() {
     let pki = Pki::new();

@@ -372,8 +372,12 @@ async fn identity_streams_from_the_workload_api_and_survives_rotation_bad_update
         "{certs}"
     );
 
-    // Rotation under traffic: every request succeeds, and new handshakes
-    // get the new SVID.
+    // Rotation under traffic: every request succeeds, new handshakes get
+    // the new SVID, and a connection opened before keeps working.
+    let mut held = tls_connect(inbound, peer1.clone()).await.unwrap();
+    held.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    held.read_exact(&mut buf).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let running = load(peer1.clone(), inbound, stop.clone());
     let mut last = a.clone();
@@ -387,6 +391,11 @@ async fn identity_streams_from_the_workload_api_and_survives_rotation_bad_update
         .await;
         last = next;
     }
+
+    held.write_all(b"after!").await.unwrap();
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"after!", "the open connection kept its session");
+    drop(held);
 
     // CA rotation with an overlap: first both CAs are trusted while the
     // SVID is still CA1's, then the SVID moves to CA2, then CA1 goes.

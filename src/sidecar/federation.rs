@@ -31,6 +31,14 @@ const MAX_RETRY: Duration = Duration::from_secs(300);
 /// Starts one fetch loop per bundle endpoint.
 pub(super) fn spawn(plane: &Arc<ControlPlane>, shutdown: &CancellationToken) {
     for (td, endpoint) in plane.config.identity.endpoints() {
+        // Every result from the start, so increase() sees the first one.
+        for result in ["applied", "unchanged", "error"] {
+            plane
+                .metrics
+                .identity
+                .bundle_fetches
+                .with_label_values(&[td.as_str(), result]);
+        }
         tokio::spawn(run(
             plane.clone(),
             td.clone(),

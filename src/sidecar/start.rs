@@ -83,6 +83,19 @@ pub async fn start(config: Config) -> Result<Sidecar, StartError> {
             .map_err(|e| LoadError::new(&PathBuf::from("<loader>"), e.to_string()))??
     };
     let metrics = Arc::new(Metrics::new());
+    {
+        let active = policy.active();
+        metrics
+            .policy
+            .active(active.sha256.as_deref(), active.loaded_at);
+        match &active.sha256 {
+            Some(sha) => tracing::info!(file = ?config.policy, sha256 = %sha, "policy loaded"),
+            None if !config.inbound.is_empty() => tracing::warn!(
+                "no policy file configured: every authenticated peer of a trusted trust domain is admitted"
+            ),
+            None => {}
+        }
+    }
     let stop_accepting = CancellationToken::new();
     let stop_admin = CancellationToken::new();
     // The admin server is bound first: while the first SVID is awaited it
