@@ -5,7 +5,9 @@
 //!
 //! In order, on the path (the query is never touched):
 //! 1. Percent-encoded unreserved characters are decoded (`%61` is `a`,
-//!    `%2E` is `.`), other escapes upper-cased (RFC 3986 §6.2.2).
+//!    `%2E` is `.`), other escapes upper-cased (RFC 3986 §6.2.2). A `%`
+//!    that is not an escape (`%zz`, `%%32F`) is refused: decoding beside
+//!    it could make a new escape the app would decode again.
 //! 2. Encoded slashes and backslashes (`%2F`, `%5C`) follow
 //!    `http.escaped_slashes`, as Envoy's `path_with_escaped_slashes_action`:
 //!    `reject` (the default: 400), `unescape` (both become `/`), or `keep`
@@ -51,6 +53,10 @@ pub enum PathError {
     EscapedSlash,
     /// Not `/...` (nor `*` for `OPTIONS`).
     NotAbsolute,
+    /// A `%` not followed by two hex digits. Decoding around it could
+    /// make a new escape (`%%32F` would become `%2F`), which an app that
+    /// decodes once more would read as a `/` the policy never saw.
+    BadEscape,
 }
 
 /// Normalizes `path` by the rules above. Borrows when nothing changes,
@@ -116,10 +122,13 @@ fn decode(path: &str, escaped: EscapedSlashes) -> Result<String, PathError> {
             i += 1;
             continue;
         }
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
-        {
+        if b[i] == b'%' {
+            let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex_val),
+                b.get(i + 2).copied().and_then(hex_val),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
             let c = h * 16 + l;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                 out.push(c as char);
@@ -197,7 +206,6 @@ mod tests {
             ("/;x/admin", "/admin", "/admin"),
             ("/caf\u{e9}/%7e", "/caf\u{e9}/~", "/caf\u{e9}/~"),
             ("/a%3Bb", "/a%3Bb", "/a%3Bb"),
-            ("/bad%zz", "/bad%zz", "/bad%zz"),
             ("/end%", "/end%", "/end%"),
         ] {
             assert_eq!(both(given, Reject), (fwd.into(), judged.into()), "{given}");
@@ -206,6 +214,22 @@ mod tests {
             normalize("/plain/path", Reject).unwrap().forward,
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn a_percent_that_is_not_an_escape_is_refused() {
+        // Found by tests/properties.rs: `%%32F` decoded beside the stray
+        // `%` became `%2F`, an escaped slash the policy judged as data.
+        for p in ["/bad%zz", "/%%32F", "/admin%%32Fx", "/a%2", "/a%", "/%2%46"] {
+            for mode in [Reject, Unescape, Keep] {
+                assert_eq!(normalize(p, mode), Err(PathError::BadEscape), "{p}");
+            }
+        }
+        // `%25` is the escape for `%` itself: kept encoded, never decoded.
+        assert_eq!(
+            both("/a%252F", Reject),
+            ("/a%252F".into(), "/a%252F".into())
+        );
     }
 
     #[test]
