@@ -704,3 +704,88 @@ async fn a_bad_crl_is_reported_once_per_change() {
     );
     let _ = child.kill().await;
 }
+
+/// A CA rotation with revocation on: two CAs with one name in the bundle,
+/// each with its own CRL in the CRL file. webpki takes the first list
+/// whose issuer *name* matches, so before the fix every certificate of the
+/// second CA was checked against the first CA's list and refused (found by
+/// tests/soak.rs). Now each CA's certificates answer to its own list: the
+/// good ones of both are admitted, the revoked one of each refused.
+#[test]
+fn two_cas_of_one_name_each_answer_to_their_own_crl() {
+    use portcullis::identity::Role;
+    use portcullis::pki::RevokedEntry;
+    use portcullis::revocation::{CrlTrust, load_crls};
+    use portcullis::tls::{SvidVerifier, TrustStore, load_bundle};
+    let pki = Pki::new();
+    let td = TrustDomain::parse(TD).unwrap();
+    let ca2 = Ca::generate(&td, DAY).unwrap();
+    let d = pki.dir.path();
+    std::fs::write(
+        d.join("both.pem"),
+        format!("{}{}", pki.ca.cert_pem(), ca2.cert_pem()),
+    )
+    .unwrap();
+    let peer = |ca: &Ca| {
+        ca.issue_svid(&id("spiffe://prod.example.org/ns/web/sa/frontend"), DAY)
+            .unwrap()
+    };
+    let (good1, bad1, good2, bad2) = (peer(&pki.ca), peer(&pki.ca), peer(&ca2), peer(&ca2));
+    let revoke = |ca: &Ca, who: &portcullis::pki::Issued| {
+        let e = RevokedEntry {
+            serial: who.serial.clone(),
+            revoked_at: time::OffsetDateTime::now_utc() - Duration::from_secs(60),
+        };
+        ca.crl(&[e], 1, Duration::from_secs(3600)).unwrap()
+    };
+    std::fs::write(
+        d.join("both.crl"),
+        format!("{}{}", revoke(&pki.ca, &bad1), revoke(&ca2, &bad2)),
+    )
+    .unwrap();
+    let bundle = load_bundle(&d.join("both.pem"), &td).unwrap();
+    let roots: Vec<_> = bundle.certs.iter().collect();
+    let policy = portcullis::config::RevocationPolicy {
+        whole_chain: true,
+        expired_is_unknown: true,
+        fail_open: false,
+        fetch_distribution_points: false,
+    };
+    let crls = load_crls(
+        &[d.join("both.crl")],
+        &[],
+        &CrlTrust {
+            roots: &roots,
+            intermediates: &[],
+            in_force: None,
+        },
+        policy,
+    )
+    .unwrap();
+    assert!(crls.has_namesakes());
+    let v = SvidVerifier::new(std::sync::Arc::new(
+        TrustStore::new([bundle]).with_revocation(crls),
+    ));
+    let check = |who: &portcullis::pki::Issued| {
+        v.verify(
+            &who.der,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            Role::Client,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(check(&good1), Ok(()), "a good certificate of the first CA");
+    assert_eq!(check(&good2), Ok(()), "a good certificate of the second CA");
+    assert!(
+        check(&bad1).unwrap_err().to_lowercase().contains("revoked"),
+        "{:?}",
+        check(&bad1)
+    );
+    assert!(
+        check(&bad2).unwrap_err().to_lowercase().contains("revoked"),
+        "{:?}",
+        check(&bad2)
+    );
+}

@@ -55,6 +55,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every family.
     pub fn encode(&self) -> String {
+        self.process.sample_tasks();
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding our own well-formed families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -1,4 +1,5 @@
-//! The sidecar as a whole: readiness and build information.
+//! The sidecar as a whole: readiness, build information, and the tasks
+//! alive on its runtime (a count that only grows is a leak).
 
 use prometheus::{IntGauge, Registry};
 
@@ -6,6 +7,7 @@ use super::register::{int_gauge, int_gauge_vec};
 
 pub struct ProcessFamilies {
     ready: IntGauge,
+    tasks: IntGauge,
 }
 
 impl ProcessFamilies {
@@ -24,10 +26,22 @@ impl ProcessFamilies {
                 "portcullis_ready",
                 "1 when the sidecar is ready to serve (identity loaded, listeners bound, not draining).",
             ),
+            tasks: int_gauge(
+                registry,
+                "portcullis_runtime_alive_tasks",
+                "Tasks alive on the sidecar's runtime when scraped: one per open connection and a few per listener and background job.",
+            ),
         }
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// Reads the runtime's live task count (at scrape time, not per task).
+    pub(super) fn sample_tasks(&self) {
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            self.tasks.set(h.metrics().num_alive_tasks() as i64);
+        }
     }
 }

@@ -88,6 +88,10 @@ fn number_hex(n: &[u8]) -> String {
 pub struct CrlSet {
     pub policy: RevocationPolicy,
     lists: Vec<CertRevocationList<'static>>,
+    /// Who signed each of `lists`, in the same order.
+    signed_by: Vec<IssuerKey>,
+    /// Two of `lists` name one issuer but were signed by different keys.
+    namesakes: bool,
     /// Raw issuer name → revoked serials (DER integer contents, no leading
     /// zeros), for checking open connections.
     revoked: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
@@ -99,6 +103,31 @@ pub struct CrlSet {
 impl CrlSet {
     pub fn lists(&self) -> Vec<&CertRevocationList<'static>> {
         self.lists.iter().collect()
+    }
+
+    /// Whether two lists name the same issuer but were signed by different
+    /// keys: two CAs with one name, as in a rotation. webpki takes the first
+    /// list whose issuer *name* matches, so a certificate of the second CA
+    /// would be checked against the first CA's list (and fail on its
+    /// signature); the verifier then tries each root with [`CrlSet::for_root`].
+    pub fn has_namesakes(&self) -> bool {
+        self.namesakes
+    }
+
+    /// The lists a path ending at the root with this subject (raw DER) and
+    /// SPKI (SHA-256 of its DER) may use: all but the lists of another CA
+    /// of the same name.
+    pub fn for_root(
+        &self,
+        subject: &[u8],
+        spki_sha256: &[u8; 32],
+    ) -> Vec<&CertRevocationList<'static>> {
+        self.lists
+            .iter()
+            .zip(&self.signed_by)
+            .filter(|(_, k)| k.name != subject || k.spki_sha256 == *spki_sha256)
+            .map(|(l, _)| l)
+            .collect()
     }
 
     /// Whether the certificate with this issuer name and serial is listed.
@@ -297,6 +326,8 @@ pub fn load_crls(
     let mut set = CrlSet {
         policy,
         lists: Vec::with_capacity(order.len()),
+        signed_by: Vec::with_capacity(order.len()),
+        namesakes: false,
         revoked: HashMap::new(),
         versions: HashMap::with_capacity(order.len()),
         info: Vec::with_capacity(order.len()),
@@ -316,10 +347,16 @@ pub fn load_crls(
             .entry(key.name.clone())
             .or_default()
             .extend(l.serials);
+        set.signed_by.push(key.clone());
         set.versions.insert(key, l.version);
         set.info.push(l.info);
         set.lists.push(CertRevocationList::Owned(owned));
     }
+    set.namesakes = set.signed_by.iter().enumerate().any(|(i, a)| {
+        set.signed_by[..i]
+            .iter()
+            .any(|b| b.name == a.name && b.spki_sha256 != a.spki_sha256)
+    });
     Ok(set)
 }
 

@@ -120,6 +120,9 @@ pub struct TrustBundle {
     pub roots: Vec<CertSummary>,
     /// The roots themselves, to verify CRL signatures with.
     pub certs: Vec<CertificateDer<'static>>,
+    /// Each root's subject (raw DER) and the SHA-256 of its SPKI, to pick
+    /// the CRLs of the right CA when two share a name.
+    pub root_keys: Vec<(Vec<u8>, [u8; 32])>,
     /// Where it came from.
     pub source: Source,
 }
@@ -332,10 +335,15 @@ pub fn bundle_from_certs(
     }
     let mut anchors = Vec::with_capacity(certs.len());
     let mut roots = Vec::with_capacity(certs.len());
+    let mut root_keys = Vec::with_capacity(certs.len());
     for (i, der) in certs.iter().enumerate() {
         let n = i + 1;
         let (_, parsed) = X509Certificate::from_der(der)
             .map_err(|e| LoadError::new(path, format!("certificate {n} cannot be parsed: {e}")))?;
+        root_keys.push((
+            parsed.subject().as_raw().to_vec(),
+            Sha256::digest(parsed.public_key().raw).into(),
+        ));
         if !parsed.is_ca() {
             return Err(LoadError::new(
                 path,
@@ -379,6 +387,7 @@ pub fn bundle_from_certs(
         anchors,
         roots,
         certs,
+        root_keys,
         source,
     })
 }

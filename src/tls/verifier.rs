@@ -150,6 +150,33 @@ impl SvidVerifier {
             )
             .map(|path| want_issuer.then(|| issuer_on(&path, bundle)).flatten())
         };
+        // Two CAs of one name, each with its CRL (a rotation): webpki would
+        // check a certificate against the first list of that name. Each
+        // root is tried alone with the lists that are not another CA's.
+        let verify_per_root = |crls: &crate::revocation::CrlSet|
+         -> Result<Option<CertificateDer<'static>>, webpki::Error> {
+            let mut last = webpki::Error::UnknownIssuer;
+            for (i, (subject, spki)) in bundle.root_keys.iter().enumerate() {
+                let lists = crls.for_root(subject, spki);
+                let result = ee.verify_for_usage(
+                    self.algs.all,
+                    &bundle.anchors[i..=i],
+                    intermediates,
+                    now,
+                    usage,
+                    revocation_options(&lists, crls.policy),
+                    None,
+                );
+                match result {
+                    Ok(path) => return Ok(want_issuer.then(|| issuer_on(&path, bundle)).flatten()),
+                    // Not this root's certificate: try the next.
+                    Err(webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey) => {}
+                    // This root's path, and it says revoked or unknown.
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
         let issuer;
         // CRLs that are to be fetched but have not arrived: status unknown.
         let awaiting = self
@@ -167,28 +194,19 @@ impl SvidVerifier {
         match self.trust.revocation().filter(|r| !r.lists().is_empty()) {
             None => issuer = verify(None).map_err(pki_error)?,
             Some(crls) => {
-                let lists = crls.lists();
                 let policy = crls.policy;
-                let options = webpki::RevocationOptionsBuilder::new(&lists).map(|b| {
-                    b.with_depth(if policy.whole_chain {
-                        webpki::RevocationCheckDepth::Chain
-                    } else {
-                        webpki::RevocationCheckDepth::EndEntity
-                    })
-                    .with_status_policy(webpki::UnknownStatusPolicy::Deny)
-                    .with_expiration_policy(if policy.expired_is_unknown {
-                        webpki::ExpirationPolicy::Enforce
-                    } else {
-                        webpki::ExpirationPolicy::Ignore
-                    })
-                    .build()
-                });
                 let count = |c: fn(&RevocationCounters) -> &prometheus::IntCounter| {
                     if let Some(counters) = &self.counters {
                         c(counters).inc();
                     }
                 };
-                match verify(options.ok()) {
+                let lists = crls.lists();
+                let checked = if crls.has_namesakes() && bundle.anchors.len() > 1 {
+                    verify_per_root(crls)
+                } else {
+                    verify(revocation_options(&lists, policy))
+                };
+                match checked {
                     Ok(found) => {
                         count(|c| &c.good);
                         issuer = found;
@@ -319,6 +337,29 @@ pub fn verified_issuer(
     issuer_on(&path, c.bundle).ok_or_else(|| {
         rustls::Error::General("the verified path's root is not in the bundle".into())
     })
+}
+
+/// webpki's revocation options for `lists` under `policy`: unknown status
+/// denies (failing open is decided by the caller).
+fn revocation_options<'a>(
+    lists: &'a [&'a webpki::CertRevocationList<'a>],
+    policy: crate::config::RevocationPolicy,
+) -> Option<webpki::RevocationOptions<'a>> {
+    let b = webpki::RevocationOptionsBuilder::new(lists).ok()?;
+    Some(
+        b.with_depth(if policy.whole_chain {
+            webpki::RevocationCheckDepth::Chain
+        } else {
+            webpki::RevocationCheckDepth::EndEntity
+        })
+        .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+        .with_expiration_policy(if policy.expired_is_unknown {
+            webpki::ExpirationPolicy::Enforce
+        } else {
+            webpki::ExpirationPolicy::Ignore
+        })
+        .build(),
+    )
 }
 
 fn tls12_refused() -> rustls::Error {

@@ -71,13 +71,32 @@ impl H2Sender {
         };
         let (head, body) = req.into_parts();
         let eos = body.is_end_stream();
+        // A bodyless request is kept, to be sent again if the upstream
+        // turns it away unprocessed (below). Only then: the copy is a few
+        // header clones, and nothing when the request has a body.
+        let again = eos.then(|| {
+            let mut r = Request::new(ProxyBody::empty());
+            *r.method_mut() = head.method.clone();
+            *r.uri_mut() = head.uri.clone();
+            *r.version_mut() = head.version;
+            *r.headers_mut() = head.headers.clone();
+            r
+        });
         let (response, stream) = send
             .send_request(Request::from_parts(head, ()), eos)
             .map_err(|e| SendError::Failed(e.into()))?;
         if !eos {
             start_pump(body, stream);
         }
-        let response = response.await.map_err(|e| SendError::Failed(e.into()))?;
+        let response = match response.await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match again {
+                    Some(req) if unprocessed(&e, req.method()) => SendError::NotSent(Box::new(req)),
+                    _ => SendError::Failed(e.into()),
+                });
+            }
+        };
         let length = response
             .headers()
             .get(CONTENT_LENGTH)
@@ -85,6 +104,14 @@ impl H2Sender {
             .and_then(|v| v.parse().ok());
         Ok(response.map(|recv| ProxyBody::stream(H2Body::new(recv, length))))
     }
+}
+
+/// Whether the upstream turned a stream away without processing it, so it
+/// is safe to send again: refused (RFC 9113 §8.7: "not processed", any
+/// method), or cut by a GOAWAY (a sidecar draining, or closing peers of a
+/// CA that left its bundle) for a method that may be repeated anyway.
+fn unprocessed(e: &h2::Error, method: &hyper::Method) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && method.is_idempotent())
 }
 
 /// Starts HTTP/2 over `io`. The connection is driven by its own task until

@@ -99,8 +99,22 @@ impl ServeEnd {
 /// What may end a connection besides its peer.
 pub struct ServeLimits<'a> {
     pub stop: &'a CancellationToken,
+    /// Whether the stop just given may let the requests in flight finish
+    /// (see [`STOP_GRACE`]) rather than cut them.
+    pub stop_is_graceful: &'a (dyn Fn() -> bool + Send + Sync),
     pub drain: &'a CancellationToken,
     pub deadline: Option<Instant>,
+}
+
+/// How long a graceful stop lets requests in flight finish: no new request
+/// is taken once it begins (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`).
+/// A CA leaving the bundle mid-rotation closes its peers' connections this
+/// way, so a request admitted a moment before is not lost.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// For connections no sweep stops gracefully.
+pub fn never_graceful() -> bool {
+    false
 }
 
 /// Marks that a connection has seen a request; handed to the service.
@@ -197,10 +211,15 @@ async fn drive<C: Graceful>(
     let mut first_done = false;
     let idle = activity.idle_timer(settings.idle);
     let mut idle = std::pin::pin!(idle);
+    let mut stopping = false;
+    let grace = tokio::time::sleep(Duration::ZERO);
+    let mut grace = std::pin::pin!(grace);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
                 return match r {
+                    // Stopped gracefully: the sweep's reason is what ended it.
+                    Ok(()) if stopping => ServeEnd::Stopped,
                     Ok(()) => ServeEnd::Completed,
                     Err(e) if e.is_timeout() => ServeEnd::HeaderTimeout,
                     Err(e) => {
@@ -209,7 +228,18 @@ async fn drive<C: Graceful>(
                     }
                 };
             }
-            _ = limits.stop.cancelled() => return ServeEnd::Stopped,
+            _ = limits.stop.cancelled(), if !stopping => {
+                if !(limits.stop_is_graceful)() {
+                    return ServeEnd::Stopped;
+                }
+                stopping = true;
+                grace.as_mut().reset(Instant::now() + STOP_GRACE);
+                if !draining {
+                    draining = true;
+                    conn.as_mut().shut_down();
+                }
+            }
+            _ = &mut grace, if stopping => return ServeEnd::Stopped,
             _ = &mut deadline => return ServeEnd::Deadline,
             _ = &mut idle => return ServeEnd::Idle,
             _ = &mut first, if !first_done => {
@@ -364,6 +394,7 @@ mod tests {
             let (stop, drain) = (CancellationToken::new(), CancellationToken::new());
             let limits = ServeLimits {
                 stop: &stop,
+                stop_is_graceful: &never_graceful,
                 drain: &drain,
                 deadline: None,
             };

@@ -243,12 +243,16 @@ impl InboundListener {
                     ocsp_certs,
                     src,
                 };
+                // A peer whose CA left the bundle (a rotation) may finish
+                // the requests it has in flight; a revoked one may not.
+                let graceful = || registration.reason() == Some(CloseReason::Denied);
                 let end = Box::pin(http.serve(
                     io,
                     version,
                     from,
                     ServeLimits {
                         stop: registration.stopped(),
+                        stop_is_graceful: &graceful,
                         drain: &self.drain,
                         deadline,
                     },

@@ -43,8 +43,16 @@ pub enum ConnectError {
 
 impl ConnectError {
     /// Whether another endpoint may be tried: nothing was said to this one.
+    /// A handshake the endpoint dropped (a sidecar stopping, its accept
+    /// queue reset) carried nothing of the app's either; one it refused
+    /// (a certificate problem) is not retried elsewhere.
     pub fn try_next(&self) -> bool {
-        matches!(self, ConnectError::Unresolvable | ConnectError::Connect(_))
+        matches!(
+            self,
+            ConnectError::Unresolvable
+                | ConnectError::Connect(_)
+                | ConnectError::Handshake(HandshakeFailure::Io)
+        )
     }
 
     /// Whether the endpoint's breaker should count this as its failure.

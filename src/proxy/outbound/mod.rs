@@ -142,6 +142,7 @@ impl OutboundListener {
             src,
             ServeLimits {
                 stop: &self.never,
+                stop_is_graceful: &crate::proxy::http::server::never_graceful,
                 drain: &self.drain,
                 deadline,
             },
