@@ -1,6 +1,9 @@
 //! A thread that writes lines (the audit log, the access log) to their
 //! sink, so the data path never waits on a disk. Its queue is bounded:
-//! senders use `try_send` and count what does not fit.
+//! senders use `try_send` and count what does not fit. Lines the sink
+//! refuses (a full disk, a file made unwritable) are counted the same way
+//! and said once per failure streak on the sidecar's own log; the proxy
+//! keeps serving, and writing resumes when the sink takes lines again.
 
 use std::io::Write;
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -9,7 +12,11 @@ use crate::config::LogSink;
 
 /// Starts a thread that writes the lines sent to it to `sink` (`None` when
 /// the sink is off).
-pub fn spawn(sink: &LogSink, thread_name: &str) -> std::io::Result<Option<SyncSender<String>>> {
+pub fn spawn(
+    sink: &LogSink,
+    thread_name: &str,
+    dropped: prometheus::IntCounter,
+) -> std::io::Result<Option<SyncSender<String>>> {
     let out: Option<Box<dyn Write + Send>> = match sink {
         LogSink::Off => None,
         LogSink::Stdout => Some(Box::new(std::io::stdout())),
@@ -23,20 +30,38 @@ pub fn spawn(sink: &LogSink, thread_name: &str) -> std::io::Result<Option<SyncSe
     };
     let Some(w) = out else { return Ok(None) };
     let (tx, rx) = sync_channel::<String>(4096);
+    let name = thread_name.to_string();
     std::thread::Builder::new()
         .name(thread_name.into())
         .spawn(move || {
-            // Lines that queued up together go out in one write; the
-            // buffer is flushed whenever the queue runs dry.
-            let mut w = std::io::BufWriter::with_capacity(64 * 1024, w);
+            // Lines that queued up together go out in one write.
+            let mut w = w;
+            let mut batch = String::with_capacity(64 * 1024);
+            let mut failing = false;
             while let Ok(line) = rx.recv() {
-                // A failed write has nowhere left to be reported; the
-                // metrics still show what happened.
-                let _ = w.write_all(line.as_bytes());
-                while let Ok(more) = rx.try_recv() {
-                    let _ = w.write_all(more.as_bytes());
+                batch.clear();
+                batch.push_str(&line);
+                let mut lines = 1u64;
+                while batch.len() < 64 * 1024
+                    && let Ok(more) = rx.try_recv()
+                {
+                    batch.push_str(&more);
+                    lines += 1;
                 }
-                let _ = w.flush();
+                match w.write_all(batch.as_bytes()).and_then(|()| w.flush()) {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!(writer = %name, "log sink writable again");
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        dropped.inc_by(lines);
+                        if !failing {
+                            failing = true;
+                            tracing::error!(writer = %name, error = %e, "cannot write to the log sink; lines are dropped and counted until it takes them again");
+                        }
+                    }
+                }
             }
         })?;
     Ok(Some(tx))

@@ -43,7 +43,7 @@ impl HttpFamilies {
             access_log_dropped: counter(
                 registry,
                 "portcullis_access_log_dropped_total",
-                "Access log lines dropped because the writer fell behind.",
+                "Access log lines dropped because the writer fell behind or the sink refused them (a full disk).",
             ),
         }
     }

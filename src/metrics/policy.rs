@@ -114,7 +114,7 @@ impl PolicyFamilies {
             audit_dropped: counter(
                 registry,
                 "portcullis_audit_log_dropped_total",
-                "Audit log lines dropped because the writer fell behind.",
+                "Audit log lines dropped because the writer fell behind or the sink refused them (a full disk).",
             ),
         }
     }

@@ -45,7 +45,7 @@ impl AuditLog {
         suppressed: IntCounter,
         dropped: IntCounter,
     ) -> std::io::Result<Self> {
-        let tx = crate::line_writer::spawn(sink, "portcullis-audit")?;
+        let tx = crate::line_writer::spawn(sink, "portcullis-audit", dropped.clone())?;
         Ok(AuditLog {
             tx,
             log_allows,

@@ -132,6 +132,22 @@ impl Registration {
     pub fn reason(&self) -> Option<CloseReason> {
         reason_of(&self.control)
     }
+
+    /// The same answer, for a task that does not hold the registration.
+    pub fn reason_handle(&self) -> ReasonHandle {
+        ReasonHandle(self.control.clone())
+    }
+}
+
+/// Why the sweep closed a connection, readable apart from its
+/// [`Registration`].
+#[derive(Clone)]
+pub struct ReasonHandle(Arc<ConnControl>);
+
+impl ReasonHandle {
+    pub fn reason(&self) -> Option<CloseReason> {
+        reason_of(&self.0)
+    }
 }
 
 impl Drop for Registration {

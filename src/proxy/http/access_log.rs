@@ -36,7 +36,7 @@ pub struct AccessEntry<'a> {
 impl AccessLog {
     pub fn start(sink: &LogSink, dropped: IntCounter) -> std::io::Result<Self> {
         Ok(AccessLog {
-            tx: crate::line_writer::spawn(sink, "portcullis-access")?,
+            tx: crate::line_writer::spawn(sink, "portcullis-access", dropped.clone())?,
             dropped,
         })
     }

@@ -107,8 +107,9 @@ impl ClientSettings {
         match version {
             HttpVersion::Http2 => {
                 let stop = held.stop.clone();
+                let why = held.registration.as_ref().map(|r| r.reason_handle());
                 let sender =
-                    h2_client::handshake(&self.h2, io, self.keep_alive, held, stop).await?;
+                    h2_client::handshake(&self.h2, io, self.keep_alive, held, stop, why).await?;
                 Ok(Sender::H2(sender))
             }
             HttpVersion::Http1 => Ok(Sender::H1(self.handshake_h1(io, held).await?)),
@@ -367,7 +368,7 @@ mod tests {
             let mut conn = h2::server::handshake(h2_peer).await.unwrap();
             while conn.accept().await.is_some() {}
         });
-        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, (), None)
+        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, (), None, None)
             .await
             .unwrap();
         pool.set_h2(&sender);
@@ -383,7 +384,7 @@ mod tests {
 
         // A connection whose peer went away is not handed out.
         let (h2_io, h2_peer) = tokio::io::duplex(64 * 1024);
-        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, (), None)
+        let sender = h2_client::handshake(&settings.h2, h2_io, settings.keep_alive, (), None, None)
             .await
             .unwrap();
         pool.set_h2(&sender);

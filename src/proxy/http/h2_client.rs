@@ -124,6 +124,7 @@ pub async fn handshake<I, S>(
     keep_alive: KeepAlive,
     hold: S,
     stop: Option<CancellationToken>,
+    why: Option<crate::proxy::registry::ReasonHandle>,
 ) -> Result<H2Sender, h2::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -148,6 +149,13 @@ where
             }
             _ = cancelled(stop) => {
                 tracing::debug!("upstream HTTP/2 connection closed: no longer admitted");
+                // An upstream whose CA left our bundle (a rotation): no new
+                // request goes on it, and those in flight get a moment to
+                // finish. A revoked one is cut at once.
+                if why.and_then(|w| w.reason()) == Some(crate::proxy::CloseReason::Denied) {
+                    flag.store(true, Ordering::Release);
+                    let _ = tokio::time::timeout(super::server::STOP_GRACE, &mut conn).await;
+                }
             }
         }
         flag.store(true, Ordering::Release);
@@ -286,7 +294,9 @@ mod tests {
             }
         });
         let builder = h2::client::Builder::new();
-        let sender = handshake(&builder, io, KEEP_ALIVE, (), None).await.unwrap();
+        let sender = handshake(&builder, io, KEEP_ALIVE, (), None, None)
+            .await
+            .unwrap();
         (sender, server)
     }
 
@@ -315,7 +325,7 @@ mod tests {
             respond.send_response(resp, true).unwrap();
             (got, trailers)
         });
-        let sender = handshake(&h2::client::Builder::new(), io, KEEP_ALIVE, (), None)
+        let sender = handshake(&h2::client::Builder::new(), io, KEEP_ALIVE, (), None, None)
             .await
             .unwrap();
         let sizes = [1500usize, 10, 3000, 1, 0, 2500, 999];
