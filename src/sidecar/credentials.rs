@@ -263,6 +263,26 @@ pub(super) fn load_crls(
     crate::revocation::load_crls(files, fetched, &crl_trust, r.policy)
 }
 
+/// Puts `bytes` in `list` under `key`; true when they differ from what
+/// was there.
+fn replace<K, Q>(list: &mut Vec<(K, Vec<u8>)>, key: &Q, bytes: Vec<u8>) -> bool
+where
+    K: std::borrow::Borrow<Q>,
+    Q: PartialEq + ToOwned<Owned = K> + ?Sized,
+{
+    match list.iter_mut().find(|(k, _)| k.borrow() == key) {
+        Some((_, old)) if *old == bytes => false,
+        Some((_, old)) => {
+            *old = bytes;
+            true
+        }
+        None => {
+            list.push((key.to_owned(), bytes));
+            true
+        }
+    }
+}
+
 /// The hash of everything our trust is made of: the source's own bundles
 /// (`own`), the federated bundle files, CRL files, and what was fetched.
 fn trust_hash(config: &Config, own: &str, fetched: &Fetched) -> String {
@@ -323,34 +343,14 @@ impl Credentials {
     /// Records a CRL fetched from `url`; true when it differs from the last.
     pub fn set_fetched_crl(&self, url: &str, bytes: Vec<u8>) -> bool {
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
-        match fetched.crls.iter_mut().find(|(u, _)| u == url) {
-            Some((_, old)) if *old == bytes => false,
-            Some((_, old)) => {
-                *old = bytes;
-                true
-            }
-            None => {
-                fetched.crls.push((url.to_string(), bytes));
-                true
-            }
-        }
+        replace(&mut fetched.crls, url, bytes)
     }
 
     /// Records a bundle fetched for `trust_domain`; true when it differs
     /// from the last.
     pub fn set_fetched_bundle(&self, trust_domain: &TrustDomain, bytes: Vec<u8>) -> bool {
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
-        match fetched.bundles.iter_mut().find(|(t, _)| t == trust_domain) {
-            Some((_, old)) if *old == bytes => false,
-            Some((_, old)) => {
-                *old = bytes;
-                true
-            }
-            None => {
-                fetched.bundles.push((trust_domain.clone(), bytes));
-                true
-            }
-        }
+        replace(&mut fetched.bundles, trust_domain, bytes)
     }
 
     /// Forgets a fetched bundle that was refused, so the last good one
