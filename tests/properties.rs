@@ -38,6 +38,13 @@ fn config() -> ProptestConfig {
         cases: cases(),
         // The mutation targets do real crypto; shrinking stays bounded.
         max_shrink_iters: 2048,
+        // Integration tests have no lib.rs beside them for proptest's
+        // default place: the seeds of failures go to one named file.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/properties.proptest-regressions",
+            ),
+        )),
         ..ProptestConfig::default()
     }
 }

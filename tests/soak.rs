@@ -385,12 +385,6 @@ async fn a_soak_under_rotation_policy_and_endpoint_churn_loses_nothing_and_leaks
         "soak {secs} s: {ok} requests ok, {failed} failed; {rotations} SVID rotations, a CA rotation, {flips} policy flips, {crls} CRLs, {restarts} upstream restarts"
     );
     let errs = errors.lock().unwrap().clone();
-    assert_eq!(
-        failed,
-        0,
-        "failed requests: {:?}",
-        &errs[..errs.len().min(10)]
-    );
     assert!(ok > 100, "too little load went through: {ok}");
     assert!(ca_phase == 3, "the CA rotation did not finish in {secs} s");
 
@@ -459,4 +453,11 @@ async fn a_soak_under_rotation_policy_and_endpoint_churn_loses_nothing_and_leaks
     for p in [&mut a, &mut b, &mut c] {
         p.stop().await;
     }
+    // Last, so a long run that lost a request still reports the rest.
+    assert_eq!(
+        failed,
+        0,
+        "failed requests: {:?}",
+        &errs[..errs.len().min(10)]
+    );
 }
