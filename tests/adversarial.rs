@@ -248,26 +248,14 @@ impl Target {
         );
         let (s, p, pid) = (stop.clone(), peak.clone(), self.pid);
         let handle = tokio::spawn(async move {
-            let t = Target::rss_of(pid);
+            let t = rss_kib(pid);
             p.fetch_max(t, Ordering::Relaxed);
             while !s.load(Ordering::Relaxed) {
-                p.fetch_max(Target::rss_of(pid), Ordering::Relaxed);
+                p.fetch_max(rss_kib(pid), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
         (stop, peak, handle)
-    }
-
-    fn rss_of(pid: u32) -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
     }
 }
 

@@ -103,13 +103,7 @@ impl Proc {
     }
 
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-                l.split_whitespace().nth(1)?.parse().ok()
-            })
-            .unwrap_or(0)
+        rss_kib(self.pid())
     }
 
     fn fds(&self) -> usize {

@@ -651,3 +651,14 @@ pub async fn curl(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stderr).to_string(),
     )
 }
+
+/// The resident set size of process `pid` in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            l.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
