@@ -173,15 +173,16 @@ impl Connector {
     }
 
     /// The one endpoint-selection-and-fallback loop. Picks an endpoint
-    /// (breakers, then the cheaper of two by latency) and runs `attempt`
-    /// on it. When the attempt fails before anything was said to the
-    /// endpoint (it does not resolve, or TCP failed), and `may_retry`
-    /// agrees, another endpoint is tried, each failed one left out of the
-    /// next pick. Returns the attempt's result with its [`Call`], whose
-    /// outcome the caller records when the exchange is over; a failed
-    /// attempt is recorded here.
+    /// (breakers, then the cheaper of two by latency), avoiding `avoid`
+    /// when another will do, and runs `attempt` on it. When the attempt
+    /// fails before anything was said to the endpoint (it does not
+    /// resolve, or TCP failed), and `may_retry` agrees, another endpoint is
+    /// tried, each failed one left out of the next pick. Returns the
+    /// attempt's result with its [`Call`], whose outcome the caller records
+    /// when the exchange is over; a failed attempt is recorded here.
     pub async fn with_fallback<T, F, Fut>(
         &self,
+        avoid: Option<usize>,
         mut may_retry: impl FnMut() -> bool,
         mut attempt: F,
     ) -> Result<(Call, T), ConnectError>
@@ -190,7 +191,7 @@ impl Connector {
         Fut: Future<Output = Result<T, ConnectError>>,
     {
         let set = &self.set;
-        let mut exclude = None;
+        let mut exclude = avoid;
         let mut last = None;
         for tried in 0..set.len() {
             let call = match set.pick(exclude) {
@@ -222,7 +223,11 @@ impl Connector {
     pub async fn connect_any(&self, alpn: Alpn) -> Result<Upstream, ConnectError> {
         // Boxed: the handshake's state is dropped once it is done.
         let (call, up) = self
-            .with_fallback(|| true, |idx| Box::pin(self.connect_endpoint(idx, alpn)))
+            .with_fallback(
+                None,
+                || true,
+                |idx| Box::pin(self.connect_endpoint(idx, alpn)),
+            )
             .await?;
         call.finish(false);
         Ok(up)

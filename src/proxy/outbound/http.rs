@@ -200,62 +200,60 @@ impl AppConnection {
         let mut deadline = std::pin::pin!(deadline);
 
         // A connect failure means the request never left: an idempotent
-        // one may go to another endpoint, within the retry budget.
-        let picked = self
-            .http
-            .connector
-            .with_fallback(
-                || idempotent && set.take_retry(),
-                |idx| async move {
-                    let _pending = set.pending().map_err(|_| ConnectError::Overloaded)?;
-                    self.target(idx).await
-                },
-            )
-            .await;
-        let (call, target) = picked.map_err(|e| e.http())?;
-        let sent = tokio::select! {
-            r = self.send_once_more(target, req, from) => r,
-            _ = &mut deadline => {
-                call.finish(true);
-                return Err(HttpError::RequestTimeout);
-            }
-        };
-        match sent {
-            Ok(resp) => {
-                let failed = set
-                    .config()
-                    .failure_statuses
-                    .contains(&resp.status().as_u16());
-                call.finish(failed);
-                Ok(resp.map(|body| body.holding(request)))
-            }
-            Err(e) => {
-                call.finish(true);
-                Err(e)
-            }
-        }
-    }
-
-    /// Sends on `target`; a pooled connection that had already closed gets
-    /// the request back unsent, and it goes once more on a fresh one.
-    async fn send_once_more(
-        &self,
-        target: Target,
-        req: Request<ProxyBody>,
-        from: HttpVersion,
-    ) -> Result<Response<ProxyBody>, HttpError> {
-        let idx = target.pool;
-        match self.send(target, req, from).await {
-            Ok(resp) => Ok(resp),
-            Err(Retry::No(e)) => Err(e),
-            Err(Retry::Fresh(r)) => {
-                let target = self.fresh(idx).await.map_err(|e| e.http())?;
-                match self.send(target, *r, from).await {
-                    Ok(resp) => Ok(resp),
-                    Err(Retry::No(e)) => Err(e),
-                    Err(Retry::Fresh(_)) => Err(HttpError::UpstreamReset),
+        // one may go to another endpoint, within the retry budget. A
+        // request the endpoint gave back unsent (a pooled connection that
+        // had closed, a stream refused unprocessed: most often an endpoint
+        // draining) goes once more, to another endpoint when there is one:
+        // the one that gave it back is likely on its way out.
+        let mut avoid = None;
+        loop {
+            let picked = self
+                .http
+                .connector
+                .with_fallback(
+                    avoid,
+                    || idempotent && set.take_retry(),
+                    |idx| async move {
+                        let _pending = set.pending().map_err(|_| ConnectError::Overloaded)?;
+                        self.target(idx).await
+                    },
+                )
+                .await;
+            let (call, target) = picked.map_err(|e| e.http())?;
+            let idx = target.pool;
+            let sent = tokio::select! {
+                r = self.send(target, req, from) => r,
+                _ = &mut deadline => {
+                    call.finish(true);
+                    return Err(HttpError::RequestTimeout);
                 }
-            }
+            };
+            return match sent {
+                Ok(resp) => {
+                    let failed = set
+                        .config()
+                        .failure_statuses
+                        .contains(&resp.status().as_u16());
+                    call.finish(failed);
+                    Ok(resp.map(|body| body.holding(request)))
+                }
+                Err(Retry::Fresh(r)) if avoid.is_none() => {
+                    // Neither a success nor the endpoint's failure: the
+                    // call is released unrecorded.
+                    drop(call);
+                    req = *r;
+                    avoid = Some(idx);
+                    continue;
+                }
+                Err(Retry::Fresh(_)) => {
+                    call.finish(true);
+                    Err(HttpError::UpstreamReset)
+                }
+                Err(Retry::No(e)) => {
+                    call.finish(true);
+                    Err(e)
+                }
+            };
         }
     }
 
