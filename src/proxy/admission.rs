@@ -181,7 +181,7 @@ async fn check_ocsp(
         Verdict::Good => Ok(()),
         Verdict::Revoked => Err(Denial::Revoked),
         Verdict::Unknown(why) => {
-            let crls = trust.revocation().is_some_and(|r| !r.lists().is_empty());
+            let crls = trust.revocation().is_some_and(|r| !r.is_empty());
             let fail_open = tls.revocation_fail_open();
             if (checker.mode() == OcspMode::Prefer && crls) || fail_open {
                 tracing::debug!(reason = %why, "OCSP status unknown; admitted by policy");

@@ -101,8 +101,16 @@ pub struct CrlSet {
 }
 
 impl CrlSet {
+    /// The lists as webpki takes them (a slice of references, built per
+    /// verification: the set cannot hold references into itself).
     pub fn lists(&self) -> Vec<&CertRevocationList<'static>> {
         self.lists.iter().collect()
+    }
+
+    /// Whether the set holds any list (none yet, when they are to be
+    /// fetched from distribution points), without building [`CrlSet::lists`].
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
     }
 
     /// Whether two lists name the same issuer but were signed by different

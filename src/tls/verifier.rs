@@ -182,7 +182,7 @@ impl SvidVerifier {
         let awaiting = self
             .trust
             .revocation()
-            .filter(|r| r.lists().is_empty() && r.policy.fetch_distribution_points);
+            .filter(|r| r.is_empty() && r.policy.fetch_distribution_points);
         if let Some(r) = awaiting {
             if let Some(counters) = &self.counters {
                 counters.unknown.inc();
@@ -191,7 +191,7 @@ impl SvidVerifier {
                 return Err(pki_error(webpki::Error::UnknownRevocationStatus));
             }
         }
-        match self.trust.revocation().filter(|r| !r.lists().is_empty()) {
+        match self.trust.revocation().filter(|r| !r.is_empty()) {
             None => issuer = verify(None).map_err(pki_error)?,
             Some(crls) => {
                 let policy = crls.policy;

@@ -164,8 +164,8 @@ impl AppConnection {
 
     /// Forwards to an endpoint chosen by the upstream set (breakers, then
     /// the cheaper of two by latency). A connect failure means the request
-    /// never left, so an idempotent one may go to another endpoint, within
-    /// the retry budget. Each attempt's outcome feeds the endpoint's
+    /// never left, so it may go to another endpoint whatever its method,
+    /// within the retry budget. Each attempt's outcome feeds the endpoint's
     /// breaker: connect, TLS and identity failures, resets, timeouts and the
     /// configured 5xx statuses count against it.
     async fn forward(
@@ -187,20 +187,12 @@ impl AppConnection {
         };
         headers::strip_hop_by_hop(req.headers_mut(), false);
         req.headers_mut().remove(ORIG_PROTO);
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
         let deadline = response_deadline(sent, start, self.http.request_timeout);
         let mut deadline = std::pin::pin!(deadline);
 
-        // A connect failure means the request never left: an idempotent
-        // one may go to another endpoint, within the retry budget. A
+        // A connect failure means the request never left: whatever its
+        // method (as gRPC's transparent retries), it may go to another
+        // endpoint, within the retry budget. A
         // request the endpoint gave back unsent (a pooled connection that
         // had closed, a stream refused unprocessed: most often an endpoint
         // draining) goes once more, to another endpoint when there is one:
@@ -212,7 +204,7 @@ impl AppConnection {
                 .connector
                 .with_fallback(
                     avoid,
-                    || idempotent && set.take_retry(),
+                    || set.take_retry(),
                     |idx| async move {
                         let _pending = set.pending().map_err(|_| ConnectError::Overloaded)?;
                         self.target(idx).await
