@@ -1,0 +1,19 @@
+//! Config YAML: accepted, or refused naming the file and a reason; never a
+//! panic.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use portcullis::config::Config;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let file = Path::new("/etc/portcullis/portcullis.yaml");
+    if let Err(e) = Config::from_yaml(text, file) {
+        assert_eq!(e.file.as_path(), file);
+        assert!(!e.reason.is_empty());
+    }
+});
