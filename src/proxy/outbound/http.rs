@@ -192,11 +192,11 @@ impl AppConnection {
 
         // A connect failure means the request never left: whatever its
         // method (as gRPC's transparent retries), it may go to another
-        // endpoint, within the retry budget. A
-        // request the endpoint gave back unsent (a pooled connection that
-        // had closed, a stream refused unprocessed: most often an endpoint
-        // draining) goes once more, to another endpoint when there is one:
-        // the one that gave it back is likely on its way out.
+        // endpoint, within the retry budget. A request the endpoint gave
+        // back unsent (a pooled connection that had closed, a stream
+        // refused unprocessed: most often an endpoint draining) goes once
+        // more, to another endpoint when there is one: the one that gave it
+        // back is likely on its way out.
         let mut avoid = None;
         loop {
             let picked = self
@@ -229,7 +229,7 @@ impl AppConnection {
                     call.finish(failed);
                     Ok(resp.map(|body| body.holding(request)))
                 }
-                Err(Retry::Fresh(r)) if avoid.is_none() => {
+                Err(Retry::Unsent(r)) if avoid.is_none() => {
                     // Neither a success nor the endpoint's failure: the
                     // call is released unrecorded.
                     drop(call);
@@ -237,7 +237,7 @@ impl AppConnection {
                     avoid = Some(idx);
                     continue;
                 }
-                Err(Retry::Fresh(_)) => {
+                Err(Retry::Unsent(_)) => {
                     call.finish(true);
                     Err(HttpError::UpstreamReset)
                 }
@@ -274,7 +274,7 @@ impl AppConnection {
         let pool = &self.http.pools[target.pool];
         match pool.send(target.sender, req).await {
             Ok(resp) => Ok(resp),
-            Err(SendError::NotSent(r)) => Err(Retry::Fresh(r)),
+            Err(SendError::NotSent(r)) => Err(Retry::Unsent(r)),
             Err(SendError::Failed(e)) => {
                 let connector = &self.http.connector;
                 if let Some(suppressed) = connector.log_limit().allow() {
@@ -402,6 +402,6 @@ impl AppConnection {
 
 enum Retry {
     No(HttpError),
-    /// Not sent: may go out on a fresh connection.
-    Fresh(Box<Request<ProxyBody>>),
+    /// Given back unsent: may go out once more, through another pick.
+    Unsent(Box<Request<ProxyBody>>),
 }
